@@ -1,0 +1,23 @@
+"""RunPod serverless entry point: `python -u handler.py` (add --rp_serve_api for a local HTTP API).
+
+The worker composes conf/ with the environment, loads the default model and warms it up here,
+once per warm worker; each job is then answered by Worker.handle.
+"""
+
+import runpod
+
+from tts_runner.worker import Worker
+
+WORKER = Worker.from_env()
+
+
+def handler(job: dict) -> dict:
+    return WORKER.handle(job)
+
+
+if __name__ == "__main__":
+    runpod.serverless.start({
+        "handler": handler,
+        "concurrency_modifier": WORKER.concurrency_modifier,
+        "return_aggregate_stream": True,
+    })

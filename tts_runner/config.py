@@ -1,0 +1,42 @@
+"""Composing the config, and the precedence rules between its layers.
+
+Lowest first: conf defaults < environment (${oc.env:...} in conf/) < job (payload or job spec)
+< command-line overrides. Hydra applies command-line overrides while composing, before the job
+spec is known, so the CLI pins the values it set and puts them back after merging the job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def load(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
+    """Compose a config from conf/ with Hydra's compose API (worker, tests, benchmark)."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR), job_name="tts_runner"):
+        return compose(config_name=config_name, overrides=list(overrides))
+
+
+def pinned_overrides(cfg: DictConfig, overrides: Sequence[str]) -> dict[str, Any]:
+    """The values that command-line overrides set in `cfg`, by key (hydra.* and job excluded)."""
+    pins: dict[str, Any] = {}
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        key = override.key_or_group
+        if key == "job" or key.startswith("hydra") or override.is_delete():
+            continue
+        node = OmegaConf.select(cfg, key, throw_on_missing=False)
+        pins[key] = OmegaConf.to_container(node) if isinstance(node, DictConfig) else node
+    return pins
+
+
+def apply_pins(cfg: DictConfig, pins: dict[str, Any]) -> DictConfig:
+    for key, value in pins.items():
+        OmegaConf.update(cfg, key, value, merge=False, force_add=True)
+    return cfg

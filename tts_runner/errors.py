@@ -1,0 +1,22 @@
+"""Errors whose messages are fit to show a user. tts_runner.worker turns them into the
+endpoint's {"error", "traceback"}; anything else is reported as an internal error."""
+
+
+class TTSError(Exception):
+    """Base class: the message says what went wrong and, where it helps, what is allowed."""
+
+
+class InputError(TTSError):
+    """The payload or job spec is invalid."""
+
+
+class ModelError(TTSError):
+    """A model could not be found or loaded."""
+
+
+class GenerationError(TTSError):
+    """Generation failed for a chunk after all retries."""
+
+
+class SinkError(TTSError):
+    """The audio could not be delivered (S3 upload, file write, size limit)."""

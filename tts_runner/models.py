@@ -1,0 +1,114 @@
+"""Model variants: find their folders, load them once per process, keep them cached.
+
+Reads the `models` and `runtime` config groups. A job names a variant (`1.7B-CustomVoice`); only
+configured names resolve, so a payload can never become a path.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from tts_runner.engine import ChunkRequest, Engine
+from tts_runner.errors import InputError, ModelError
+from tts_runner.tiny_model import RANDOM_MARKER
+
+log = logging.getLogger(__name__)
+
+# qwen_tts logs "config is None, initializing defaults" at INFO on every call.
+logging.getLogger("qwen_tts").setLevel(logging.WARNING)
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def resolve_device(device: str) -> str:
+    """auto -> cuda:0 when CUDA is available, else cpu; anything else as given."""
+    if device in (None, "", "auto"):
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"QWEN_TTS_DEVICE={device} but CUDA is not available on this machine; use cpu or auto.")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ModelError(f"QWEN_TTS_DEVICE={device!r} is not a device; use auto, cpu or cuda:N.")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype in (None, "", "auto"):
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if dtype not in _DTYPES:
+        raise ModelError(f"runtime.dtype={dtype!r} is not supported; use auto, {', '.join(_DTYPES)}.")
+    return _DTYPES[dtype]
+
+
+class ModelStore:
+    """Loads each variant at most once and hands out its Engine."""
+
+    def __init__(self, models: DictConfig, runtime: DictConfig):
+        self.models = models
+        self.runtime = runtime
+        self.device = resolve_device(runtime.device)
+        self.dtype = resolve_dtype(runtime.dtype, self.device)
+        self._engines: dict[str, Engine] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def variant_names(self) -> list[str]:
+        return sorted(self.models.variants)
+
+    def folder(self, variant: str) -> Path:
+        if variant not in self.models.variants:
+            raise InputError(f"Unknown model '{variant}'. Available: {', '.join(self.variant_names)}.")
+        return Path(self.models.dir) / self.models.variants[variant].folder
+
+    def get(self, variant: str) -> Engine:
+        with self._lock:
+            if variant not in self._engines:
+                self._engines[variant] = self._load(variant)
+            return self._engines[variant]
+
+    def loaded(self) -> list[str]:
+        return sorted(self._engines)
+
+    def _load(self, variant: str) -> Engine:
+        path = self.folder(variant)
+        if not (path / "config.json").is_file():
+            raise ModelError(
+                f"Model '{variant}' not found: {path} has no config.json. Put the "
+                f"{self.models.variants[variant].folder} folder under QWEN_TTS_MODEL_DIR "
+                f"(now {self.models.dir})."
+            )
+        if (path / RANDOM_MARKER).exists():
+            log.warning("Model %s at %s has RANDOM weights (built by tts_runner.tiny_model): "
+                        "its audio is noise. Use it for tests only.", variant, path)
+        from qwen_tts import Qwen3TTSModel
+
+        attention = self.runtime.attention
+        kwargs = dict(device_map=self.device, dtype=self.dtype,
+                      attn_implementation="sdpa" if attention in (None, "auto") else attention)
+        started = time.perf_counter()
+        try:
+            tts = Qwen3TTSModel.from_pretrained(str(path), **kwargs)
+        except Exception as exc:  # noqa: BLE001 - a corrupt folder can fail in many ways
+            raise ModelError(f"Model '{variant}' at {path} could not be loaded: {type(exc).__name__}: {exc}") from exc
+        tts.model.eval()
+        engine = Engine(tts, kind=self.models.variants[variant].kind, name=variant)
+        log.info("Loaded %s from %s on %s (%s) in %.2f s", variant, path, self.device,
+                 str(self.dtype).removeprefix("torch."), time.perf_counter() - started)
+        if self.runtime.warmup:
+            self._warm_up(engine)
+        return engine
+
+    @staticmethod
+    def _warm_up(engine: Engine) -> None:
+        """One short generation, so the first job does not pay for lazy initialisation."""
+        started = time.perf_counter()
+        speaker = engine.speakers[0] if engine.speakers else None
+        request = ChunkRequest("Warm up.", speaker, "english" if "english" in engine.languages else "auto",
+                               "A calm voice." if engine.kind == "voice_design" else None)
+        engine.generate([request], {"max_new_tokens": 4, "min_new_tokens": 2})
+        log.info("Warmed up %s in %.2f s", engine.name, time.perf_counter() - started)

@@ -1,0 +1,212 @@
+"""The edge: validate a job's input (RunPod payload or job spec) and merge it onto the config.
+
+Validation is done once, here, against payload.schema.json with the limits of the `limits`
+config group filled in. Everything past this module trusts its input. Each error names the
+JSON path of the offending field and what is allowed, without echoing large values back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError, relevance
+from omegaconf import DictConfig, OmegaConf
+
+from tts_runner.errors import InputError
+
+SCHEMA_PATH = Path(__file__).with_name("payload.schema.json")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+JOBS_DIR = REPO_ROOT / "jobs"
+
+# params.* fields that are not sampling settings
+_INPUT_PARAMS = ("language", "instruct")
+_INPUT_FIELDS = ("text", "segments", "voice", "model", "output_format")
+
+
+def build_validator(cfg: DictConfig) -> Draft202012Validator:
+    """The payload validator, with limits and model names taken from the config."""
+    values = dict(OmegaConf.to_container(cfg.limits, resolve=True))
+    values["model_names"] = sorted(cfg.models.variants)
+
+    def fill(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: fill(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [fill(v) for v in node]
+        if isinstance(node, str) and node.startswith("LIMIT "):
+            return values[node.removeprefix("LIMIT ")]
+        return node
+
+    schema = fill(json.loads(SCHEMA_PATH.read_text()))
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
+
+
+def validate(payload: Any, validator: Draft202012Validator, max_total_chars: int) -> dict:
+    """Check one job input; return it unchanged or raise InputError with one clear message."""
+    if not isinstance(payload, dict):
+        raise InputError(
+            f"Invalid input at $: the job input must be a JSON object with 'text' or 'segments', "
+            f"got {_json_type(payload)}."
+        )
+    _reject_non_finite(payload, "$")
+    has_text, has_segments = payload.get("text") is not None, payload.get("segments") is not None
+    if has_text == has_segments:
+        raise InputError(
+            "Invalid input at $: give exactly one of 'text' (a string) or 'segments' "
+            f"(a list of {{text, voice}}); got {'both' if has_text else 'neither'}."
+        )
+    error = min(validator.iter_errors(payload), key=_priority, default=None)
+    if error is not None:
+        raise InputError(f"Invalid input at {error.json_path}: {_describe(error)}")
+    texts = [payload["text"]] if has_text else [s["text"] for s in payload["segments"]]
+    total = sum(len(t) for t in texts)
+    if total > max_total_chars:
+        raise InputError(
+            f"Invalid input at $: the job has {total} characters of text; the limit is "
+            f"{max_total_chars} per job. Split it into several jobs."
+        )
+    return payload
+
+
+def to_overrides(payload: dict) -> dict:
+    """Map a validated payload onto the config's shape: input.* and sampling.*."""
+    params = dict(payload.get("params") or {})
+    overrides: dict[str, dict] = {"input": {}, "sampling": {}}
+    for key in _INPUT_FIELDS:
+        if key in payload:
+            overrides["input"][key] = payload[key]
+    for key in _INPUT_PARAMS:
+        if key in params:
+            overrides["input"][key] = params.pop(key)
+    for key, value in params.items():
+        is_int = key in ("top_k", "subtalker_top_k", "max_new_tokens", "min_new_tokens")
+        overrides["sampling"][key] = int(value) if is_int else float(value)
+    if "text" in payload:
+        overrides["input"]["segments"] = None
+    elif "segments" in payload:
+        overrides["input"]["text"] = None
+    return overrides
+
+
+def from_config(cfg: DictConfig) -> dict:
+    """The payload a resolved config amounts to (the inverse of to_overrides), so values set
+    on the command line or by the environment pass the same validation as a payload's."""
+    job = OmegaConf.to_container(cfg.input, resolve=True)
+    payload = {k: job[k] for k in _INPUT_FIELDS if job.get(k) is not None}
+    params = {k: v for k, v in OmegaConf.to_container(cfg.sampling, resolve=True).items() if v is not None}
+    params.update({k: job[k] for k in _INPUT_PARAMS if job.get(k) is not None})
+    payload["params"] = params
+    return payload
+
+
+def merge(cfg: DictConfig, payload: dict) -> DictConfig:
+    """A new config: `cfg` with the payload's values on top."""
+    return OmegaConf.merge(cfg, to_overrides(payload))
+
+
+def load_job_spec(ref: str, cwd: Path | None = None) -> tuple[str, dict]:
+    """Read a job spec given as `podcast`, `jobs/podcast.yaml` or a path; return (name, payload)."""
+    cwd = cwd or Path.cwd()
+    candidates = [cwd / ref, REPO_ROOT / ref]
+    if not ref.endswith((".yaml", ".yml")):
+        candidates += [cwd / "jobs" / f"{ref}.yaml", JOBS_DIR / f"{ref}.yaml"]
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        known = ", ".join(sorted(p.stem for p in JOBS_DIR.glob("*.yaml")))
+        raise InputError(f"Job spec '{ref}' not found (looked in {cwd} and {JOBS_DIR}). Known jobs: {known}.")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise InputError(f"Job spec {path} is not valid YAML: {exc}") from None
+    return path.stem, data
+
+
+def _priority(error: ValidationError):
+    # Prefer the deepest error, then jsonschema's own relevance ordering.
+    return (-len(error.absolute_path), relevance(error))
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def _describe(error: ValidationError) -> str:
+    v, inst = error.validator_value, error.instance
+    match error.validator:
+        case "type":
+            expected = " or ".join(v) if isinstance(v, list) else v
+            return f"must be of type {expected}, got {_json_type(inst)}."
+        case "enum":
+            return f"{_short(inst)} is not allowed; allowed: {', '.join(map(str, v))}."
+        case "additionalProperties":
+            allowed = sorted(error.schema.get("properties", {}))
+            unknown = sorted(k for k in inst if k not in allowed)
+            return f"unknown field(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}."
+        case "required":
+            return error.message + "."
+        case "minLength":
+            return "must not be empty."
+        case "maxLength":
+            return f"is {len(inst)} characters long; the limit is {v}."
+        case "minItems":
+            return f"has {len(inst)} items; at least {v} required."
+        case "maxItems":
+            return f"has {len(inst)} items; the limit is {v}."
+        case "minimum" | "maximum" | "exclusiveMinimum" | "exclusiveMaximum":
+            bounds = _bounds(error.schema)
+            return f"must be {bounds}, got {inst}."
+        case "pattern" if v == "\\S":
+            return "must contain some non-whitespace text."
+        case "pattern":
+            return (f"{_short(inst)} is not a voice name: use letters, digits, '_' or '-' "
+                    "(at most 64), e.g. male_1 or ryan.")
+    return error.message[:300]
+
+
+def _bounds(schema: dict) -> str:
+    parts = []
+    if "minimum" in schema:
+        parts.append(f">= {schema['minimum']}")
+    if "exclusiveMinimum" in schema:
+        parts.append(f"> {schema['exclusiveMinimum']}")
+    if "maximum" in schema:
+        parts.append(f"<= {schema['maximum']}")
+    if "exclusiveMaximum" in schema:
+        parts.append(f"< {schema['exclusiveMaximum']}")
+    return " and ".join(parts)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "...'"
+
+
+def _reject_non_finite(root: Any, root_path: str) -> None:
+    # Iterative, so deeply nested junk cannot exhaust the recursion limit.
+    stack = [(root, root_path)]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            raise InputError(f"Invalid input at {path}: must be a finite number, got {node}.")
+        if isinstance(node, dict):
+            stack.extend((v, f"{path}.{k}") for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(node))

@@ -1,0 +1,239 @@
+"""The job graph: plan chunks -> generate (batched, with retries) -> assemble -> encode.
+
+Reads `input`, `sampling`, `voices`, `chunking` and `batching` of a resolved config. The
+generate step takes every chunk of the job, from every segment and voice, sorts them by
+length so that a batch holds chunks of similar length, and runs them in batches bounded by
+`batching.max_batch_size` and `batching.max_batch_chars`; `max_batch_size: 1` is the
+sequential path. Results go back into their original order before assembly.
+
+Retries are per chunk: output that is empty, non-finite or too short is generated again, in
+a later batch. A batch that raises (CUDA out of memory, say) is split in half and retried,
+down to single chunks; a single chunk that keeps failing ends the job with an error naming
+its segment and chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from tts_runner import audio, sinks
+from tts_runner.chunking import split_text
+from tts_runner.engine import SAMPLES_PER_FRAME, ChunkRequest, Engine
+from tts_runner.errors import GenerationError, InputError
+from tts_runner.voices import resolve_language, resolve_voice
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class Chunk:
+    index: int        # position in the job, across segments
+    segment: int      # 0-based segment
+    position: int     # 0-based position within its segment
+    segment_chunks: int
+    request: ChunkRequest
+    attempts: int = 0
+    last_problem: str = ""
+
+    def where(self, num_segments: int) -> str:
+        return (f"segment {self.segment + 1} of {num_segments}, "
+                f"chunk {self.position + 1} of {self.segment_chunks}")
+
+
+@dataclass
+class GenerateStats:
+    model_seconds: float = 0.0
+    calls: int = 0
+    retries: int = 0
+    splits: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+
+
+@dataclass
+class JobAudio:
+    data: bytes
+    format: str
+    sample_rate: int
+    duration_seconds: float
+    num_segments: int
+    num_chunks: int
+    wall_seconds: float
+    stats: GenerateStats
+
+
+def plan(job: DictConfig, engine: Engine, voices: DictConfig, max_chars: int) -> tuple[list[Chunk], int]:
+    """Split the job's text into chunks; resolve voices and language. Returns (chunks, segments)."""
+    if job.text is not None:
+        segments = [{"text": job.text, "voice": job.voice}]
+    else:
+        segments = [{"text": s["text"], "voice": s.get("voice") or job.voice} for s in job.segments]
+    language = resolve_language(job.language, voices.languages, engine.languages)
+    instruct = job.instruct or None
+    if engine.kind == "voice_design" and not instruct:
+        raise InputError(f"Model '{engine.name}' designs a voice from params.instruct: describe the voice there.")
+    chunks: list[Chunk] = []
+    for s, segment in enumerate(segments):
+        speaker = resolve_voice(segment["voice"], voices.aliases, engine.speakers) if engine.kind == "custom_voice" else None
+        texts = split_text(segment["text"], max_chars)
+        for p, text in enumerate(texts):
+            chunks.append(Chunk(len(chunks), s, p, len(texts), ChunkRequest(text, speaker, language, instruct)))
+    return chunks, len(segments)
+
+
+def make_batches(chunks: list[Chunk], max_batch_size: int, max_batch_chars: int) -> list[list[Chunk]]:
+    """Longest first, so each batch holds chunks of similar length; bounded in count and text."""
+    batches: list[list[Chunk]] = []
+    current: list[Chunk] = []
+    chars = 0
+    for chunk in sorted(chunks, key=lambda c: (-len(c.request.text), c.index)):
+        size = len(chunk.request.text)
+        if current and (len(current) >= max_batch_size or chars + size > max_batch_chars):
+            batches.append(current)
+            current, chars = [], 0
+        current.append(chunk)
+        chars += size
+    if current:
+        batches.append(current)
+    return batches
+
+
+def generate_all(
+    engine: Engine,
+    chunks: list[Chunk],
+    num_segments: int,
+    sampling: dict,
+    batching: DictConfig,
+    progress: Progress | None = None,
+) -> tuple[dict[int, np.ndarray], int, GenerateStats]:
+    """Audio for every chunk, keyed by chunk index, plus the sample rate and statistics."""
+    stats = GenerateStats()
+    results: dict[int, np.ndarray] = {}
+    sample_rate = 24000
+    pending = deque(make_batches(chunks, batching.max_batch_size, batching.max_batch_chars))
+    while pending:
+        batch = pending.popleft()
+        started = time.perf_counter()
+        try:
+            wavs, sample_rate = engine.generate([c.request for c in batch], sampling)
+        except Exception as exc:  # noqa: BLE001 - any failure of a batch is retried smaller
+            _release_memory(exc)
+            problem = f"{type(exc).__name__}: {exc}"
+            if len(batch) > 1:
+                half = len(batch) // 2
+                log.warning("Batch of %d failed (%s); splitting and retrying", len(batch), problem[:200])
+                stats.splits += 1
+                pending.extendleft([batch[half:], batch[:half]])
+            else:
+                _count_failure(batch[0], problem, batching.retries, num_segments, stats)
+                pending.append(batch)
+            continue
+        finally:
+            stats.model_seconds += time.perf_counter() - started
+            stats.calls += 1
+        stats.batch_sizes.append(len(batch))
+        if len(wavs) != len(batch):
+            raise GenerationError(f"The model returned {len(wavs)} waveforms for a batch of {len(batch)}.")
+        retry: list[Chunk] = []
+        for chunk, wav in zip(batch, wavs):
+            problem = check_audio(wav, chunk.request.text, sample_rate, sampling, batching)
+            if problem is None:
+                results[chunk.index] = wav
+            else:
+                _count_failure(chunk, problem, batching.retries, num_segments, stats)
+                retry.append(chunk)
+        if retry:
+            pending.extend(make_batches(retry, batching.max_batch_size, batching.max_batch_chars))
+        if progress:
+            progress(len(results), len(chunks))
+    return results, sample_rate, stats
+
+
+def check_audio(wav: np.ndarray, text: str, sample_rate: int, sampling: dict, batching: DictConfig) -> str | None:
+    """Why this chunk's audio must be generated again, or None when it is fine."""
+    if wav.size == 0:
+        return "the model returned empty audio"
+    if not np.isfinite(wav).all():
+        return "the model returned non-finite samples (NaN or inf)"
+    frame_s = SAMPLES_PER_FRAME / sample_rate
+    # qwen_tts returns at most max_new_tokens - 1 frames; the floor is enforced by the engine.
+    ceiling = (int(sampling["max_new_tokens"]) - 1) * frame_s
+    floor = (int(sampling.get("min_new_tokens", 0)) - 1) * frame_s
+    expected = min(max(len(text) * batching.min_seconds_per_char, floor), ceiling)
+    seconds = wav.size / sample_rate
+    if seconds + 1e-6 < expected:
+        return f"the audio is too short ({seconds:.2f} s for {len(text)} characters; expected at least {expected:.2f} s)"
+    return None
+
+
+def assemble(chunks: list[Chunk], results: dict[int, np.ndarray], num_segments: int,
+             sample_rate: int, chunking: DictConfig) -> np.ndarray:
+    """Crossfade chunks within each segment, then join the segments in order."""
+    by_segment: list[list[np.ndarray]] = [[] for _ in range(num_segments)]
+    for chunk in sorted(chunks, key=lambda c: c.index):
+        by_segment[chunk.segment].append(results[chunk.index])
+    segments = [audio.crossfade_concat(p, sample_rate, chunking.crossfade_ms) for p in by_segment]
+    return audio.join_segments(segments, sample_rate, chunking.segment_gap_ms)
+
+
+def synthesize(cfg: DictConfig, engine: Engine, progress: Progress | None = None) -> JobAudio:
+    """Run one resolved job on `engine`; return the encoded audio and what it took."""
+    started = time.perf_counter()
+    chunks, num_segments = plan(cfg.input, engine, cfg.voices, cfg.chunking.max_chars)
+    sampling = OmegaConf.to_container(cfg.sampling, resolve=True)
+    with tqdm(total=len(chunks), desc="chunks", unit="chunk", mininterval=1.0, leave=False) as bar:
+        def report(done: int, total: int) -> None:
+            bar.update(done - bar.n)
+            if progress:
+                progress(done, total)
+
+        results, sample_rate, stats = generate_all(engine, chunks, num_segments, sampling, cfg.batching, report)
+    samples = assemble(chunks, results, num_segments, sample_rate, cfg.chunking)
+    data = audio.encode(samples, sample_rate, cfg.input.output_format)
+    duration = audio.duration_seconds(data, cfg.input.output_format)
+    return JobAudio(data, cfg.input.output_format, sample_rate, duration, num_segments, len(chunks),
+                    round(time.perf_counter() - started, 3), stats)
+
+
+def run_job(cfg: DictConfig, engine: Engine, job_id: str, out_dir: Path | None = None,
+            progress: Progress | None = None) -> tuple[dict, JobAudio]:
+    """The whole graph: synthesize, deliver to the sink; return the response and the audio."""
+    job = synthesize(cfg, engine, progress)
+    response = sinks.deliver(job.data, job.format, cfg.sink, job_id, cfg.input.name, out_dir)
+    response["metadata"] = {
+        "duration_seconds": job.duration_seconds,
+        "sample_rate": job.sample_rate,
+        "format": job.format,
+        "num_segments": job.num_segments,
+        "num_chunks": job.num_chunks,
+        "generation_time_seconds": job.wall_seconds,
+        "model": engine.name,
+    }
+    return response, job
+
+
+def _count_failure(chunk: Chunk, problem: str, retries: int, num_segments: int, stats: GenerateStats) -> None:
+    chunk.attempts += 1
+    chunk.last_problem = problem
+    if chunk.attempts >= retries:
+        raise GenerationError(
+            f"Generation failed on {chunk.where(num_segments)} after {chunk.attempts} attempts: {problem}"
+        )
+    stats.retries += 1
+    log.warning("Retrying %s (attempt %d failed: %s)", chunk.where(num_segments), chunk.attempts, problem[:200])
+
+
+def _release_memory(exc: Exception) -> None:
+    if isinstance(exc, torch.cuda.OutOfMemoryError) and torch.cuda.is_available():
+        torch.cuda.empty_cache()

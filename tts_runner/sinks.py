@@ -1,0 +1,103 @@
+"""Where the encoded audio goes: inline base64, an S3 presigned URL, or a file.
+
+Reads the `sink` config group. `auto` picks S3 when a bucket and both credentials are set, and
+base64 otherwise. Object keys are built here (prefix + job id + random suffix), never from user
+text. Error messages never contain credentials.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import secrets
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from tts_runner.errors import SinkError
+
+CONTENT_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg"}
+
+
+def resolve_kind(sink: DictConfig) -> str:
+    if sink.kind != "auto":
+        return sink.kind
+    return "s3" if s3_configured(sink) else "base64"
+
+
+def s3_configured(sink: DictConfig) -> bool:
+    return all(sink.get(k) for k in ("bucket", "access_key", "secret_key"))
+
+
+def deliver(data: bytes, fmt: str, sink: DictConfig, job_id: str, name: str = "tts",
+            out_dir: Path | None = None) -> dict:
+    """Send the audio; return the response fields that point to it."""
+    kind = resolve_kind(sink)
+    if kind == "base64":
+        return {"audio_base64": inline(data, fmt, sink.max_inline_bytes)}
+    if kind == "s3":
+        return {"audio_url": upload_s3(data, fmt, sink, job_id)}
+    if kind == "file":
+        return {"audio_path": str(write_file(data, fmt, Path(sink.dir or out_dir or "outputs"), name))}
+    raise SinkError(f"Unknown sink kind '{kind}'; use auto, base64, s3 or file.")
+
+
+def inline(data: bytes, fmt: str, max_inline_bytes: int) -> str:
+    encoded = base64.b64encode(data).decode("ascii")
+    if len(encoded) > max_inline_bytes:
+        hint = "configure S3 (S3_BUCKET, S3_ACCESS_KEY, S3_SECRET_KEY) to receive a URL instead"
+        if fmt == "wav":
+            hint += ", or ask for output_format 'mp3' (about 6x smaller)"
+        raise SinkError(
+            f"The {fmt} result is {len(encoded)} bytes as base64, over the inline limit of "
+            f"{max_inline_bytes} bytes (sink.max_inline_bytes): {hint}."
+        )
+    return encoded
+
+
+def object_key(prefix: str, job_id: str, fmt: str) -> str:
+    safe_id = re.sub(r"[^A-Za-z0-9_-]", "", str(job_id))[:64] or "job"
+    return f"{prefix}{safe_id}-{secrets.token_hex(8)}.{fmt}"
+
+
+def upload_s3(data: bytes, fmt: str, sink: DictConfig, job_id: str) -> str:
+    """Upload, then return a presigned GET URL valid for sink.url_expiry_seconds."""
+    if not s3_configured(sink):
+        raise SinkError("The s3 sink needs S3_BUCKET, S3_ACCESS_KEY and S3_SECRET_KEY to be set.")
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=sink.endpoint_url or None,
+        region_name=sink.region or "us-east-1",
+        aws_access_key_id=sink.access_key,
+        aws_secret_access_key=sink.secret_key,
+        config=Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": 3},
+                      signature_version="s3v4"),
+    )
+    key = object_key(sink.prefix, job_id, fmt)
+    where = f"bucket '{sink.bucket}'" + (f" at {sink.endpoint_url}" if sink.endpoint_url else "")
+    try:
+        client.put_object(Bucket=sink.bucket, Key=key, Body=data, ContentType=CONTENT_TYPES[fmt])
+        return client.generate_presigned_url(
+            "get_object", Params={"Bucket": sink.bucket, "Key": key},
+            ExpiresIn=int(sink.url_expiry_seconds),
+        )
+    except ClientError as exc:
+        err = exc.response.get("Error", {})
+        raise SinkError(f"S3 upload to {where} failed: {err.get('Code', 'error')}: "
+                        f"{err.get('Message', 'no message')}") from None
+    except BotoCoreError as exc:
+        raise SinkError(f"S3 upload to {where} failed: {type(exc).__name__}: {exc}") from None
+
+
+def write_file(data: bytes, fmt: str, directory: Path, name: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name) or 'tts'}.{fmt}"
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        raise SinkError(f"Could not write {path}: {exc.strerror}") from None
+    return path

@@ -1,0 +1,97 @@
+"""The RunPod worker's logic (handler.py is its thin entry point).
+
+At start-up: compose the config (defaults + environment), build the payload validator, load
+the default model and warm it up. A failure there is kept, and every job is answered with it
+instead of the worker crash-looping. Per job: validate the input, merge it onto the config, run
+the job graph, answer {audio_base64 | audio_url, metadata} or {error, traceback}. Nothing
+returned or logged contains a secret.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+
+from omegaconf import DictConfig
+
+from tts_runner import config as config_mod
+from tts_runner import payload as payload_mod
+from tts_runner.errors import TTSError
+from tts_runner.models import ModelStore
+from tts_runner.redact import install_log_filter, redact, secret_values
+from tts_runner.runner import run_job
+
+log = logging.getLogger(__name__)
+
+PROGRESS_EVERY_SECONDS = 5.0
+
+
+class Worker:
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.secrets = secret_values([cfg.sink.get("access_key"), cfg.sink.get("secret_key")])
+        install_log_filter(self.secrets)
+        self.startup_error: str | None = None
+        self.store: ModelStore | None = None
+        started = time.perf_counter()
+        try:
+            self.validator = payload_mod.build_validator(cfg)
+            defaults = {**payload_mod.from_config(cfg), "text": "start-up check"}
+            defaults.pop("segments", None)
+            try:
+                payload_mod.validate(defaults, self.validator, cfg.limits.max_total_chars)
+            except TTSError as exc:
+                raise TTSError(f"Invalid configuration (conf/ or environment): {exc}") from None
+            self.store = ModelStore(cfg.models, cfg.runtime)
+            self.store.get(cfg.models.default)
+        except Exception as exc:  # noqa: BLE001 - kept and reported to every job
+            self.startup_error = redact(_message(exc), self.secrets)
+            log.error("Worker start-up failed; every job will be answered with: %s", self.startup_error)
+        else:
+            log.info("Worker ready in %.2f s (models: %s)", time.perf_counter() - started, self.store.loaded())
+
+    @classmethod
+    def from_env(cls, overrides: list[str] | None = None) -> "Worker":
+        return cls(config_mod.load(overrides or []))
+
+    def concurrency_modifier(self, current: int) -> int:
+        return max(1, int(self.cfg.worker.concurrency))
+
+    def handle(self, job: dict) -> dict:
+        """Answer one RunPod job; never raises."""
+        try:
+            if self.startup_error:
+                raise TTSError(f"The worker failed to start: {self.startup_error}")
+            payload = payload_mod.validate(job.get("input"), self.validator, self.cfg.limits.max_total_chars)
+            cfg = payload_mod.merge(self.cfg, payload)
+            engine = self.store.get(cfg.input.model)
+            response, _ = run_job(cfg, engine, str(job.get("id", "local")), progress=self._progress(job))
+            return redact(response, self.secrets)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes {error, traceback}
+            if not isinstance(exc, TTSError):
+                log.exception("Job %s failed", job.get("id"))
+            return redact({"error": _message(exc), "traceback": traceback.format_exc()}, self.secrets)
+
+    def _progress(self, job: dict):
+        if not (self.cfg.worker.progress_updates and os.environ.get("RUNPOD_WEBHOOK_GET_JOB")):
+            return None
+        import runpod
+
+        last = [0.0]
+
+        def report(done: int, total: int) -> None:
+            now = time.monotonic()
+            if now - last[0] >= PROGRESS_EVERY_SECONDS or done == total:
+                last[0] = now
+                runpod.serverless.progress_update(job, f"{done}/{total} chunks")
+
+        return report
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, TTSError):
+        return str(exc)
+    return f"Internal error: {type(exc).__name__}: {exc}"
+
