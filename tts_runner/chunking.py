@@ -14,17 +14,19 @@ import re
 
 _SENTENCE_END = re.compile(r"(?<=[.!?;…])\s+|(?<=[。！？；])")
 _CLAUSE_END = re.compile(r"(?<=[,:—])\s+|(?<=[，、：])")
-# A word with its trailing spaces, or one CJK character (CJK has no spaces between words).
-_WORD = re.compile(
-    r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff][^\S\n]*|[^\s\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]+\s*|\s+"
-)
+# Scripts written without spaces between words: Han, kana, CJK punctuation and full-width forms.
+# (Korean Hangul separates words with spaces and is treated like Latin text.)
+_UNSPACED = "\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"
+# A word with its trailing spaces, or one unspaced character.
+_WORD = re.compile(rf"[{_UNSPACED}]\s*|[^\s{_UNSPACED}]+\s*|\s+")
+_UNSPACED_CHAR = re.compile(rf"[{_UNSPACED}]")
 
 
 def split_text(text: str, max_chars: int = 120) -> list[str]:
     """Chunks of `text`, in order, each stripped and non-empty."""
     if max_chars < 1:
         raise ValueError("max_chars must be positive")
-    text = " ".join(text.split()) if not _has_cjk(text) else text.strip()
+    text = " ".join(text.split())
     pieces: list[str] = []
     for sentence in _split(_SENTENCE_END, text):
         if len(sentence) <= max_chars:
@@ -62,12 +64,5 @@ def _pack(pieces: list[str], max_chars: int) -> list[str]:
 
 
 def _joiner_len(left: str, right: str) -> int:
-    # CJK sentences are joined without a space.
-    return 0 if _has_cjk(left[-1:]) or _has_cjk(right[:1]) else 1
-
-
-def _has_cjk(text: str) -> bool:
-    return any(
-        "\u3000" <= ch <= "\u9fff" or "\uac00" <= ch <= "\ud7af" or "\uf900" <= ch <= "\uffef"
-        for ch in text
-    )
+    # Pieces of unspaced scripts are joined without a space.
+    return 0 if _UNSPACED_CHAR.match(left[-1:]) or _UNSPACED_CHAR.match(right[:1]) else 1

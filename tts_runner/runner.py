@@ -169,7 +169,7 @@ def check_audio(wav: np.ndarray, text: str, sample_rate: int, sampling: dict, ba
     frame_s = SAMPLES_PER_FRAME / sample_rate
     # qwen_tts returns at most max_new_tokens - 1 frames; the floor is enforced by the engine.
     ceiling = (int(sampling["max_new_tokens"]) - 1) * frame_s
-    floor = (int(sampling.get("min_new_tokens", 0)) - 1) * frame_s
+    floor = int(sampling.get("min_new_tokens", 0)) * frame_s
     expected = min(max(len(text) * batching.min_seconds_per_char, floor), ceiling)
     seconds = wav.size / sample_rate
     if seconds + 1e-6 < expected:

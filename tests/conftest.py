@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny random-weight models built once per session by tts_runner.tiny_model
+and loaded through the real Qwen3TTSModel.from_pretrained path, on the CPU."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tts_runner import config as config_mod
+from tts_runner.tiny_model import build_all
+
+# Small enough for a 2-core CI machine: random weights rarely stop early, so every chunk runs
+# to max_new_tokens (15 frames = 1.2 s of audio).
+FAST = ["sampling.max_new_tokens=16", "sampling.min_new_tokens=4"]
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    cached = os.environ.get("TTS_RUNNER_TEST_MODELS")
+    if cached and Path(cached, "Qwen3-TTS-12Hz-1.7B-CustomVoice", "config.json").is_file():
+        return Path(cached)
+    out = tmp_path_factory.mktemp("models")
+    build_all(out)
+    return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tiny_env(model_dir):
+    """Every test runs against the tiny models on the CPU, with no S3 configured."""
+    saved = dict(os.environ)
+    os.environ.update(QWEN_TTS_MODEL_DIR=str(model_dir), QWEN_TTS_DEVICE="cpu")
+    for name in ("S3_BUCKET", "S3_ACCESS_KEY", "S3_SECRET_KEY", "S3_ENDPOINT", "QWEN_TTS_MIN_NEW_TOKENS"):
+        os.environ.pop(name, None)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture
+def cfg(tiny_env):
+    return config_mod.load(FAST)
+
+
+@pytest.fixture(scope="session")
+def worker(tiny_env):
+    from tts_runner.worker import Worker
+
+    w = Worker.from_env(FAST)
+    assert w.startup_error is None, w.startup_error
+    return w
+
+
+@pytest.fixture(scope="session")
+def engine(worker):
+    return worker.store.get("1.7B-CustomVoice")

@@ -1,0 +1,101 @@
+"""Config composition and precedence: conf defaults < environment < job < command line."""
+
+import os
+from contextlib import contextmanager
+
+from omegaconf import OmegaConf
+
+from tts_runner import config as config_mod
+from tts_runner import payload as payload_mod
+from tts_runner.__main__ import resolve_job
+from tts_runner.sinks import resolve_kind
+
+
+@contextmanager
+def env(**values):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update({k: v for k, v in values.items() if v is not None})
+    for k, v in values.items():
+        if v is None:
+            os.environ.pop(k, None)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_defaults_match_the_documented_api():
+    with env(QWEN_TTS_MODEL_DIR=None, QWEN_TTS_DEVICE=None):
+        cfg = config_mod.load()
+        assert cfg.models.dir == "/models" and cfg.runtime.device == "auto"
+    s = cfg.sampling
+    assert (s.temperature, s.top_k, s.top_p, s.repetition_penalty, s.max_new_tokens) == (0.3, 50, 0.85, 1.0, 1024)
+    assert (s.subtalker_temperature, s.subtalker_top_k, s.subtalker_top_p, s.min_new_tokens) == (0.3, 50, 0.85, 60)
+    assert cfg.input.voice == "male_1" and cfg.input.model == "1.7B-CustomVoice"
+    assert cfg.input.output_format == "wav" and cfg.input.language == "en" and cfg.input.instruct is None
+    assert cfg.sink.region == "us-east-1" and cfg.sink.prefix == "tts-output/"
+
+
+def test_environment_reaches_the_config():
+    with env(QWEN_TTS_MODEL_DIR="/data/m", QWEN_TTS_DEVICE="cuda:0", QWEN_TTS_MIN_NEW_TOKENS="30",
+             S3_BUCKET="b", S3_ACCESS_KEY="ak", S3_SECRET_KEY="sk", S3_ENDPOINT="http://minio:9000",
+             S3_REGION="eu-west-1"):
+        cfg = config_mod.load()
+        assert cfg.models.dir == "/data/m" and cfg.runtime.device == "cuda:0"
+        assert cfg.sampling.min_new_tokens == 30
+        assert (cfg.sink.bucket, cfg.sink.access_key, cfg.sink.secret_key) == ("b", "ak", "sk")
+        assert cfg.sink.endpoint_url == "http://minio:9000" and cfg.sink.region == "eu-west-1"
+        assert resolve_kind(cfg.sink) == "s3"
+
+
+def test_auto_sink_is_base64_unless_bucket_and_both_credentials_are_set():
+    with env(S3_BUCKET="b", S3_ACCESS_KEY="ak", S3_SECRET_KEY=None):
+        assert resolve_kind(config_mod.load().sink) == "base64"
+    with env(S3_BUCKET="", S3_ACCESS_KEY="ak", S3_SECRET_KEY="sk"):
+        assert resolve_kind(config_mod.load().sink) == "base64"
+
+
+def test_precedence_conf_lt_env_lt_payload_lt_cli():
+    assert config_mod.load().sampling.min_new_tokens == 60  # conf default
+    with env(QWEN_TTS_MIN_NEW_TOKENS="30"):
+        cfg = config_mod.load()
+        assert cfg.sampling.min_new_tokens == 30  # environment beats conf
+        job = {"text": "Hi.", "params": {"min_new_tokens": 10, "temperature": 0.9}}
+        merged = payload_mod.merge(cfg, job)
+        assert merged.sampling.min_new_tokens == 10  # payload beats environment
+        cli = ["sampling.min_new_tokens=5", "input.voice=female_2", "sink=file"]
+        composed = config_mod.load(cli, config_name="cli")
+        pins = config_mod.pinned_overrides(composed, cli)
+        final = config_mod.apply_pins(payload_mod.merge(composed, job), pins)
+        assert final.sampling.min_new_tokens == 5  # command line beats payload
+        assert final.sampling.temperature == 0.9  # payload value not overridden by the CLI stays
+        assert final.input.voice == "female_2" and final.sink.kind == "file"
+
+
+def test_cli_job_spec_is_merged_under_cli_overrides():
+    cli = ["+job=jobs/podcast.yaml", "sampling.temperature=0.8", "input.output_format=wav"]
+    cfg = resolve_job(config_mod.load(cli, config_name="cli"), cli)
+    assert cfg.input.name == "podcast" and len(cfg.input.segments) >= 12
+    assert cfg.sampling.temperature == 0.8  # the spec says 0.3
+    assert cfg.input.output_format == "wav"  # the spec says mp3
+
+
+def test_cli_values_pass_the_same_validation():
+    import pytest
+
+    from tts_runner.errors import InputError
+
+    cli = ["+job=hello", "sampling.temperature=-1"]
+    with pytest.raises(InputError, match=r"\$.params.temperature: must be > 0"):
+        resolve_job(config_mod.load(cli, config_name="cli"), cli)
+
+
+def test_every_config_group_is_documented_in_the_root_defaults():
+    root = OmegaConf.load(config_mod.CONF_DIR / "config.yaml")
+    groups = {next(iter(d)) for d in root.defaults if isinstance(d, dict) or hasattr(d, "keys")}
+    on_disk = {p.name for p in config_mod.CONF_DIR.iterdir() if p.is_dir()}
+    assert groups == on_disk

@@ -1,0 +1,72 @@
+"""The engine on the tiny model: batching, order, and the min_new_tokens floor."""
+
+import contextlib
+
+import numpy as np
+import pytest
+
+from tts_runner.engine import SAMPLES_PER_FRAME, ChunkRequest
+
+GREEDY = {"do_sample": False, "max_new_tokens": 40, "min_new_tokens": 2}
+
+
+@contextlib.contextmanager
+def eager_to_stop(engine):
+    """Make the talker want to stop at every step: a large logit on the end-of-speech code."""
+    talker = engine.tts.model.talker
+    eos = talker.config.codec_eos_token_id
+
+    def boost(module, args, output):
+        output[..., eos] += 1e4
+        return output
+
+    handle = talker.codec_head.register_forward_hook(boost)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def frames(wav) -> int:
+    assert wav.size % SAMPLES_PER_FRAME == 0
+    return wav.size // SAMPLES_PER_FRAME
+
+
+def request(text, speaker="ryan"):
+    return ChunkRequest(text, speaker, "english", None)
+
+
+def test_tiny_model_is_audible_but_not_clipped(engine):
+    wavs, sr = engine.generate([request("Is anybody out there?")], GREEDY)
+    peak = float(np.abs(wavs[0]).max())
+    assert sr == 24000 and 1e-3 < peak < 0.99
+
+
+@pytest.mark.parametrize("floor", [6, 15])
+def test_min_new_tokens_floor_holds_back_the_end_of_speech(engine, floor):
+    with eager_to_stop(engine):
+        library_default, _ = engine.generate([request("Stop early.")], {**GREEDY, "min_new_tokens": 2})
+        floored, _ = engine.generate([request("Stop early.")], {**GREEDY, "min_new_tokens": floor})
+    # Without our floor the model stops as soon as the library's hard-coded 2 allows.
+    assert frames(library_default[0]) <= 2
+    # With it, the end-of-speech code is suppressed until `floor` frames exist.
+    assert frames(floored[0]) == floor
+
+
+def test_floor_is_capped_by_max_new_tokens(engine):
+    with eager_to_stop(engine):
+        wavs, _ = engine.generate([request("Cap.")], {**GREEDY, "max_new_tokens": 8, "min_new_tokens": 60})
+    assert frames(wavs[0]) == 7  # qwen_tts returns at most max_new_tokens - 1 frames
+
+
+def test_batched_call_returns_one_waveform_per_request_in_order(engine):
+    texts = ["Short.", "A much longer sentence with many more words in it.", "Medium length text."]
+    speakers = ["ryan", "vivian", "aiden"]
+    singles = [engine.generate([request(t, s)], GREEDY)[0][0] for t, s in zip(texts, speakers)]
+    batched, _ = engine.generate([request(t, s) for t, s in zip(texts, speakers)], GREEDY)
+    assert len(batched) == 3
+    # Greedy decoding: each item of a left-padded batch is what it would be alone (same length;
+    # samples equal up to float noise from padding).
+    for one, many in zip(singles, batched):
+        assert one.shape == many.shape
+        assert np.allclose(one, many, atol=1e-3)
