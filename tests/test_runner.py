@@ -182,3 +182,26 @@ def test_duration_in_metadata_is_that_of_the_decoded_file(cfg, engine):
     assert out.duration_seconds == round(samples.size / sr, 3)
     # 3 chunks of 1.2 s, one 40 ms crossfade inside segment 2, one 200 ms gap; MP3 pads a little
     assert out.duration_seconds == pytest.approx(3 * 1.2 - 0.04 + 0.2, abs=0.1)
+
+
+def test_tiny_model_stops_at_speech_like_lengths_above_the_floor(cfg, engine):
+    spec = job(cfg, segments=[{"text": s} for s in SENTENCES], params={"max_new_tokens": 200, "min_new_tokens": 20})
+    spec.batching.min_seconds_per_char = 0
+    chunks, n = plan(spec.input, engine, spec.voices, 120)
+    results, _, stats = generate_all(engine, chunks, n, OmegaConf.to_container(spec.sampling, resolve=True),
+                                     spec.batching)
+    frames = sorted(w.size // SAMPLES_PER_FRAME for w in results.values())
+    assert frames[0] >= 20 and frames[-1] <= 199 and len(set(frames)) > 3, frames
+    assert stats.retries == 0
+
+
+def test_too_short_for_the_text_is_retried(cfg, engine):
+    spec = job(cfg, text="A sentence of some length that needs more than a fraction of a second.")
+    spec.batching.min_seconds_per_char = 0.02  # 71 characters: at least 1.42 s, capped at 1.2 s
+
+    def fault(call, texts, wavs):
+        return [w[: 10 * SAMPLES_PER_FRAME] for w in wavs] if call == 1 else None
+
+    with model_calls(engine, fault) as calls:
+        out = synthesize(spec, engine)
+    assert len(calls) == 2 and out.stats.retries == 1 and out.duration_seconds == 1.2

@@ -85,8 +85,11 @@ def to_overrides(payload: dict) -> dict:
         if key in params:
             overrides["input"][key] = params.pop(key)
     for key, value in params.items():
-        is_int = key in ("top_k", "subtalker_top_k", "max_new_tokens", "min_new_tokens")
-        overrides["sampling"][key] = int(value) if is_int else float(value)
+        if key in ("top_k", "subtalker_top_k", "max_new_tokens", "min_new_tokens"):
+            value = int(value)
+        elif not isinstance(value, bool):
+            value = float(value)
+        overrides["sampling"][key] = value
     if "text" in payload:
         overrides["input"]["segments"] = None
     elif "segments" in payload:

@@ -29,6 +29,8 @@ LANGUAGES = [
     "french", "russian", "portuguese", "spanish", "italian",
 ]
 CODEBOOK = 2048  # speech-tokenizer codebook; talker codec ids >= this are control ids
+# Scale of the end-of-speech row of codec_head (see _teach_to_stop); 0 leaves it random.
+STOP_BIAS = 0.2
 # Decoder weight spread: 0.05 gives a peak near 3e-4, 0.1 saturates at +-1 (measured); this sits between.
 DECODER_WEIGHT_STD = 0.085
 
@@ -165,7 +167,8 @@ def _audible(speech_tokenizer: torch.nn.Module, generator: torch.Generator) -> N
                 p.copy_(torch.randn(p.shape, generator=generator) * DECODER_WEIGHT_STD)
 
 
-def build_variant(out_dir: Path, folder: str, sizes: TinySizes = TinySizes(), seed: int = 0) -> Path:
+def build_variant(out_dir: Path, folder: str, sizes: TinySizes = TinySizes(), seed: int = 0,
+                  stop_bias: float = STOP_BIAS) -> Path:
     """Write one random-weight model folder and return its path."""
     from qwen_tts.core.models import (
         Qwen3TTSConfig,
@@ -213,10 +216,47 @@ def build_variant(out_dir: Path, folder: str, sizes: TinySizes = TinySizes(), se
     speech.save_pretrained(speech_dir)
     EncodecFeatureExtractor(feature_size=1, sampling_rate=24000).save_pretrained(speech_dir)
 
+    if stop_bias:
+        _teach_to_stop(target, stop_bias)
     (target / RANDOM_MARKER).write_text(
         "Random weights built by tts_runner.tiny_model: the audio is noise. For tests only.\n"
     )
     return target
+
+
+def _teach_to_stop(target: Path, beta: float) -> None:
+    """Make the random talker end speech at varied, speech-like lengths.
+
+    Random weights almost never emit the end-of-speech code, so every chunk would run to
+    max_new_tokens. The talker's last hidden states share a stable mean direction d; setting the
+    end code's row of codec_head to beta * d gives it a logit that, under the default sampling
+    (temperature 0.3, top_k 50, top_p 0.85), ends most chunks within ~70 frames and a few after
+    200-350 (measured with beta 0.2): a long tail like real speech.
+    """
+    from qwen_tts import Qwen3TTSModel
+    from safetensors.torch import load_file, save_file
+
+    tts = Qwen3TTSModel.from_pretrained(str(target), device_map="cpu", dtype=torch.float32)
+    talker = tts.model.talker
+    states: list[torch.Tensor] = []
+    hook = talker.codec_head.register_forward_hook(lambda m, args, out: states.append(args[0][:, -1].detach()))
+    speakers = list(tts.get_supported_speakers() or [])[:2] or None
+    with torch.inference_mode():
+        if speakers:
+            tts.generate_custom_voice(["Calibration text number one.", "A second calibration sentence!"],
+                                      speaker=speakers * (2 // len(speakers)), language="english",
+                                      max_new_tokens=40, do_sample=False)
+        else:
+            tts.generate_voice_design(["Calibration text number one.", "A second calibration sentence!"],
+                                      instruct="A calm voice.", language="english", max_new_tokens=40,
+                                      do_sample=False)
+    hook.remove()
+    direction = torch.cat(states).mean(0)
+    direction = direction / direction.norm()
+    weights_path = target / "model.safetensors"
+    weights = load_file(weights_path)
+    weights["talker.codec_head.weight"][talker.config.codec_eos_token_id] = beta * direction
+    save_file(weights, weights_path, metadata={"format": "pt"})
 
 
 def _drop_rejected_speaker_encoder_keys(config_path: Path) -> None:
@@ -232,8 +272,9 @@ def _drop_rejected_speaker_encoder_keys(config_path: Path) -> None:
     config_path.write_text(json.dumps(data, indent=2))
 
 
-def build_all(out_dir: Path, folders: list[str] | None = None, sizes: TinySizes = TinySizes()) -> list[Path]:
-    return [build_variant(out_dir, f, sizes) for f in (folders or list(VARIANTS))]
+def build_all(out_dir: Path, folders: list[str] | None = None, sizes: TinySizes = TinySizes(),
+              stop_bias: float = STOP_BIAS) -> list[Path]:
+    return [build_variant(out_dir, f, sizes, stop_bias=stop_bias) for f in (folders or list(VARIANTS))]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,9 +284,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder to build (repeatable; default: all)")
     parser.add_argument("--real-size", action="store_true",
                         help="use the published 1.7B dimensions (several GB; for GPU benchmarks)")
+    parser.add_argument("--stop-bias", type=float, default=STOP_BIAS,
+                        help="end-of-speech bias (0: never stops early, every chunk runs to max_new_tokens)")
     args = parser.parse_args(argv)
     sizes = TinySizes.real_1_7b() if args.real_size else TinySizes()
-    for path in build_all(args.out_dir, args.variant, sizes):
+    for path in build_all(args.out_dir, args.variant, sizes, args.stop_bias):
         print(f"built {path}")
     return 0
 

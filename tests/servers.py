@@ -1,0 +1,77 @@
+"""Real server processes on 127.0.0.1 for end-to-end tests: the RunPod local API (handler.py)
+and a moto S3 server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.25)
+    raise RuntimeError(f"server did not open port {port} in {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+@contextmanager
+def process(args: list[str], port: int, log: Path, env: dict | None = None):
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(args, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})})
+    try:
+        wait_for_port(port, proc, log)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@contextmanager
+def runpod_api(log: Path, env: dict | None = None):
+    """`python handler.py --rp_serve_api` on a free port; yields a function posting to /runsync."""
+    port = free_port()
+    args = [sys.executable, "handler.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1",
+            "--rp_api_port", str(port)]
+    with process(args, port, log, env) as proc:
+        def runsync(job_input, timeout: float = 300) -> dict:
+            body = job_input if isinstance(job_input, (bytes, str)) else None
+            response = requests.post(f"http://127.0.0.1:{port}/runsync", timeout=timeout,
+                                     **({"data": body, "headers": {"Content-Type": "application/json"}}
+                                        if body is not None else {"json": {"input": job_input}}))
+            return {"http_status": response.status_code, **response.json()}
+
+        runsync.proc = proc
+        runsync.port = port
+        yield runsync
+
+
+@contextmanager
+def moto_s3(log: Path):
+    port = free_port()
+    args = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    with process(args, port, log):
+        yield f"http://127.0.0.1:{port}"
