@@ -62,11 +62,11 @@ def test_floor_is_capped_by_max_new_tokens(engine):
 def test_batched_call_returns_one_waveform_per_request_in_order(engine):
     texts = ["Short.", "A much longer sentence with many more words in it.", "Medium length text."]
     speakers = ["ryan", "vivian", "aiden"]
-    singles = [engine.generate([request(t, s)], GREEDY)[0][0] for t, s in zip(texts, speakers)]
-    batched, _ = engine.generate([request(t, s) for t, s in zip(texts, speakers)], GREEDY)
+    singles = [engine.generate([request(t, s)], GREEDY)[0][0] for t, s in zip(texts, speakers, strict=False)]
+    batched, _ = engine.generate([request(t, s) for t, s in zip(texts, speakers, strict=False)], GREEDY)
     assert len(batched) == 3
     # Greedy decoding: each item of a left-padded batch is what it would be alone (same length;
     # samples equal up to float noise from padding).
-    for one, many in zip(singles, batched):
+    for one, many in zip(singles, batched, strict=False):
         assert one.shape == many.shape
         assert np.allclose(one, many, atol=1e-3)

@@ -28,7 +28,7 @@ def model_calls(engine, fault=None):
     real = engine.tts.generate_custom_voice
 
     def wrapper(text, speaker, language, instruct, **kwargs):
-        calls.append(list(zip(text, speaker)))
+        calls.append(list(zip(text, speaker, strict=False)))
         wavs, sr = real(text=text, speaker=speaker, language=language, instruct=instruct, **kwargs)
         if fault:
             replaced = fault(len(calls), text, wavs)

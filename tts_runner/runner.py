@@ -146,7 +146,7 @@ def generate_all(
         if len(wavs) != len(batch):
             raise GenerationError(f"The model returned {len(wavs)} waveforms for a batch of {len(batch)}.")
         retry: list[Chunk] = []
-        for chunk, wav in zip(batch, wavs):
+        for chunk, wav in zip(batch, wavs, strict=False):
             problem = check_audio(wav, chunk.request.text, sample_rate, sampling, batching)
             if problem is None:
                 results[chunk.index] = wav

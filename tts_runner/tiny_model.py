@@ -56,7 +56,7 @@ class TinySizes:
     decoder_small: bool = True
 
     @classmethod
-    def real_1_7b(cls) -> "TinySizes":
+    def real_1_7b(cls) -> TinySizes:
         return cls(
             talker_hidden=2048, talker_layers=28, talker_heads=16, talker_kv_heads=8,
             talker_head_dim=128, talker_intermediate=6144, text_hidden=2048,

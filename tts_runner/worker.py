@@ -53,7 +53,7 @@ class Worker:
             log.info("Worker ready in %.2f s (models: %s)", time.perf_counter() - started, self.store.loaded())
 
     @classmethod
-    def from_env(cls, overrides: list[str] | None = None) -> "Worker":
+    def from_env(cls, overrides: list[str] | None = None) -> Worker:
         return cls(config_mod.load(overrides or []))
 
     def concurrency_modifier(self, current: int) -> int:

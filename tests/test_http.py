@@ -1,0 +1,105 @@
+"""End to end over HTTP: `python handler.py --rp_serve_api` as a process on 127.0.0.1, the
+README's example payloads sent to /runsync unchanged, answered as base64 and as a presigned S3
+URL from a moto server process; bad payloads answered with errors while the server keeps serving."""
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import boto3
+import pytest
+import requests
+
+from tests.servers import REPO, moto_s3, runpod_api
+from tts_runner.audio import decode
+
+
+def readme_payloads() -> list[dict]:
+    blocks = re.findall(r"```json\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    payloads = [json.loads(b) for b in blocks if b.lstrip().startswith('{"input"') or '"input":' in b[:20]]
+    assert len(payloads) >= 2
+    return payloads
+
+
+def check_audio(data: bytes, fmt: str, metadata: dict, segments: int) -> None:
+    samples, sr = decode(data, fmt)
+    assert sr == metadata["sample_rate"] == 24000 and metadata["format"] == fmt
+    assert metadata["num_segments"] == segments
+    assert metadata["duration_seconds"] == round(samples.size / sr, 3) > 0
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory, model_dir):
+    with runpod_api(tmp_path_factory.mktemp("logs") / "api.log") as runsync:
+        yield runsync
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_readme_examples_over_http_as_base64(api, index):
+    payload = readme_payloads()[index]
+    answer = api(payload["input"])
+    assert answer["http_status"] == 200 and answer["status"] == "COMPLETED", answer
+    output = answer["output"]
+    fmt = payload["input"].get("output_format", "wav")
+    segments = len(payload["input"].get("segments", [None]))
+    check_audio(base64.b64decode(output["audio_base64"]), fmt, output["metadata"], segments)
+
+
+BAD = [
+    ({"text": "hi", "segments": [{"text": "x"}]}, "got both"),
+    ({"text": "hi", "model": "/etc/passwd"}, "$.model: '/etc/passwd' is not allowed"),
+    ({"text": "hi", "voice": "nobody"}, "Unknown voice 'nobody'"),
+    ({"text": "hi", "params": {"temperature": "hot"}}, "$.params.temperature: must be of type number"),
+    ({"text": "hi", "output_format": "flac"}, "$.output_format: 'flac' is not allowed; allowed: wav, mp3"),
+    ({"segments": [{"text": ""}]}, "$.segments[0].text: must not be empty"),
+]
+
+
+def test_bad_payloads_get_errors_and_the_server_keeps_serving(api):
+    for job_input, expected in BAD:
+        answer = api(job_input)
+        assert answer["status"] == "FAILED" and expected in answer["error"], answer
+    assert api.proc.poll() is None
+    answer = api({"text": "Still serving."})
+    assert answer["status"] == "COMPLETED" and "audio_base64" in answer["output"]
+
+
+def test_non_json_and_non_object_bodies_do_not_kill_the_server(api):
+    assert api(b"{not json")["http_status"] == 422
+    answer = api(json.dumps({"input": "just a string"}))
+    assert answer.get("status") == "FAILED" or answer["http_status"] == 422
+    assert api({"text": "Alive."})["status"] == "COMPLETED"
+
+
+def test_readme_examples_over_http_as_presigned_s3_urls(tmp_path, model_dir):
+    credentials = {"S3_ACCESS_KEY": "test-access-key", "S3_SECRET_KEY": "test-secret-key-123"}
+    with moto_s3(tmp_path / "moto.log") as endpoint:
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id=credentials["S3_ACCESS_KEY"],
+                          aws_secret_access_key=credentials["S3_SECRET_KEY"])
+        s3.create_bucket(Bucket="tts-bucket")
+        env = {**credentials, "S3_BUCKET": "tts-bucket", "S3_ENDPOINT": endpoint}
+        with runpod_api(tmp_path / "api.log", env) as runsync:
+            for payload in readme_payloads():
+                answer = runsync(payload["input"])
+                assert answer["status"] == "COMPLETED", answer
+                output = answer["output"]
+                assert "audio_base64" not in output
+                assert output["audio_url"].startswith(f"{endpoint}/tts-bucket/tts-output/")
+                fetched = requests.get(output["audio_url"], timeout=30)
+                assert fetched.status_code == 200
+                fmt = payload["input"].get("output_format", "wav")
+                check_audio(fetched.content, fmt, output["metadata"], len(payload["input"].get("segments", [None])))
+            keys = [o["Key"] for o in s3.list_objects_v2(Bucket="tts-bucket")["Contents"]]
+            assert len(keys) == 2 and all(k.startswith("tts-output/test-") for k in keys)
+
+            # a missing bucket is a clear error without the secret, and nothing is reported as done
+            s3.delete_object(Bucket="tts-bucket", Key=keys[0])
+            s3.delete_object(Bucket="tts-bucket", Key=keys[1])
+            s3.delete_bucket(Bucket="tts-bucket")
+            answer = runsync({"text": "Where does this go?"})
+            assert answer["status"] == "FAILED"
+            assert answer["error"] == f"S3 upload to bucket 'tts-bucket' at {endpoint} failed: NoSuchBucket: The specified bucket does not exist"
+            log = Path(tmp_path / "api.log").read_text()
+            assert credentials["S3_SECRET_KEY"] not in log and credentials["S3_SECRET_KEY"] not in json.dumps(answer)

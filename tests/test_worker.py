@@ -1,0 +1,101 @@
+"""The worker in-process: answers, start-up failures kept, secrets never returned or logged."""
+
+import base64
+import io
+import logging
+import os
+
+import soundfile as sf
+
+from tests.conftest import FAST
+from tts_runner.worker import Worker
+
+
+def test_text_job_returns_wav_matching_its_metadata(worker):
+    out = worker.handle({"id": "t1", "input": {"text": "Hello there. How are you today?"}})
+    assert set(out) == {"audio_base64", "metadata"}
+    info = sf.info(io.BytesIO(base64.b64decode(out["audio_base64"])))
+    meta = out["metadata"]
+    assert (info.samplerate, info.channels, info.subtype) == (24000, 1, "PCM_16")
+    assert meta["duration_seconds"] == round(info.frames / info.samplerate, 3) == 1.2
+    assert meta["sample_rate"] == 24000 and meta["format"] == "wav" and meta["num_segments"] == 1
+    assert meta["generation_time_seconds"] > 0
+
+
+def test_voice_design_model_needs_instruct(worker):
+    out = worker.handle({"id": "vd", "input": {"text": "Hi.", "model": "1.7B-VoiceDesign"}})
+    assert out["error"] == "Model '1.7B-VoiceDesign' designs a voice from params.instruct: describe the voice there."
+    out = worker.handle({"id": "vd", "input": {"text": "Hi.", "model": "1.7B-VoiceDesign",
+                                               "params": {"instruct": "A warm, low voice."}}})
+    assert out["metadata"]["model"] == "1.7B-VoiceDesign" and out["metadata"]["duration_seconds"] == 1.2
+
+
+def test_errors_carry_a_traceback_and_the_worker_keeps_serving(worker):
+    out = worker.handle({"id": "bad", "input": {"text": "x", "params": {"top_k": "many"}}})
+    assert out["error"] == "Invalid input at $.params.top_k: must be of type integer, got string."
+    assert "Traceback" in out["traceback"]
+    assert "audio_base64" in worker.handle({"id": "ok", "input": {"text": "Still here."}})
+    assert worker.handle({"id": "none"})["error"].startswith("Invalid input at $: the job input must be")
+
+
+def test_missing_model_folder_is_kept_and_returned_to_every_job(tmp_path, tiny_env):
+    saved = os.environ["QWEN_TTS_MODEL_DIR"]
+    os.environ["QWEN_TTS_MODEL_DIR"] = str(tmp_path / "empty")
+    try:
+        broken = Worker.from_env(FAST)
+    finally:
+        os.environ["QWEN_TTS_MODEL_DIR"] = saved
+    expected = (f"The worker failed to start: Model '1.7B-CustomVoice' not found: {tmp_path}/empty/"
+                "Qwen3-TTS-12Hz-1.7B-CustomVoice has no config.json. Put the Qwen3-TTS-12Hz-1.7B-CustomVoice "
+                f"folder under QWEN_TTS_MODEL_DIR (now {tmp_path}/empty).")
+    for i in range(2):
+        assert broken.handle({"id": str(i), "input": {"text": "Hi."}})["error"] == expected
+
+
+def test_corrupt_model_folder_is_a_clear_start_up_error(tmp_path, model_dir, tiny_env):
+    folder = tmp_path / "Qwen3-TTS-12Hz-1.7B-CustomVoice"
+    folder.mkdir()
+    (folder / "config.json").write_text("{not json")
+    saved = os.environ["QWEN_TTS_MODEL_DIR"]
+    os.environ["QWEN_TTS_MODEL_DIR"] = str(tmp_path)
+    try:
+        broken = Worker.from_env(FAST)
+    finally:
+        os.environ["QWEN_TTS_MODEL_DIR"] = saved
+    error = broken.handle({"id": "1", "input": {"text": "Hi."}})["error"]
+    assert error.startswith(f"The worker failed to start: Model '1.7B-CustomVoice' at {folder} could not be loaded: ")
+
+
+def test_bad_environment_is_a_clear_start_up_error(tiny_env):
+    os.environ["QWEN_TTS_MIN_NEW_TOKENS"] = "lots"
+    try:
+        broken = Worker.from_env(FAST[:1])
+    finally:
+        del os.environ["QWEN_TTS_MIN_NEW_TOKENS"]
+    assert broken.handle({"input": {"text": "Hi."}})["error"] == (
+        "The worker failed to start: Invalid configuration (conf/ or environment): "
+        "Invalid input at $.params.min_new_tokens: must be of type integer, got string.")
+
+
+def test_secrets_never_appear_in_answers_or_logs(tiny_env, caplog, tmp_path):
+    planted = {"S3_SECRET_KEY": "sk-PLANTED-secret-123", "S3_ACCESS_KEY": "AKIAPLANTED456",
+               "RUNPOD_AI_API_KEY": "rp-PLANTED-key-789", "HF_TOKEN": "hf_PLANTEDtoken",
+               "DB_PASSWORD": "pw-PLANTED-000"}
+    os.environ.update(planted, S3_BUCKET="bucket", S3_ENDPOINT="http://127.0.0.1:9")  # nothing listens on 9
+    try:
+        with caplog.at_level(logging.DEBUG):
+            w = Worker.from_env(FAST)
+            answers = [
+                w.handle({"id": "s3-down", "input": {"text": "Upload me."}}),
+                # a payload that quotes a secret must not get it echoed back either
+                w.handle({"id": "echo", "input": {"text": "x", "voice": planted["HF_TOKEN"] + "/.."}}),
+                w.handle({"id": "echo2", "input": {"text": "x", "params": {"language": planted["DB_PASSWORD"]}}}),
+            ]
+    finally:
+        for k in [*planted, "S3_BUCKET", "S3_ENDPOINT"]:
+            os.environ.pop(k, None)
+    assert answers[0]["error"].startswith("S3 upload to bucket 'bucket' at http://127.0.0.1:9 failed")
+    everything = repr(answers) + caplog.text + "".join(r.getMessage() for r in caplog.records)
+    for value in planted.values():
+        assert value not in everything
+    assert "[REDACTED]" in repr(answers)
