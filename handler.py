@@ -1,8 +1,12 @@
 """RunPod serverless entry point: `python -u handler.py` (add --rp_serve_api for a local HTTP API).
 
 The worker composes conf/ with the environment, loads the default model and warms it up here,
-once per warm worker; each job is then answered by Worker.handle.
+once per warm worker; each job is then answered by Worker.handle. The handler is async and runs
+each job in a thread, so with worker.concurrency > 1 jobs overlap their CPU work (chunking,
+encoding, uploads) while model calls stay serialized.
 """
+
+import asyncio
 
 import runpod
 
@@ -11,8 +15,8 @@ from tts_runner.worker import Worker
 WORKER = Worker.from_env()
 
 
-def handler(job: dict) -> dict:
-    return WORKER.handle(job)
+async def handler(job: dict) -> dict:
+    return await asyncio.to_thread(WORKER.handle, job)
 
 
 if __name__ == "__main__":

@@ -35,8 +35,14 @@ def test_long_sentence_prefers_clause_boundaries():
 
 
 def test_a_single_word_longer_than_the_limit_stays_whole():
-    url = "https://example.com/" + "x" * 200
+    url = "https://example.com/" + "x" * 70
     assert split_text(f"See {url} now.", 50) == ["See", url, "now."]
+
+
+def test_a_run_of_characters_beyond_twice_the_limit_is_cut():
+    junk = "x" * 20000
+    chunks = split_text(f"Start {junk} end.", 120)
+    assert max(map(len, chunks)) <= 120 and "".join(chunks).replace(" ", "") == f"Start{junk}end."
 
 
 def test_cjk_punctuation_splits_sentences_without_spaces():

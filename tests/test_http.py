@@ -49,7 +49,7 @@ def test_readme_examples_over_http_as_base64(api, index):
 BAD = [
     ({"text": "hi", "segments": [{"text": "x"}]}, "got both"),
     ({"text": "hi", "model": "/etc/passwd"}, "$.model: '/etc/passwd' is not allowed"),
-    ({"text": "hi", "voice": "nobody"}, "Unknown voice 'nobody'"),
+    ({"text": "hi", "voice": "nobody"}, "Invalid input at $.voice: unknown voice 'nobody'"),
     ({"text": "hi", "params": {"temperature": "hot"}}, "$.params.temperature: must be of type number"),
     ({"text": "hi", "output_format": "flac"}, "$.output_format: 'flac' is not allowed; allowed: wav, mp3"),
     ({"segments": [{"text": ""}]}, "$.segments[0].text: must not be empty"),

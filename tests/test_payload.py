@@ -53,6 +53,7 @@ def test_readme_examples_are_valid(check):
     ({"segments": [{"text": "a", "speaker": "x"}]}, "$.segments[0]: unknown field(s) 'speaker'"),
     ({"segments": ["just a string"]}, "$.segments[0]: must be of type object, got string"),
     (["text"], "$: the job input must be a JSON object"),
+    ({"text": "a", "junk": [[[[[[[[[["deep"]]]]]]]]]]}, "nested more than 8 levels deep"),
     (None, "$: the job input must be a JSON object"),
 ])
 def test_bad_payloads_get_one_clear_error(check, payload, expected):

@@ -56,9 +56,12 @@ def test_plan_spans_segments_and_voices(cfg, engine):
 
 
 def test_unknown_voice_and_language_are_input_errors(cfg, engine):
-    with pytest.raises(InputError, match="Unknown voice 'nobody'. Available: aliases female_1"):
+    with pytest.raises(InputError, match=r"^Invalid input at \$.voice: unknown voice 'nobody'. Available: aliases female_1"):
         plan(job(cfg, text="Hi.", voice="nobody").input, engine, cfg.voices, 120)
-    with pytest.raises(InputError, match="Unknown language 'xx'"):
+    segments = [{"text": "a"}, {"text": "b", "voice": "Ghost"}]
+    with pytest.raises(InputError, match=r"^Invalid input at \$.segments\[1\].voice: unknown voice 'Ghost'"):
+        plan(job(cfg, segments=segments).input, engine, cfg.voices, 120)
+    with pytest.raises(InputError, match=r"^Invalid input at \$.params.language: unknown language 'xx'"):
         plan(job(cfg, text="Hi.", params={"language": "xx"}).input, engine, cfg.voices, 120)
     for language in ("en", "English", "auto", "zh"):
         plan(job(cfg, text="Hi.", params={"language": language}).input, engine, cfg.voices, 120)

@@ -4,6 +4,7 @@ import base64
 import io
 import logging
 import os
+import time
 
 import soundfile as sf
 
@@ -24,7 +25,8 @@ def test_text_job_returns_wav_matching_its_metadata(worker):
 
 def test_voice_design_model_needs_instruct(worker):
     out = worker.handle({"id": "vd", "input": {"text": "Hi.", "model": "1.7B-VoiceDesign"}})
-    assert out["error"] == "Model '1.7B-VoiceDesign' designs a voice from params.instruct: describe the voice there."
+    assert out["error"] == ("Invalid input at $.params.instruct: model '1.7B-VoiceDesign' designs a voice "
+                            "from params.instruct; describe the voice there.")
     out = worker.handle({"id": "vd", "input": {"text": "Hi.", "model": "1.7B-VoiceDesign",
                                                "params": {"instruct": "A warm, low voice."}}})
     assert out["metadata"]["model"] == "1.7B-VoiceDesign" and out["metadata"]["duration_seconds"] == 1.2
@@ -99,3 +101,63 @@ def test_secrets_never_appear_in_answers_or_logs(tiny_env, caplog, tmp_path):
     for value in planted.values():
         assert value not in everything
     assert "[REDACTED]" in repr(answers)
+
+
+def test_bad_overrides_in_the_environment_are_a_kept_start_up_error(tiny_env):
+    os.environ["TTS_RUNNER_OVERRIDES"] = "batching.no_such_key=1"
+    try:
+        broken = Worker.from_env(FAST)
+    finally:
+        del os.environ["TTS_RUNNER_OVERRIDES"]
+    error = broken.handle({"input": {"text": "Hi."}})["error"]
+    assert error.startswith("The worker failed to start: Invalid TTS_RUNNER_OVERRIDES: ConfigCompositionException")
+
+
+def test_oversized_inline_result_is_refused_with_size_limit_and_advice(tiny_env):
+    w = Worker.from_env(FAST + ["sink.max_inline_bytes=20000"])
+    out = w.handle({"id": "big", "input": {"text": "A result too large to return inline."}})
+    # 1.2 s of 16-bit mono at 24 kHz: 57,644 bytes of WAV, 76,860 characters of base64
+    assert out["error"] == ("The wav result is 76860 bytes as base64, over the inline limit of 20000 bytes "
+                            "(sink.max_inline_bytes): configure S3 (S3_BUCKET, S3_ACCESS_KEY, S3_SECRET_KEY) to "
+                            "receive a URL instead, or ask for output_format 'mp3' (about 6x smaller).")
+    assert "audio_base64" not in out
+
+
+def test_concurrent_jobs_with_different_voices_and_formats_get_their_own_results(worker):
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [
+        {"id": "a", "input": {"text": "First job, in a male voice.", "voice": "male_1", "output_format": "wav"}},
+        {"id": "b", "input": {"segments": [{"text": "Second job.", "voice": "female_1"},
+                                           {"text": "Two segments.", "voice": "female_2"}], "output_format": "mp3"}},
+        {"id": "c", "input": {"text": "Third job.", "voice": "male_2", "output_format": "mp3"}},
+        {"id": "d", "input": {"text": "x", "voice": "nobody"}},
+    ]
+    calls = []
+    real = worker.store.get("1.7B-CustomVoice").tts.generate_custom_voice
+
+    spans = []
+
+    def recording(**kwargs):
+        calls.append(kwargs["speaker"])
+        started = time.perf_counter()
+        try:
+            return real(**kwargs)
+        finally:
+            spans.append((started, time.perf_counter()))
+
+    engine = worker.store.get("1.7B-CustomVoice")
+    engine.tts.generate_custom_voice = recording
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(worker.handle, jobs))
+    finally:
+        del engine.tts.generate_custom_voice
+    assert answers[0]["metadata"]["format"] == "wav" and answers[0]["metadata"]["duration_seconds"] == 1.2
+    assert answers[1]["metadata"]["format"] == "mp3" and answers[1]["metadata"]["num_segments"] == 2
+    assert answers[2]["metadata"]["format"] == "mp3" and answers[2]["metadata"]["num_segments"] == 1
+    assert "unknown voice 'nobody'" in answers[3]["error"]
+    assert sorted(tuple(sorted(c)) for c in calls) == [("aiden",), ("ryan",), ("serena", "vivian")]
+    spans.sort()
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:], strict=False))  # serialized
+    assert worker.concurrency_modifier(0) == worker.cfg.worker.concurrency

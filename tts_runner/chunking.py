@@ -5,7 +5,9 @@ Rules, in order:
 2. Pack whole sentences into chunks while they fit in `max_chars`.
 3. A sentence longer than `max_chars` is split at clause punctuation (, : — and ，、：),
    then between words; CJK text, which has no spaces, may be split between characters.
-4. Never inside a word: a single word longer than `max_chars` (a URL, say) stays whole.
+4. Never inside a word: a single word longer than `max_chars` (a URL, say) stays whole, up to
+   HARD_LIMIT_FACTOR * max_chars; a longer run of characters is not a word a voice can read, and
+   is cut into `max_chars` pieces so that no chunk becomes an unbounded prompt.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ _UNSPACED = "\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"
 # A word with its trailing spaces, or one unspaced character.
 _WORD = re.compile(rf"[{_UNSPACED}]\s*|[^\s{_UNSPACED}]+\s*|\s+")
 _UNSPACED_CHAR = re.compile(rf"[{_UNSPACED}]")
+HARD_LIMIT_FACTOR = 2
 
 
 def split_text(text: str, max_chars: int = 120) -> list[str]:
@@ -43,7 +46,7 @@ def _split(pattern: re.Pattern, text: str) -> list[str]:
 
 def _split_words(text: str, max_chars: int) -> list[str]:
     out, current = [], ""
-    for word in _WORD.findall(text):
+    for word in _words(text, max_chars):
         if current and len(current) + len(word.rstrip()) > max_chars:
             out.append(current.strip())
             current = ""
@@ -51,6 +54,16 @@ def _split_words(text: str, max_chars: int) -> list[str]:
     if current.strip():
         out.append(current.strip())
     return out
+
+
+def _words(text: str, max_chars: int) -> list[str]:
+    words = []
+    for word in _WORD.findall(text):
+        if len(word.rstrip()) > HARD_LIMIT_FACTOR * max_chars:
+            words.extend(word[i:i + max_chars] for i in range(0, len(word), max_chars))
+        else:
+            words.append(word)
+    return words
 
 
 def _pack(pieces: list[str], max_chars: int) -> list[str]:

@@ -23,6 +23,8 @@ SCHEMA_PATH = Path(__file__).with_name("payload.schema.json")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 JOBS_DIR = REPO_ROOT / "jobs"
 
+MAX_DEPTH = 8  # a valid payload nests 3 levels (input.segments[i].text)
+
 # params.* fields that are not sampling settings
 _INPUT_PARAMS = ("language", "instruct")
 _INPUT_FIELDS = ("text", "segments", "voice", "model", "output_format")
@@ -54,7 +56,7 @@ def validate(payload: Any, validator: Draft202012Validator, max_total_chars: int
             f"Invalid input at $: the job input must be a JSON object with 'text' or 'segments', "
             f"got {_json_type(payload)}."
         )
-    _reject_non_finite(payload, "$")
+    _check_structure(payload, "$")
     has_text, has_segments = payload.get("text") is not None, payload.get("segments") is not None
     if has_text == has_segments:
         raise InputError(
@@ -202,14 +204,17 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "...'"
 
 
-def _reject_non_finite(root: Any, root_path: str) -> None:
-    # Iterative, so deeply nested junk cannot exhaust the recursion limit.
-    stack = [(root, root_path)]
+def _check_structure(root: Any, root_path: str) -> None:
+    """Reject non-finite numbers and nesting deeper than MAX_DEPTH. Iterative, so deeply nested
+    junk cannot exhaust the recursion limit here (nor later, in jsonschema's messages)."""
+    stack = [(root, root_path, 0)]
     while stack:
-        node, path = stack.pop()
+        node, path, depth = stack.pop()
         if isinstance(node, float) and not math.isfinite(node):
             raise InputError(f"Invalid input at {path}: must be a finite number, got {node}.")
+        if isinstance(node, (dict, list)) and depth >= MAX_DEPTH:
+            raise InputError(f"Invalid input at {_short(path, 80)}: nested more than {MAX_DEPTH} levels deep.")
         if isinstance(node, dict):
-            stack.extend((v, f"{path}.{k}") for k, v in node.items())
+            stack.extend((v, f"{path}.{k}", depth + 1) for k, v in node.items())
         elif isinstance(node, list):
-            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(node))
+            stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in enumerate(node))

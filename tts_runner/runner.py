@@ -76,16 +76,21 @@ class JobAudio:
 def plan(job: DictConfig, engine: Engine, voices: DictConfig, max_chars: int) -> tuple[list[Chunk], int]:
     """Split the job's text into chunks; resolve voices and language. Returns (chunks, segments)."""
     if job.text is not None:
-        segments = [{"text": job.text, "voice": job.voice}]
+        segments = [{"text": job.text, "voice": job.voice, "path": "$.voice"}]
     else:
-        segments = [{"text": s["text"], "voice": s.get("voice") or job.voice} for s in job.segments]
+        segments = [{"text": s["text"], "voice": s.get("voice") or job.voice,
+                     "path": f"$.segments[{i}].voice" if s.get("voice") else "$.voice"}
+                    for i, s in enumerate(job.segments)]
     language = resolve_language(job.language, voices.languages, engine.languages)
     instruct = job.instruct or None
     if engine.kind == "voice_design" and not instruct:
-        raise InputError(f"Model '{engine.name}' designs a voice from params.instruct: describe the voice there.")
+        raise InputError(f"Invalid input at $.params.instruct: model '{engine.name}' designs a voice from "
+                         "params.instruct; describe the voice there.")
     chunks: list[Chunk] = []
     for s, segment in enumerate(segments):
-        speaker = resolve_voice(segment["voice"], voices.aliases, engine.speakers) if engine.kind == "custom_voice" else None
+        speaker = None
+        if engine.kind == "custom_voice":
+            speaker = resolve_voice(segment["voice"], voices.aliases, engine.speakers, segment["path"])
         texts = split_text(segment["text"], max_chars)
         for p, text in enumerate(texts):
             chunks.append(Chunk(len(chunks), s, p, len(texts), ChunkRequest(text, speaker, language, instruct)))

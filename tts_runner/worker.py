@@ -29,12 +29,15 @@ PROGRESS_EVERY_SECONDS = 5.0
 
 
 class Worker:
-    def __init__(self, cfg: DictConfig):
+    def __init__(self, cfg: DictConfig, load_models: bool = True, startup_error: str | None = None):
         self.cfg = cfg
         self.secrets = secret_values([cfg.sink.get("access_key"), cfg.sink.get("secret_key")])
         install_log_filter(self.secrets)
-        self.startup_error: str | None = None
+        self.startup_error = startup_error
         self.store: ModelStore | None = None
+        if startup_error or not load_models:
+            log.error("Worker start-up failed; every job will be answered with: %s", startup_error)
+            return
         started = time.perf_counter()
         try:
             self.validator = payload_mod.build_validator(cfg)
@@ -54,7 +57,14 @@ class Worker:
 
     @classmethod
     def from_env(cls, overrides: list[str] | None = None) -> Worker:
-        return cls(config_mod.load(overrides or []))
+        """Compose conf/ with the environment; TTS_RUNNER_OVERRIDES may hold Hydra overrides
+        (space-separated, e.g. "batching.max_batch_size=32 worker.concurrency=2")."""
+        from_environment = os.environ.get("TTS_RUNNER_OVERRIDES", "").split()
+        try:
+            return cls(config_mod.load([*(overrides or []), *from_environment]))
+        except Exception as exc:  # noqa: BLE001 - a bad override must not crash-loop the worker
+            return cls(config_mod.load(overrides or []), load_models=False,
+                       startup_error=f"Invalid TTS_RUNNER_OVERRIDES: {type(exc).__name__}: {exc}")
 
     def concurrency_modifier(self, current: int) -> int:
         return max(1, int(self.cfg.worker.concurrency))

@@ -1,0 +1,62 @@
+"""Sinks against real S3 faults (a moto server process), and object keys."""
+
+import os
+import re
+
+import boto3
+import pytest
+
+from tests.conftest import FAST
+from tests.servers import free_port, process
+from tts_runner.sinks import object_key
+from tts_runner.worker import Worker
+
+SECRET = "wrong-secret-key-PLANTED"
+
+
+def test_object_keys_are_ours_not_the_users():
+    key = object_key("tts-output/", "../../etc/passwd", "mp3")
+    assert re.fullmatch(r"tts-output/etcpasswd-[0-9a-f]{16}\.mp3", key)
+    assert object_key("tts-output/", "", "wav").startswith("tts-output/job-")
+    assert object_key("p/", "a", "wav") != object_key("p/", "a", "wav")
+
+
+@pytest.fixture
+def strict_s3(tmp_path):
+    """moto enforcing credentials after its first request, which creates the bucket."""
+    import sys
+
+    port = free_port()
+    env = {"INITIAL_NO_AUTH_ACTION_COUNT": "1"}
+    args = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    with process(args, port, tmp_path / "moto.log", env):
+        endpoint = f"http://127.0.0.1:{port}"
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="x",
+                      aws_secret_access_key="y").create_bucket(Bucket="strict")
+        yield endpoint
+
+
+def test_wrong_credentials_are_a_clear_error_without_the_secret(strict_s3, tiny_env, caplog):
+    os.environ.update(S3_BUCKET="strict", S3_ACCESS_KEY="AKIAWRONGKEY0001", S3_SECRET_KEY=SECRET,
+                      S3_ENDPOINT=strict_s3)
+    try:
+        w = Worker.from_env(FAST)
+        out = w.handle({"id": "creds", "input": {"text": "Nobody will hear this."}})
+    finally:
+        for k in ("S3_BUCKET", "S3_ACCESS_KEY", "S3_SECRET_KEY", "S3_ENDPOINT"):
+            os.environ.pop(k, None)
+    assert set(out) == {"error", "traceback"}  # no audio_url: nothing reported as uploaded
+    assert out["error"].startswith(f"S3 upload to bucket 'strict' at {strict_s3} failed: InvalidAccessKeyId")
+    assert SECRET not in repr(out) + caplog.text and "AKIAWRONGKEY0001" not in repr(out) + caplog.text
+
+
+def test_unreachable_endpoint_is_a_clear_error(tiny_env):
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    os.environ.update(S3_BUCKET="b", S3_ACCESS_KEY="AKIAEXAMPLE", S3_SECRET_KEY=SECRET, S3_ENDPOINT=endpoint)
+    try:
+        out = Worker.from_env(FAST).handle({"id": "down", "input": {"text": "Hello?"}})
+    finally:
+        for k in ("S3_BUCKET", "S3_ACCESS_KEY", "S3_SECRET_KEY", "S3_ENDPOINT"):
+            os.environ.pop(k, None)
+    assert out["error"].startswith(f"S3 upload to bucket 'b' at {endpoint} failed: EndpointConnectionError")
+    assert SECRET not in repr(out)

@@ -1,0 +1,146 @@
+"""Benchmark: the same long job through the sequential path and the batched path, in one run.
+
+    python -m tts_runner.bench --model-dir models --device cpu --chunks 64 --batch-sizes 1,16
+
+The job is jobs/podcast.yaml's dialogue repeated to `--chunks` segments of one chunk each, run
+through the whole job graph (plan, generate, assemble, encode, sink) once per batch size with
+`batching.max_batch_size` set to it; batch size 1 is the sequential path. Prints a table of wall
+seconds, audio seconds, real-time factor (audio s / wall s), speed-up over the first row, peak
+memory and the share of wall time spent outside model calls.
+
+Random weights: the tiny model ends chunks at varied, speech-like lengths (see tiny_model); with
+`--fixed-length` every chunk runs to exactly max_new_tokens - 1 frames instead, so every row does
+the same work. `--build DIR` builds the models first (`--real-size` for the 1.7B dimensions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from tts_runner import config as config_mod
+from tts_runner import payload as payload_mod
+from tts_runner.models import ModelStore
+from tts_runner.runner import run_job
+
+
+@dataclass
+class Row:
+    batch_size: int
+    wall_s: float
+    audio_s: float
+    rtf: float
+    speedup: float
+    peak_gib: float
+    outside_model_pct: float
+    model_calls: int
+    chunks: int
+
+
+def long_job(chunks: int) -> dict:
+    """The podcast dialogue repeated to `chunks` segments (each one chunk of <= 120 characters)."""
+    _, spec = payload_mod.load_job_spec("podcast")
+    lines = spec["segments"]
+    segments = [lines[i % len(lines)] for i in range(chunks)]
+    return {"segments": segments, "output_format": "wav"}
+
+
+def peak_memory_gib(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux; process peak
+
+
+def run(args: argparse.Namespace) -> list[Row]:
+    overrides = [
+        f"input.model={args.model}",
+        f"sampling.max_new_tokens={args.max_new_tokens}",
+        f"sampling.min_new_tokens={args.max_new_tokens if args.fixed_length else args.min_new_tokens}",
+        "sink=base64", "sink.max_inline_bytes=1000000000000",
+        "batching.min_seconds_per_char=0",
+        f"batching.max_batch_chars={args.max_batch_chars}",
+    ]
+    if args.model_dir:
+        os.environ["QWEN_TTS_MODEL_DIR"] = str(args.model_dir)
+    if args.device:
+        os.environ["QWEN_TTS_DEVICE"] = args.device
+    cfg = payload_mod.merge(config_mod.load(overrides), long_job(args.chunks))
+    started = time.perf_counter()
+    store = ModelStore(cfg.models, cfg.runtime)
+    engine = store.get(args.model)
+    print(f"model {args.model} on {store.device} ({str(store.dtype).removeprefix('torch.')}), loaded and "
+          f"warmed up in {time.perf_counter() - started:.1f} s; job: {args.chunks} chunks, "
+          f"max_new_tokens {args.max_new_tokens}, {'fixed' if args.fixed_length else 'speech-like'} lengths",
+          flush=True)
+
+    rows: list[Row] = []
+    for batch_size in args.batch_sizes:
+        cfg.batching.max_batch_size = batch_size
+        torch.manual_seed(args.seed)
+        if store.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        response, job = run_job(cfg, engine, job_id="bench")
+        wall = time.perf_counter() - started
+        audio = job.duration_seconds
+        base = rows[0].rtf if rows else audio / wall
+        rows.append(Row(batch_size, round(wall, 2), round(audio, 1), round(audio / wall, 2),
+                        round((audio / wall) / base, 2), round(peak_memory_gib(store.device), 2),
+                        round(100 * (wall - job.stats.model_seconds) / wall, 2), job.stats.calls, job.num_chunks))
+        print(format_row(rows[-1]), flush=True)
+    return rows
+
+
+HEADER = ("| batch | wall s | audio s | RTF (audio s / wall s) | speed-up | peak GiB | outside model % | "
+          "model calls |\n|---|---|---|---|---|---|---|---|")
+
+
+def format_row(r: Row) -> str:
+    return (f"| {r.batch_size} | {r.wall_s} | {r.audio_s} | {r.rtf} | {r.speedup}x | {r.peak_gib} | "
+            f"{r.outside_model_pct} | {r.model_calls} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="1.7B-CustomVoice")
+    parser.add_argument("--model-dir", type=Path, help="QWEN_TTS_MODEL_DIR (default: the environment's)")
+    parser.add_argument("--device", help="QWEN_TTS_DEVICE: auto, cpu, cuda:0")
+    parser.add_argument("--chunks", type=int, default=64)
+    parser.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 16])
+    parser.add_argument("--max-new-tokens", type=int, default=40)
+    parser.add_argument("--min-new-tokens", type=int, default=8)
+    parser.add_argument("--max-batch-chars", type=int, default=100_000)
+    parser.add_argument("--fixed-length", action="store_true", help="every chunk runs to max_new_tokens")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--build", action="store_true", help="build random-weight models into --model-dir first")
+    parser.add_argument("--real-size", action="store_true", help="with --build: the 1.7B dimensions")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args(argv)
+    if args.build:
+        from tts_runner.tiny_model import VARIANTS, TinySizes, build_all
+
+        if not args.model_dir:
+            parser.error("--build needs --model-dir")
+        folder = [f for f in VARIANTS if args.model.split("-")[0] in f and args.model.split("-")[1] in f]
+        build_all(args.model_dir, folder, TinySizes.real_1_7b() if args.real_size else TinySizes())
+    rows = run(args)
+    print()
+    print(HEADER)
+    for row in rows:
+        print(format_row(row))
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
