@@ -1,6 +1,6 @@
 """Benchmark: the same long job through the sequential path and the batched path, in one run.
 
-    python -m tts_runner.bench --model-dir models --device cpu --chunks 64 --batch-sizes 1,16
+    python -m tts_runner.bench --model-dir models --device cpu --chunks 64 --batch-sizes 1,16 --engines stock,fast
 
 The job is jobs/podcast.yaml's dialogue repeated to `--chunks` segments of one chunk each, run
 through the whole job graph (plan, generate, assemble, encode, sink) once per batch size with
@@ -34,6 +34,7 @@ from tts_runner.runner import run_job
 
 @dataclass
 class Row:
+    engine: str
     batch_size: int
     wall_s: float
     audio_s: float
@@ -82,7 +83,9 @@ def run(args: argparse.Namespace) -> list[Row]:
           flush=True)
 
     rows: list[Row] = []
-    for batch_size in args.batch_sizes:
+    runs = [(e, b) for e in args.engines for b in args.batch_sizes]
+    for decode, batch_size in runs:
+        engine.decode = decode
         cfg.batching.max_batch_size = batch_size
         torch.manual_seed(args.seed)
         if store.device.startswith("cuda"):
@@ -93,19 +96,19 @@ def run(args: argparse.Namespace) -> list[Row]:
         wall = time.perf_counter() - started
         audio = job.duration_seconds
         base = rows[0].rtf if rows else audio / wall
-        rows.append(Row(batch_size, round(wall, 2), round(audio, 1), round(audio / wall, 2),
+        rows.append(Row(decode, batch_size, round(wall, 2), round(audio, 1), round(audio / wall, 2),
                         round((audio / wall) / base, 2), round(peak_memory_gib(store.device), 2),
                         round(100 * (wall - job.stats.model_seconds) / wall, 2), job.stats.calls, job.num_chunks))
         print(format_row(rows[-1]), flush=True)
     return rows
 
 
-HEADER = ("| batch | wall s | audio s | RTF (audio s / wall s) | speed-up | peak GiB | outside model % | "
-          "model calls |\n|---|---|---|---|---|---|---|---|")
+HEADER = ("| engine | batch | wall s | audio s | RTF (audio s / wall s) | speed-up | peak GiB | outside model % | "
+          "model calls |\n|---|---|---|---|---|---|---|---|---|")
 
 
 def format_row(r: Row) -> str:
-    return (f"| {r.batch_size} | {r.wall_s} | {r.audio_s} | {r.rtf} | {r.speedup}x | {r.peak_gib} | "
+    return (f"| {r.engine} | {r.batch_size} | {r.wall_s} | {r.audio_s} | {r.rtf} | {r.speedup}x | {r.peak_gib} | "
             f"{r.outside_model_pct} | {r.model_calls} |")
 
 
@@ -115,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", type=Path, help="QWEN_TTS_MODEL_DIR (default: the environment's)")
     parser.add_argument("--device", help="QWEN_TTS_DEVICE: auto, cpu, cuda:0")
     parser.add_argument("--chunks", type=int, default=64)
+    parser.add_argument("--engines", type=lambda s: s.split(","), default=["stock"],
+                        help="decode loops to compare, e.g. stock,fast (speed-up is against the first row)")
     parser.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 16])
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--min-new-tokens", type=int, default=8)

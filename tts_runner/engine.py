@@ -6,16 +6,25 @@ order. It also enforces the `min_new_tokens` floor: qwen_tts hard-codes `min_new
 the talker and forwards no argument to change it, so the engine wraps this instance's
 `talker.generate` and raises the floor there (HF's MinNewTokensLengthLogitsProcessor then keeps
 the end-of-speech code suppressed until that many frames exist).
+
+The same seam selects the decode loop: `stock` is qwen_tts's own (HF generate per frame), `fast`
+is tts_runner.fast_decode's lean loop. If the fast loop fails for a reason other than running
+out of memory, the engine logs why, falls back to stock for good, and redoes the call.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+
+from tts_runner.fast_decode import lean_talker_generate
+
+log = logging.getLogger(__name__)
 
 SAMPLES_PER_FRAME = 1920  # one codec frame = 80 ms at 24 kHz
 
@@ -31,20 +40,30 @@ class ChunkRequest:
 class Engine:
     """A loaded Qwen3TTSModel of one kind (custom_voice | voice_design); calls are serialized."""
 
-    def __init__(self, tts: Any, kind: str, name: str):
+    def __init__(self, tts: Any, kind: str, name: str, decode: str = "stock", sync_every: int = 1):
         self.tts = tts
         self.kind = kind
         self.name = name
+        self.decode = decode
         self.lock = threading.Lock()
         self._floor = 2
         talker = tts.model.talker
-        original = talker.generate
+        stock = talker.generate
 
-        def generate_with_floor(*args, **kwargs):
+        def generate(*args, **kwargs):
             kwargs["min_new_tokens"] = max(int(kwargs.get("min_new_tokens") or 0), self._floor)
-            return original(*args, **kwargs)
+            if self.decode == "fast":
+                try:
+                    return lean_talker_generate(talker, *args, sync_every=sync_every, **kwargs)
+                except torch.cuda.OutOfMemoryError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - any other failure: stock from now on
+                    log.warning("Fast decode failed for %s (%s: %s); falling back to stock for good",
+                                name, type(exc).__name__, exc)
+                    self.decode = "stock"
+            return stock(*args, **kwargs)
 
-        talker.generate = generate_with_floor
+        talker.generate = generate
 
     @property
     def speakers(self) -> list[str]:

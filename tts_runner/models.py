@@ -45,6 +45,15 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     return _DTYPES[dtype]
 
 
+def resolve_engine(engine: str, device: str) -> str:
+    """auto -> fast on CUDA (launch-bound there), stock on CPU; or as given."""
+    if engine in (None, "", "auto"):
+        return "fast" if device.startswith("cuda") else "stock"
+    if engine not in ("stock", "fast"):
+        raise ModelError(f"runtime.engine={engine!r} is not an engine; use auto, stock or fast.")
+    return engine
+
+
 class ModelStore:
     """Loads each variant at most once and hands out its Engine."""
 
@@ -53,6 +62,7 @@ class ModelStore:
         self.runtime = runtime
         self.device = resolve_device(runtime.device)
         self.dtype = resolve_dtype(runtime.dtype, self.device)
+        self.decode_engine = resolve_engine(runtime.engine, self.device)
         self._engines: dict[str, Engine] = {}
         self._lock = threading.Lock()
 
@@ -96,9 +106,12 @@ class ModelStore:
         except Exception as exc:  # noqa: BLE001 - a corrupt folder can fail in many ways
             raise ModelError(f"Model '{variant}' at {path} could not be loaded: {type(exc).__name__}: {exc}") from exc
         tts.model.eval()
-        engine = Engine(tts, kind=self.models.variants[variant].kind, name=variant)
-        log.info("Loaded %s from %s on %s (%s) in %.2f s", variant, path, self.device,
-                 str(self.dtype).removeprefix("torch."), time.perf_counter() - started)
+        engine = Engine(tts, kind=self.models.variants[variant].kind, name=variant,
+                        decode=self.decode_engine,
+                        # a host check costs nothing on the CPU; on CUDA it stalls the queue
+                        sync_every=int(self.runtime.sync_every) if self.device.startswith("cuda") else 1)
+        log.info("Loaded %s from %s on %s (%s, %s decode) in %.2f s", variant, path, self.device,
+                 str(self.dtype).removeprefix("torch."), engine.decode, time.perf_counter() - started)
         if self.runtime.warmup:
             self._warm_up(engine)
         return engine
