@@ -45,3 +45,29 @@ def test_bad_cli_values_are_one_clear_error(tmp_path, model_dir):
     assert "Invalid input at $.voice: '../../etc/passwd' is not a voice name" in proc.stdout + proc.stderr
     proc = run_cli(["+job=nonexistent"], tmp_path, model_dir)
     assert proc.returncode == 2 and "Job spec 'nonexistent' not found" in proc.stdout + proc.stderr
+
+
+def run_script(args, cwd, model_dir, timeout=600):
+    env = {**os.environ, "QWEN_TTS_MODEL_DIR": str(model_dir), "QWEN_TTS_DEVICE": "cpu",
+           "TTS_RUNNER_OVERRIDES": "sampling.max_new_tokens=16 sampling.min_new_tokens=16"}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_local_runpod_test_script_saves_the_audio(tmp_path, model_dir):
+    segments = '[{"text": "Hi.", "voice": "male_1"}, {"text": "Hello!", "voice": "female_1"}]'
+    proc = run_script([str(REPO / "scripts" / "local_runpod_test.py"), "--segments", segments,
+                       "--format", "mp3", "--save", str(tmp_path / "dialog.mp3")], tmp_path, model_dir)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    samples, sr = decode((tmp_path / "dialog.mp3").read_bytes(), "mp3")
+    assert sr == 24000 and abs(samples.size / sr - (2 * 1.2 + 0.2)) < 0.1
+    assert '"num_segments": 2' in proc.stdout
+    proc = run_script([str(REPO / "scripts" / "local_runpod_test.py"), "--text", "Hi.", "--voice", "nobody"],
+                      tmp_path, model_dir)
+    assert proc.returncode == 1 and "unknown voice 'nobody'" in proc.stdout
+
+
+def test_handler_runs_a_test_input_like_the_runpod_sdk(tmp_path, model_dir):
+    proc = run_script(["handler.py", "--test_input", '{"input": {"text": "Testing the handler."}}'], REPO, model_dir)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "Job result" in out and '"duration_seconds": 1.2' in out.replace("'", '"')

@@ -69,12 +69,34 @@ def _penalise_repeats(scores: torch.Tensor, previous: torch.Tensor, penalty: flo
 
 
 class CodePredictor:
-    """The code predictor's 15 sub-steps for a whole batch, without HF generate()."""
+    """The code predictor's 15 sub-steps for a whole batch, without HF generate().
 
-    def __init__(self, predictor: torch.nn.Module, sampler: Sampler):
+    It always sees the same 17 positions (the talker hidden, code 0, codes 1..15) with no padding,
+    so the rotary tables are computed once, no attention mask is needed (the two-token prefill is
+    causal, later steps attend to everything cached), and its decoder layers are called directly.
+    """
+
+    def __init__(self, predictor: torch.nn.Module, sampler: Sampler, like: torch.Tensor):
         self.predictor = predictor
-        self.embeddings = predictor.model.get_input_embeddings()
+        model = predictor.model
+        self.embeddings = model.get_input_embeddings()
+        self.layers = list(model.layers[: model.config.num_hidden_layers])
+        if any(layer.attention_type != "full_attention" for layer in self.layers):
+            raise NotImplementedError("the lean code predictor supports full attention layers only")
+        self.norm = model.norm
         self.sampler = sampler
+        groups = len(predictor.lm_head)
+        self.positions = torch.arange(groups + 2, device=like.device)
+        probe = torch.zeros(1, groups + 2, model.config.hidden_size, dtype=like.dtype, device=like.device)
+        self.cos, self.sin = model.rotary_emb(probe, self.positions[None])
+
+    def _forward(self, x: torch.Tensor, cache: DynamicCache, start: int) -> torch.Tensor:
+        end = start + x.shape[1]
+        rotary = (self.cos[:, start:end], self.sin[:, start:end])
+        for layer in self.layers:
+            x = layer(x, attention_mask=None, past_key_values=cache, use_cache=True,
+                      cache_position=self.positions[start:end], position_embeddings=rotary)[0]
+        return self.norm(x[:, -1])
 
     def __call__(self, talker_hidden: torch.Tensor, first_code_embed: torch.Tensor,
                  generator: torch.Generator | None = None) -> torch.Tensor:
@@ -82,7 +104,7 @@ class CodePredictor:
         p = self.predictor
         cache = DynamicCache()
         x = p.small_to_mtp_projection(torch.cat((talker_hidden, first_code_embed), dim=1))
-        hidden = p.model(inputs_embeds=x, past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
+        hidden = self._forward(x, cache, 0)
         codes = []
         for group in range(len(p.lm_head)):
             code = self.sampler(p.lm_head[group](hidden), generator)
@@ -90,7 +112,7 @@ class CodePredictor:
             if group + 1 == len(p.lm_head):
                 break
             x = p.small_to_mtp_projection(self.embeddings[group](code[:, None]))
-            hidden = p.model(inputs_embeds=x, past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
+            hidden = self._forward(x, cache, group + 2)
         return torch.stack(codes, dim=1)
 
 
@@ -123,7 +145,7 @@ def lean_talker_generate(
     eos = talker.config.codec_eos_token_id if eos_token_id is None else eos_token_id
     sampler = Sampler(do_sample, temperature, top_k, top_p)
     predictor = CodePredictor(talker.code_predictor, Sampler(subtalker_dosample, subtalker_temperature,
-                                                             subtalker_top_k, subtalker_top_p))
+                                                             subtalker_top_k, subtalker_top_p), inputs_embeds)
     codec_embedding = talker.get_input_embeddings()
     blocked = torch.zeros(talker.config.vocab_size, dtype=torch.bool, device=device)
     if suppress_tokens:
