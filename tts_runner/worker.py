@@ -29,14 +29,15 @@ PROGRESS_EVERY_SECONDS = 5.0
 
 
 class Worker:
-    def __init__(self, cfg: DictConfig, load_models: bool = True, startup_error: str | None = None):
+    def __init__(self, cfg: DictConfig, startup_error: str | None = None):
+        """Start the worker on `cfg`; with `startup_error`, load nothing and answer every job with it."""
         self.cfg = cfg
         self.secrets = secret_values([cfg.sink.get("access_key"), cfg.sink.get("secret_key")])
         install_log_filter(self.secrets)
-        self.startup_error = startup_error
+        self.startup_error = redact(startup_error, self.secrets)
         self.store: ModelStore | None = None
-        if startup_error or not load_models:
-            log.error("Worker start-up failed; every job will be answered with: %s", startup_error)
+        if startup_error:
+            log.error("Worker start-up failed; every job will be answered with: %s", self.startup_error)
             return
         started = time.perf_counter()
         try:
@@ -63,7 +64,7 @@ class Worker:
         try:
             return cls(config_mod.load([*(overrides or []), *from_environment]))
         except Exception as exc:  # noqa: BLE001 - a bad override must not crash-loop the worker
-            return cls(config_mod.load(overrides or []), load_models=False,
+            return cls(config_mod.load(overrides or []),
                        startup_error=f"Invalid TTS_RUNNER_OVERRIDES: {type(exc).__name__}: {exc}")
 
     def concurrency_modifier(self, current: int) -> int:
