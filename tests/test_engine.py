@@ -70,3 +70,28 @@ def test_batched_call_returns_one_waveform_per_request_in_order(engine):
     for one, many in zip(singles, batched, strict=False):
         assert one.shape == many.shape
         assert np.allclose(one, many, atol=1e-3)
+
+
+def test_length_groups_bound_padding_and_size():
+    from tts_runner.engine import length_groups
+
+    lengths = [10, 200, 11, 12, 60, 13, 70, 199, 9] + [50] * 20
+    groups = length_groups(lengths, size=16, spread=1.25)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for g in groups:
+        assert len(g) <= 16 and max(lengths[i] for i in g) <= 1.25 * min(lengths[i] for i in g)
+    # 9-11 | 12-13 | sixteen 50s | four 50s and 60 | 70 | 199-200
+    assert [len(g) for g in groups] == [3, 2, 16, 5, 1, 2]
+
+
+def test_decoding_in_length_groups_gives_each_item_the_same_audio(engine):
+    import torch
+
+    tokenizer = engine.tts.model.speech_tokenizer
+    generator = torch.Generator().manual_seed(0)
+    items = [{"audio_codes": torch.randint(0, 2048, (n, 16), generator=generator)} for n in (3, 40, 5, 38, 4)]
+    grouped, sr = tokenizer.decode(items)
+    for item, wav in zip(items, grouped, strict=True):
+        alone, _ = tokenizer.decode([item])
+        assert wav.shape == alone[0].shape == (item["audio_codes"].shape[0] * SAMPLES_PER_FRAME,)
+        assert np.allclose(wav, alone[0], atol=1e-5)

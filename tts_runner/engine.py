@@ -7,7 +7,13 @@ the talker and forwards no argument to change it, so the engine wraps this insta
 `talker.generate` and raises the floor there (HF's MinNewTokensLengthLogitsProcessor then keeps
 the end-of-speech code suppressed until that many frames exist).
 
-The same seam selects the decode loop: `stock` is qwen_tts's own (HF generate per frame), `fast`
+qwen_tts decodes a batch's codes to audio in one call that pads every item to the longest; the
+decoder runs at the full sample rate, so one long chunk makes the whole batch pay for its length
+(6 GiB of activations at batch 64 on the tiny model). The engine wraps this instance's
+`speech_tokenizer.decode` to decode items in groups of similar length instead; the decoder is
+causal and the padding trails, so each item's audio is the same.
+
+The talker seam also selects the decode loop: `stock` is qwen_tts's own (HF generate per frame), `fast`
 is tts_runner.fast_decode's lean loop. If the fast loop fails for a reason other than running
 out of memory, the engine logs why, falls back to stock for good, and redoes the call.
 """
@@ -27,6 +33,21 @@ from tts_runner.fast_decode import lean_talker_generate
 log = logging.getLogger(__name__)
 
 SAMPLES_PER_FRAME = 1920  # one codec frame = 80 ms at 24 kHz
+SAMPLE_RATE = 24000
+DECODE_GROUP = 16          # items per speech-tokenizer call
+DECODE_SPREAD = 1.25       # longest / shortest item in one call
+
+
+def length_groups(lengths: list[int], size: int = DECODE_GROUP, spread: float = DECODE_SPREAD) -> list[list[int]]:
+    """Indices grouped for decoding: sorted by length, at most `size` per group, and no group's
+    longest item more than `spread` times its shortest (so padding wastes at most that)."""
+    groups: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if groups and len(groups[-1]) < size and lengths[i] <= spread * max(1, lengths[groups[-1][0]]):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
 
 
 @dataclass(frozen=True)
@@ -64,6 +85,22 @@ class Engine:
             return stock(*args, **kwargs)
 
         talker.generate = generate
+
+        speech_tokenizer = tts.model.speech_tokenizer
+        batched_decode = speech_tokenizer.decode
+
+        def decode_by_length(encoded):
+            if not isinstance(encoded, list) or len(encoded) <= 1:
+                return batched_decode(encoded)
+            wavs: list = [None] * len(encoded)
+            sample_rate = SAMPLE_RATE
+            for group in length_groups([len(item["audio_codes"]) for item in encoded]):
+                out, sample_rate = batched_decode([encoded[i] for i in group])
+                for i, wav in zip(group, out, strict=True):
+                    wavs[i] = wav
+            return wavs, sample_rate
+
+        speech_tokenizer.decode = decode_by_length
 
     @property
     def speakers(self) -> list[str]:

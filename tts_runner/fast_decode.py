@@ -11,7 +11,9 @@ criteria, cache objects, kwargs plumbing), not arithmetic. `lean_talker_generate
 - sampling on the device, per request: repetition penalty, the min_new_tokens floor and the
   suppressed control codes (talker), then temperature, top-k, top-p (talker and sub-talker),
   or argmax when do_sample is false; finished items keep their slot, masked to end-of-speech;
-- the host checks "all finished?" only every `sync_every` frames.
+- the host checks "all finished?" only every `sync_every` frames, and then drops the rows that
+  have ended from the batch and its KV cache (`compact`), so a batch does not keep paying for
+  chunks that are done while its longest one finishes.
 
 It returns what qwen_tts's `generate()` reads from `talker.generate`, so prompt construction
 and the batched speech-tokenizer decode stay the library's. With greedy decoding in float32 the
@@ -116,6 +118,17 @@ class CodePredictor:
         return torch.stack(codes, dim=1)
 
 
+def _full_batch(hidden: torch.Tensor, codes: torch.Tensor, rows: torch.Tensor, batch: int, width: int,
+                eos: int) -> tuple:
+    """One step's output in the shape qwen_tts expects: every original row, ended rows holding
+    end-of-speech codes (qwen_tts cuts each item at its first end-of-speech code)."""
+    if rows.numel() == batch:
+        return (hidden,), codes
+    full_codes = codes.new_full((batch, width), eos).index_copy(0, rows, codes)
+    full_hidden = hidden.new_zeros((batch, *hidden.shape[1:])).index_copy(0, rows, hidden)
+    return (full_hidden,), full_codes
+
+
 def lean_talker_generate(
     talker: torch.nn.Module,
     inputs_embeds: torch.Tensor,
@@ -136,6 +149,7 @@ def lean_talker_generate(
     repetition_penalty: float = 1.05,
     suppress_tokens: list[int] | None = None,
     sync_every: int = 1,
+    compact: bool = True,
     generator: torch.Generator | None = None,
     **_ignored,
 ) -> TalkerResult:
@@ -160,9 +174,11 @@ def lean_talker_generate(
                        past_key_values=cache, use_cache=True)
     hidden = out.last_hidden_state
     steps: list = [((hidden,), None)]
+    rows = torch.arange(batch, device=device)  # the original rows still being generated
     generated = torch.empty(batch, 0, dtype=torch.long, device=device)
     unfinished = torch.ones(batch, dtype=torch.bool, device=device)
     length = mask.shape[1]
+    width = talker.config.num_code_groups
 
     for step in range(max_new_tokens):
         if step > 0:
@@ -176,13 +192,13 @@ def lean_talker_generate(
             text_step = step - 1
             frame = frame + (trailing_text_hidden[:, text_step:text_step + 1]
                              if text_step < trailing_text_hidden.shape[1] else tts_pad_embed)
-            mask = torch.cat((mask, mask.new_ones(batch, 1)), dim=1)
-            position = (deltas + length).view(1, batch, 1).expand(3, batch, 1)
+            mask = torch.cat((mask, mask.new_ones(mask.shape[0], 1)), dim=1)
+            position = (deltas + length).view(1, -1, 1).expand(3, -1, 1)
             out = talker.model(inputs_embeds=frame, attention_mask=mask, position_ids=position,
                                past_key_values=cache, use_cache=True)
             hidden = out.last_hidden_state
             length += 1
-            steps.append(((hidden,), codes))
+            steps.append(_full_batch(hidden, codes, rows, batch, width, eos))
 
         scores = talker.codec_head(hidden[:, -1]).float()
         scores = _penalise_repeats(scores, generated, repetition_penalty)
@@ -193,6 +209,16 @@ def lean_talker_generate(
         token = torch.where(unfinished, token, torch.full_like(token, eos))
         generated = torch.cat((generated, token[:, None]), dim=1)
         unfinished = unfinished & (token != eos)
-        if (step + 1) % sync_every == 0 and not bool(unfinished.any()):
-            break
+        if (step + 1) % sync_every == 0:
+            alive = unfinished.nonzero().squeeze(1)
+            if alive.numel() == 0:
+                break
+            if compact and alive.numel() < unfinished.numel():
+                # Drop ended rows: the rest of the job no longer pays for them (the long tail).
+                cache.batch_select_indices(alive)
+                rows, mask, deltas, generated, hidden, unfinished = (
+                    t.index_select(0, alive) for t in (rows, mask, deltas, generated, hidden, unfinished))
+                trailing_text_hidden = trailing_text_hidden.index_select(0, alive)
+                if tts_pad_embed.shape[0] > 1:
+                    tts_pad_embed = tts_pad_embed.index_select(0, alive)
     return TalkerResult(hidden_states=steps)
