@@ -45,10 +45,11 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-def resolve_engine(engine: str, device: str) -> str:
-    """auto -> fast on CUDA (launch-bound there), stock on CPU; or as given."""
+def resolve_engine(engine: str) -> str:
+    """auto -> fast (measured faster than stock on CPU at every batch size, docs/performance.md);
+    or as given."""
     if engine in (None, "", "auto"):
-        return "fast" if device.startswith("cuda") else "stock"
+        return "fast"
     if engine not in ("stock", "fast"):
         raise ModelError(f"runtime.engine={engine!r} is not an engine; use auto, stock or fast.")
     return engine
@@ -62,7 +63,7 @@ class ModelStore:
         self.runtime = runtime
         self.device = resolve_device(runtime.device)
         self.dtype = resolve_dtype(runtime.dtype, self.device)
-        self.decode_engine = resolve_engine(runtime.engine, self.device)
+        self.decode_engine = resolve_engine(runtime.engine)
         self._engines: dict[str, Engine] = {}
         self._lock = threading.Lock()
 
