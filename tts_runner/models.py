@@ -29,7 +29,10 @@ _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torc
 def resolve_device(device: str) -> str:
     """auto -> cuda:0 when CUDA is available, else cpu; anything else as given."""
     if device in (None, "", "auto"):
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
+        if torch.cuda.is_available():
+            return "cuda:0"
+        log.warning("QWEN_TTS_DEVICE=auto and CUDA is not available: running on the CPU, far slower than a GPU.")
+        return "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ModelError(f"QWEN_TTS_DEVICE={device} but CUDA is not available on this machine; use cpu or auto.")
     if device != "cpu" and not device.startswith("cuda"):
