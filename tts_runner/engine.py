@@ -20,6 +20,7 @@ out of memory, the engine logs why, falls back to stock for good, and redoes the
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from dataclasses import dataclass
@@ -68,39 +69,38 @@ class Engine:
         self.decode = decode
         self.lock = threading.Lock()
         self._floor = 2
+        self._sync_every = sync_every
         talker = tts.model.talker
-        stock = talker.generate
+        talker.generate = functools.partial(self._talker_generate, talker, talker.generate)
+        tokenizer = tts.model.speech_tokenizer
+        tokenizer.decode = functools.partial(self._decode_by_length, tokenizer.decode)
 
-        def generate(*args, **kwargs):
-            kwargs["min_new_tokens"] = max(int(kwargs.get("min_new_tokens") or 0), self._floor)
-            if self.decode == "fast":
-                try:
-                    return lean_talker_generate(talker, *args, sync_every=sync_every, **kwargs)
-                except torch.cuda.OutOfMemoryError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - any other failure: stock from now on
-                    log.warning("Fast decode failed for %s (%s: %s); falling back to stock for good",
-                                name, type(exc).__name__, exc)
-                    self.decode = "stock"
-            return stock(*args, **kwargs)
+    def _talker_generate(self, talker: torch.nn.Module, stock, *args, **kwargs):
+        """What qwen_tts calls as talker.generate: our floor, then the fast or the stock loop."""
+        kwargs["min_new_tokens"] = max(int(kwargs.get("min_new_tokens") or 0), self._floor)
+        if self.decode == "fast":
+            try:
+                return lean_talker_generate(talker, *args, sync_every=self._sync_every, **kwargs)
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any other failure: stock from now on
+                log.warning("Fast decode failed for %s (%s: %s); falling back to stock for good",
+                            self.name, type(exc).__name__, exc)
+                self.decode = "stock"
+        return stock(*args, **kwargs)
 
-        talker.generate = generate
-
-        speech_tokenizer = tts.model.speech_tokenizer
-        batched_decode = speech_tokenizer.decode
-
-        def decode_by_length(encoded):
-            if not isinstance(encoded, list) or len(encoded) <= 1:
-                return batched_decode(encoded)
-            wavs: list = [None] * len(encoded)
-            sample_rate = SAMPLE_RATE
-            for group in length_groups([len(item["audio_codes"]) for item in encoded]):
-                out, sample_rate = batched_decode([encoded[i] for i in group])
-                for i, wav in zip(group, out, strict=True):
-                    wavs[i] = wav
-            return wavs, sample_rate
-
-        speech_tokenizer.decode = decode_by_length
+    @staticmethod
+    def _decode_by_length(batched_decode, encoded):
+        """What qwen_tts calls as speech_tokenizer.decode: one call per group of similar length."""
+        if not isinstance(encoded, list) or len(encoded) <= 1:
+            return batched_decode(encoded)
+        wavs: list = [None] * len(encoded)
+        sample_rate = SAMPLE_RATE
+        for group in length_groups([len(item["audio_codes"]) for item in encoded]):
+            out, sample_rate = batched_decode([encoded[i] for i in group])
+            for i, wav in zip(group, out, strict=True):
+                wavs[i] = wav
+        return wavs, sample_rate
 
     @property
     def speakers(self) -> list[str]:
