@@ -96,6 +96,7 @@ def test_batched_output_matches_the_job_in_order_count_and_voice(cfg, engine, ba
     # durations are whole codec frames, as many as the model generated (15 at max_new_tokens 16)
     assert all(w.size == 15 * SAMPLES_PER_FRAME for w in results.values())
     assert stats.model_seconds > 0 and stats.retries == 0
+    assert stats.frame_steps == len(calls) * 16  # 15 frames and the step that ended them, per call
 
 
 def test_a_chunk_that_raises_twice_succeeds_on_the_third_try(cfg, engine):

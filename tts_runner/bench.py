@@ -6,7 +6,8 @@ The job is jobs/podcast.yaml's dialogue repeated to `--chunks` segments of one c
 through the whole job graph (plan, generate, assemble, encode, sink) once per batch size with
 `batching.max_batch_size` set to it; batch size 1 is the sequential path. Prints a table of wall
 seconds, audio seconds, real-time factor (audio s / wall s), speed-up over the first row, peak
-memory and the share of wall time spent outside model calls.
+memory, the share of wall time spent outside model calls, and milliseconds per talker step (one
+frame for every item of a batch; model time, speech-tokenizer decode included, over steps run).
 
 Random weights: the tiny model ends chunks at varied, speech-like lengths (see tiny_model); with
 `--fixed-length` every chunk runs to exactly max_new_tokens - 1 frames instead, so every row does
@@ -42,6 +43,7 @@ class Row:
     speedup: float
     peak_gib: float
     outside_model_pct: float
+    ms_per_step: float
     model_calls: int
     chunks: int
 
@@ -98,18 +100,20 @@ def run(args: argparse.Namespace) -> list[Row]:
         base = rows[0].rtf if rows else audio / wall
         rows.append(Row(decode, batch_size, round(wall, 2), round(audio, 1), round(audio / wall, 2),
                         round((audio / wall) / base, 2), round(peak_memory_gib(store.device), 2),
-                        round(100 * (wall - job.stats.model_seconds) / wall, 2), job.stats.calls, job.num_chunks))
+                        round(100 * (wall - job.stats.model_seconds) / wall, 2),
+                        round(1000 * job.stats.model_seconds / max(1, job.stats.frame_steps), 1),
+                        job.stats.calls, job.num_chunks))
         print(format_row(rows[-1]), flush=True)
     return rows
 
 
 HEADER = ("| engine | batch | wall s | audio s | RTF (audio s / wall s) | speed-up | peak GiB | outside model % | "
-          "model calls |\n|---|---|---|---|---|---|---|---|---|")
+          "ms per step | model calls |\n|---|---|---|---|---|---|---|---|---|---|")
 
 
 def format_row(r: Row) -> str:
     return (f"| {r.engine} | {r.batch_size} | {r.wall_s} | {r.audio_s} | {r.rtf} | {r.speedup}x | {r.peak_gib} | "
-            f"{r.outside_model_pct} | {r.model_calls} |")
+            f"{r.outside_model_pct} | {r.ms_per_step} | {r.model_calls} |")
 
 
 def main(argv: list[str] | None = None) -> int:

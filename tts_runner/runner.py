@@ -58,6 +58,7 @@ class GenerateStats:
     calls: int = 0
     retries: int = 0
     splits: int = 0
+    frame_steps: int = 0  # talker steps run: per call, its longest item's frames + 1
     batch_sizes: list[int] = field(default_factory=list)
 
 
@@ -148,6 +149,7 @@ def generate_all(
             stats.model_seconds += time.perf_counter() - started
             stats.calls += 1
         stats.batch_sizes.append(len(batch))
+        stats.frame_steps += max((w.size for w in wavs), default=0) // SAMPLES_PER_FRAME + 1
         if len(wavs) != len(batch):
             raise GenerationError(f"The model returned {len(wavs)} waveforms for a batch of {len(batch)}.")
         retry: list[Chunk] = []
