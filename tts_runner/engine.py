@@ -110,10 +110,6 @@ class Engine:
     def languages(self) -> list[str]:
         return list(self.tts.get_supported_languages() or [])
 
-    @property
-    def device(self) -> torch.device:
-        return self.tts.device
-
     def generate(self, requests: list[ChunkRequest], sampling: dict) -> tuple[list[np.ndarray], int]:
         """Waveforms (float32, mono) for `requests`, in order, and their sample rate."""
         kwargs = _sampling_kwargs(sampling)

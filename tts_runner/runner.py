@@ -18,7 +18,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +45,6 @@ class Chunk:
     segment_chunks: int
     request: ChunkRequest
     attempts: int = 0
-    last_problem: str = ""
 
     def where(self, num_segments: int) -> str:
         return (f"segment {self.segment + 1} of {num_segments}, "
@@ -59,7 +58,6 @@ class GenerateStats:
     retries: int = 0
     splits: int = 0
     frame_steps: int = 0  # talker steps run: per call, its longest item's frames + 1
-    batch_sizes: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -148,7 +146,6 @@ def generate_all(
         finally:
             stats.model_seconds += time.perf_counter() - started
             stats.calls += 1
-        stats.batch_sizes.append(len(batch))
         stats.frame_steps += max((w.size for w in wavs), default=0) // SAMPLES_PER_FRAME + 1
         if len(wavs) != len(batch):
             raise GenerationError(f"The model returned {len(wavs)} waveforms for a batch of {len(batch)}.")
@@ -232,7 +229,6 @@ def run_job(cfg: DictConfig, engine: Engine, job_id: str, out_dir: Path | None =
 
 def _count_failure(chunk: Chunk, problem: str, retries: int, num_segments: int, stats: GenerateStats) -> None:
     chunk.attempts += 1
-    chunk.last_problem = problem
     if chunk.attempts >= retries:
         raise GenerationError(
             f"Generation failed on {chunk.where(num_segments)} after {chunk.attempts} attempts: {problem}"
