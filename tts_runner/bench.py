@@ -29,6 +29,7 @@ import torch
 
 from tts_runner import config as config_mod
 from tts_runner import payload as payload_mod
+from tts_runner.engine import ChunkRequest, Engine
 from tts_runner.models import ModelStore
 from tts_runner.runner import run_job
 
@@ -62,7 +63,7 @@ def peak_memory_gib(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux; process peak
 
 
-def run(args: argparse.Namespace) -> list[Row]:
+def run(args: argparse.Namespace) -> tuple[list[Row], Engine]:
     overrides = [
         f"input.model={args.model}",
         f"sampling.max_new_tokens={args.max_new_tokens}",
@@ -104,7 +105,43 @@ def run(args: argparse.Namespace) -> list[Row]:
                         round(1000 * job.stats.model_seconds / max(1, job.stats.frame_steps), 1),
                         job.stats.calls, job.num_chunks))
         print(format_row(rows[-1]), flush=True)
-    return rows
+    return rows, engine
+
+
+def breakdown(engine: Engine, batch_sizes: list[int], frames: int) -> None:
+    """Where one stock model call spends its time, per batch size: the code predictor's
+    generate(), the speech-tokenizer decode, and the rest (talker forward and sampling)."""
+    spent = {"predictor": 0.0, "decode": 0.0}
+
+    def timed(name, fn):
+        def wrapper(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[name] += time.perf_counter() - started
+        return wrapper
+
+    predictor, tokenizer = engine.tts.model.talker.code_predictor, engine.tts.model.speech_tokenizer
+    engine_decode, engine_loop = tokenizer.decode, engine.decode
+    predictor.generate = timed("predictor", predictor.generate)
+    tokenizer.decode = timed("decode", engine_decode)
+    engine.decode = "stock"
+    sampling = {"max_new_tokens": frames + 1, "min_new_tokens": frames + 1, "temperature": 0.3, "top_k": 50,
+                "top_p": 0.85}
+    print(f"\nstock model call, {frames} frames per item: | batch | whole call s | code predictor s | "
+          "speech-tokenizer decode s | talker and sampling s |")
+    for size in batch_sizes:
+        spent.update(predictor=0.0, decode=0.0)
+        requests = [ChunkRequest(f"Sentence number {i} says something rather different from the others.",
+                                 "ryan", "english", None) for i in range(size)]
+        started = time.perf_counter()
+        engine.generate(requests, sampling)
+        whole = time.perf_counter() - started
+        print(f"| {size} | {whole:.2f} | {spent['predictor']:.2f} | {spent['decode']:.2f} | "
+              f"{whole - spent['predictor'] - spent['decode']:.2f} |", flush=True)
+    del predictor.generate  # back to the class's method
+    tokenizer.decode, engine.decode = engine_decode, engine_loop
 
 
 HEADER = ("| engine | batch | wall s | audio s | RTF (audio s / wall s) | speed-up | peak GiB | outside model % | "
@@ -133,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--build", action="store_true", help="build random-weight models into --model-dir first")
     parser.add_argument("--real-size", action="store_true", help="with --build: the 1.7B dimensions")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time the parts of one stock model call at each batch size")
     args = parser.parse_args(argv)
     if args.build:
         from tts_runner.tiny_model import VARIANTS, TinySizes, build_all
@@ -141,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--build needs --model-dir")
         folder = [f for f in VARIANTS if args.model.split("-")[0] in f and args.model.split("-")[1] in f]
         build_all(args.model_dir, folder, TinySizes.real_1_7b() if args.real_size else TinySizes())
-    rows = run(args)
+    rows, engine = run(args)
+    if args.breakdown:
+        breakdown(engine, args.batch_sizes, args.max_new_tokens - 1)
     print()
     print(HEADER)
     for row in rows:
