@@ -161,3 +161,12 @@ def test_concurrent_jobs_with_different_voices_and_formats_get_their_own_results
     spans.sort()
     assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:], strict=False))  # serialized
     assert worker.concurrency_modifier(0) == worker.cfg.worker.concurrency
+
+
+def test_each_worker_replaces_the_log_filter_instead_of_stacking_them(tiny_env):
+    from tts_runner.redact import RedactingFilter
+
+    Worker.from_env(FAST)
+    Worker.from_env(FAST)
+    for handler in logging.getLogger().handlers:
+        assert sum(isinstance(f, RedactingFilter) for f in handler.filters) <= 1

@@ -19,7 +19,7 @@ from tts_runner import config as config_mod
 from tts_runner import payload as payload_mod
 from tts_runner.errors import TTSError
 from tts_runner.models import ModelStore
-from tts_runner.redact import install_log_filter, redact, secret_values
+from tts_runner.redact import protect, redact
 from tts_runner.runner import run_job
 
 log = logging.getLogger("tts_runner")
@@ -44,8 +44,7 @@ def resolve_job(cfg: DictConfig, cli_overrides: list[str]) -> DictConfig:
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
-    secrets = secret_values([cfg.sink.get("access_key"), cfg.sink.get("secret_key")])
-    install_log_filter(secrets)
+    secrets = protect(cfg.sink)
     try:
         cfg = resolve_job(cfg, list(hydra_cfg.overrides.task))
         key = OmegaConf.to_yaml(cfg.models) + OmegaConf.to_yaml(cfg.runtime)

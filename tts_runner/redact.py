@@ -57,10 +57,20 @@ class RedactingFilter(logging.Filter):
 
 
 def install_log_filter(secrets: list[str]) -> None:
-    """Mask secrets in every handler attached to the root logger now."""
+    """Mask secrets in every handler attached to the root logger now, replacing the filter an
+    earlier call installed (each worker or multirun job calls this once)."""
     log_filter = RedactingFilter(secrets)
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for handler in root.handlers:
+        for old in [f for f in handler.filters if isinstance(f, RedactingFilter)]:
+            handler.removeFilter(old)
         handler.addFilter(log_filter)
+
+
+def protect(sink: Any) -> list[str]:
+    """The secrets to mask (environment plus the sink's credentials), with logging masked too."""
+    secrets = secret_values([sink.get("access_key"), sink.get("secret_key")])
+    install_log_filter(secrets)
+    return secrets

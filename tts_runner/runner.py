@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from tts_runner import audio, sinks
 from tts_runner.chunking import split_text
-from tts_runner.engine import SAMPLES_PER_FRAME, ChunkRequest, Engine
+from tts_runner.engine import SAMPLE_RATE, SAMPLES_PER_FRAME, ChunkRequest, Engine
 from tts_runner.errors import GenerationError, InputError
 from tts_runner.voices import resolve_language, resolve_voice
 
@@ -124,7 +124,7 @@ def generate_all(
     """Audio for every chunk, keyed by chunk index, plus the sample rate and statistics."""
     stats = GenerateStats()
     results: dict[int, np.ndarray] = {}
-    sample_rate = 24000
+    sample_rate = SAMPLE_RATE
     pending = deque(make_batches(chunks, batching.max_batch_size, batching.max_batch_chars))
     while pending:
         batch = pending.popleft()

@@ -20,7 +20,7 @@ from tts_runner import config as config_mod
 from tts_runner import payload as payload_mod
 from tts_runner.errors import TTSError
 from tts_runner.models import ModelStore
-from tts_runner.redact import install_log_filter, redact, secret_values
+from tts_runner.redact import protect, redact
 from tts_runner.runner import run_job
 
 log = logging.getLogger(__name__)
@@ -32,8 +32,7 @@ class Worker:
     def __init__(self, cfg: DictConfig, startup_error: str | None = None):
         """Start the worker on `cfg`; with `startup_error`, load nothing and answer every job with it."""
         self.cfg = cfg
-        self.secrets = secret_values([cfg.sink.get("access_key"), cfg.sink.get("secret_key")])
-        install_log_filter(self.secrets)
+        self.secrets = protect(cfg.sink)
         self.startup_error = redact(startup_error, self.secrets)
         self.store: ModelStore | None = None
         if startup_error:
