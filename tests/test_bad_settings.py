@@ -1,0 +1,62 @@
+"""Bad settings and job specs: each one clear error, at start-up or before anything runs."""
+
+import os
+
+import pytest
+import torch
+
+from tests.conftest import FAST
+from tts_runner import config as config_mod
+from tts_runner import payload as payload_mod
+from tts_runner.errors import InputError, SinkError
+from tts_runner.sinks import deliver
+from tts_runner.worker import Worker
+
+
+def start_up_error(overrides=(), **env) -> str:
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        worker = Worker.from_env(FAST + list(overrides))
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k)
+            else:
+                os.environ[k] = v
+    return worker.handle({"input": {"text": "Hi."}})["error"]
+
+
+def test_device_that_is_not_a_device(tiny_env):
+    assert start_up_error(QWEN_TTS_DEVICE="gpu") == (
+        "The worker failed to start: QWEN_TTS_DEVICE='gpu' is not a device; use auto, cpu or cuda:N.")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_asked_for_where_there_is_none(tiny_env):
+    assert start_up_error(QWEN_TTS_DEVICE="cuda:0") == (
+        "The worker failed to start: QWEN_TTS_DEVICE=cuda:0 but CUDA is not available on this machine; "
+        "use cpu or auto.")
+
+
+def test_unknown_dtype_and_engine(tiny_env):
+    assert start_up_error(["runtime.dtype=int8"]) == (
+        "The worker failed to start: runtime.dtype='int8' is not supported; use auto, bfloat16, float16, float32.")
+    assert start_up_error(["runtime.engine=turbo"]) == (
+        "The worker failed to start: runtime.engine='turbo' is not an engine; use auto, stock or fast.")
+
+
+def test_job_spec_that_is_not_yaml(tmp_path):
+    spec = tmp_path / "broken.yaml"
+    spec.write_text("text: [unclosed\n")
+    with pytest.raises(InputError, match=rf"^Job spec {spec} is not valid YAML: "):
+        payload_mod.load_job_spec(str(spec))
+
+
+def test_unknown_sink_kind_and_s3_without_credentials(tiny_env):
+    cfg = config_mod.load(["sink=s3"])
+    with pytest.raises(SinkError, match=r"^The s3 sink needs S3_BUCKET, S3_ACCESS_KEY and S3_SECRET_KEY to be set\.$"):
+        deliver(b"RIFF", "wav", cfg.sink, "job")
+    cfg.sink.kind = "ftp"
+    with pytest.raises(SinkError, match=r"^Unknown sink kind 'ftp'; use auto, base64, s3 or file\.$"):
+        deliver(b"RIFF", "wav", cfg.sink, "job")
