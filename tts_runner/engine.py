@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from tts_runner.fast_decode import lean_talker_generate
+from tts_runner.graph_decode import GraphDecoder
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,8 @@ class ChunkRequest:
 class Engine:
     """A loaded Qwen3TTSModel of one kind (custom_voice | voice_design); calls are serialized."""
 
-    def __init__(self, tts: Any, kind: str, name: str, decode: str = "stock", sync_every: int = 1):
+    def __init__(self, tts: Any, kind: str, name: str, decode: str = "stock", sync_every: int = 1,
+                 graph: dict | None = None):
         self.tts = tts
         self.kind = kind
         self.name = name
@@ -71,14 +73,60 @@ class Engine:
         self._floor = 2
         self._sync_every = sync_every
         talker = tts.model.talker
+        self.graph: GraphDecoder | None = None
+        if decode == "graph":
+            try:
+                self.graph = GraphDecoder(talker, sync_every=sync_every, **(graph or {}))
+            except NotImplementedError as exc:
+                self._give_up_graph(exc)
         talker.generate = functools.partial(self._talker_generate, talker, talker.generate)
         tokenizer = tts.model.speech_tokenizer
         tokenizer.decode = functools.partial(self._decode_by_length, tokenizer.decode)
 
+    def _give_up_graph(self, exc: BaseException) -> None:
+        log.warning("Graph decode unavailable for %s (%s: %s); using the fast loop",
+                    self.name, type(exc).__name__, exc)
+        self.decode, self.graph = "fast", None
+
+    def capture_graphs(self) -> float:
+        """On CUDA with `engine: graph`: allocate the static buffers and capture one CUDA graph per
+        batch bucket (part of cold start). Returns the seconds taken; 0.0 when there is nothing to do.
+        A failure logs why and leaves the fast loop in charge."""
+        if self.graph is None or not torch.cuda.is_available():
+            return 0.0
+        like = self.tts.model.talker.codec_head.weight
+        if like.device.type != "cuda":
+            return 0.0
+        try:
+            with self.lock, torch.inference_mode():
+                seconds = self.graph.capture(like)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any capture failure: the fast loop
+            self._give_up_graph(exc)
+            return 0.0
+        log.info("Captured CUDA graphs for %s, buckets %s, up to %d positions, in %.2f s",
+                 self.name, list(self.graph.buckets), self.graph.max_len, seconds)
+        return seconds
+
     def _talker_generate(self, talker: torch.nn.Module, stock, *args, **kwargs):
-        """What qwen_tts calls as talker.generate: our floor, then the fast or the stock loop."""
+        """What qwen_tts calls as talker.generate: our floor, then the graph, fast or stock loop."""
         kwargs["min_new_tokens"] = max(int(kwargs.get("min_new_tokens") or 0), self._floor)
-        if self.decode == "fast":
+        if self.decode == "graph" and not args:
+            shape = kwargs["inputs_embeds"].shape
+            if self.graph.fits(shape[0], shape[1], int(kwargs["max_new_tokens"])):
+                try:
+                    return self.graph.generate(**kwargs)
+                except torch.cuda.OutOfMemoryError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - any other failure: the fast loop from now on
+                    log.debug("Graph decode failure", exc_info=True)
+                    self._give_up_graph(exc)
+            else:
+                log.info("Batch of %d x %d prompt positions + %s frames exceeds the graph buffers "
+                         "(buckets up to %d, %d positions); this call uses the fast loop", shape[0], shape[1],
+                         kwargs["max_new_tokens"], self.graph.buckets[-1], self.graph.max_len)
+        if self.decode in ("fast", "graph"):
             try:
                 return lean_talker_generate(talker, *args, sync_every=self._sync_every, **kwargs)
             except torch.cuda.OutOfMemoryError:
