@@ -25,6 +25,7 @@ talker forward, its cache copied into the static buffers.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -38,22 +39,31 @@ from tts_runner.fast_decode import TalkerResult
 log = logging.getLogger(__name__)
 
 
+def warp_rows(scores: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
+              top_p: torch.Tensor) -> torch.Tensor:
+    """Float32 scores [B, V] after temperature, then top-k, then top-p over what top-k kept, as HF's
+    warpers do, with per-row settings ([B, 1] tensors; top_k 0 and top_p >= 1 mean off). Codes
+    left out get -inf; the best code always stays."""
+    warped = scores / temperature
+    ranked, order = warped.sort(dim=-1)  # ascending, as HF's top-p sorts
+    vocab = ranked.shape[-1]
+    k = torch.where(top_k > 0, top_k, vocab).clamp(1, vocab)
+    keep = ranked >= ranked.gather(1, vocab - k)
+    cumulative = ranked.masked_fill(~keep, float("-inf")).softmax(dim=-1).cumsum(dim=-1)
+    keep &= (cumulative > 1 - top_p) | (top_p >= 1)
+    keep[:, -1] = True
+    return warped.masked_fill(~torch.zeros_like(keep).scatter(1, order, keep), float("-inf"))
+
+
 def sample_rows(scores: torch.Tensor, do_sample: torch.Tensor, temperature: torch.Tensor,
                 top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """One code per row from float32 scores [B, V] with per-row settings ([B, 1] tensors; top_k 0
-    means off, top_p 1 means off). Temperature, then top-k, then top-p over what top-k kept, as HF's
-    warpers do; greedy rows take the argmax of the unwarped scores."""
+    """One code per row: greedy rows take the argmax of the scores, sampling rows draw from the
+    warped distribution by an exponential race (argmax of p / Exp(1) is a draw from p), which needs
+    no host round trip."""
     greedy = scores.argmax(dim=-1)
-    warped = scores / temperature
-    ranked, order = warped.sort(dim=-1, descending=True)
-    k = torch.where(top_k > 0, top_k, ranked.shape[-1]).clamp(1, ranked.shape[-1])
-    keep = ranked >= ranked.gather(1, k - 1)
-    probs = ranked.masked_fill(~keep, float("-inf")).softmax(dim=-1)
-    keep &= (probs.cumsum(dim=-1) - probs) < top_p  # the best code always stays
-    warped = warped.masked_fill(~torch.zeros_like(keep).scatter(1, order, keep), float("-inf"))
-    race = torch.empty_like(warped).exponential_().clamp_min_(1e-20)
-    sampled = (warped.softmax(dim=-1) / race).argmax(dim=-1)
-    return torch.where(do_sample.squeeze(1), sampled, greedy)
+    probs = warp_rows(scores, temperature, top_k, top_p).softmax(dim=-1)
+    race = torch.empty_like(probs).exponential_().clamp_min_(1e-20)
+    return torch.where(do_sample.squeeze(1), (probs / race).argmax(dim=-1), greedy)
 
 
 def _attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
@@ -212,7 +222,7 @@ class GraphDecoder:
         for group in range(len(p.lm_head)):
             end = start + x.shape[1]
             at = self.predictor_positions[start:end]
-            rope = (lambda q, k, c=cos[:, start:end], n=sin[:, start:end]: apply_rotary_pos_emb(q, k, c, n))
+            rope = functools.partial(apply_rotary_pos_emb, cos=cos[:, start:end], sin=sin[:, start:end])
             mask = self.predictor_masks[start:end][None, None]
             for i, layer in enumerate(self.predictor_layers):
                 x = _layer(layer, x, rope, s.predictor_keys[i], s.predictor_values[i], at, mask)
@@ -252,10 +262,10 @@ class GraphDecoder:
         mask = torch.zeros_like(s.valid, dtype=x.dtype).masked_fill(~s.valid, self.lowest)[:, None, None]
         positions = (s.deltas + s.position).view(1, -1, 1).expand(3, -1, 1)
         cos, sin = self.model.rotary_emb(x, positions)
+        scaling = self.talker.config.rope_scaling
+        rope = functools.partial(apply_multimodal_rotary_pos_emb, cos=cos, sin=sin,
+                                 mrope_section=scaling["mrope_section"], mrope_interleaved=scaling["interleaved"])
         for i, layer in enumerate(self.model.layers):
-            attn = layer.self_attn
-            rope = (lambda q, k, a=attn: apply_multimodal_rotary_pos_emb(
-                q, k, cos, sin, a.rope_scaling["mrope_section"], a.rope_scaling["interleaved"]))
             x = _layer(layer, x, rope, s.talker_keys[i], s.talker_values[i], s.position, mask)
         hidden = self.model.norm(x)
         s.hidden.copy_(hidden)
@@ -337,8 +347,6 @@ class GraphDecoder:
                           ("sub_temperature", "subtalker_temperature"), ("sub_top_k", "subtalker_top_k"),
                           ("sub_top_p", "subtalker_top_p"), ("penalty", "repetition_penalty")):
             st[name].copy_(_rows(kwargs[key], fill, st[name]))
-        st["top_p"].masked_fill_(st["top_p"] >= 1, float("inf"))  # off, whatever the float sums say
-        st["sub_top_p"].masked_fill_(st["sub_top_p"] >= 1, float("inf"))
         st["min_new"].copy_(_rows(kwargs["min_new_tokens"], fill, st["min_new"][:, None]).view(-1))
         self.blocked.zero_()
         if kwargs.get("suppress_tokens"):

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from tts_runner.engine import ChunkRequest, Engine
 from tts_runner.errors import InputError, ModelError
@@ -48,14 +48,29 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     return _DTYPES[dtype]
 
 
+ENGINES = ("fast", "graph", "stock")
+
+
 def resolve_engine(engine: str) -> str:
-    """auto -> fast (measured faster than stock on CPU at every batch size, docs/performance.md);
-    or as given."""
+    """auto -> fast (measured faster than stock on CPU at every batch size, docs/performance.md;
+    graph stays opt-in until it is measured on a GPU); or as given."""
     if engine in (None, "", "auto"):
         return "fast"
-    if engine not in ("stock", "fast"):
-        raise ModelError(f"runtime.engine={engine!r} is not an engine; use auto, stock or fast.")
+    if engine not in ENGINES:
+        raise ModelError(f"runtime.engine={engine!r} is not an engine; use auto, {', '.join(ENGINES)}.")
     return engine
+
+
+def resolve_graph(graph: DictConfig | None) -> dict:
+    """runtime.graph as GraphDecoder arguments, checked."""
+    graph = graph or {}
+    buckets, max_len = graph.get("buckets", [1, 8, 16, 32, 64]), graph.get("max_len", 1280)
+    if (not isinstance(buckets, (list, tuple, ListConfig)) or not buckets
+            or not all(isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= 1024 for b in buckets)):
+        raise ModelError(f"runtime.graph.buckets={buckets!r} must be a list of batch sizes from 1 to 1024.")
+    if not isinstance(max_len, int) or isinstance(max_len, bool) or not 16 <= max_len <= 32768:
+        raise ModelError(f"runtime.graph.max_len={max_len!r} must be an integer from 16 to 32768.")
+    return {"buckets": tuple(buckets), "max_len": max_len}
 
 
 class ModelStore:
@@ -67,6 +82,7 @@ class ModelStore:
         self.device = resolve_device(runtime.device)
         self.dtype = resolve_dtype(runtime.dtype, self.device)
         self.decode_engine = resolve_engine(runtime.engine)
+        self.graph = resolve_graph(runtime.get("graph"))
         self._engines: dict[str, Engine] = {}
         self._lock = threading.Lock()
 
@@ -111,9 +127,10 @@ class ModelStore:
             raise ModelError(f"Model '{variant}' at {path} could not be loaded: {type(exc).__name__}: {exc}") from exc
         tts.model.eval()
         engine = Engine(tts, kind=self.models.variants[variant].kind, name=variant,
-                        decode=self.decode_engine,
+                        decode=self.decode_engine, graph=self.graph,
                         # a host check costs nothing on the CPU; on CUDA it stalls the queue
                         sync_every=int(self.runtime.sync_every) if self.device.startswith("cuda") else 1)
+        engine.capture_graphs()  # engine: graph on CUDA; part of cold start, logged with its time
         log.info("Loaded %s from %s on %s (%s, %s decode) in %.2f s", variant, path, self.device,
                  str(self.dtype).removeprefix("torch."), engine.decode, time.perf_counter() - started)
         if self.runtime.warmup:
