@@ -26,8 +26,9 @@ def graph_engine(tiny_env):
 
 @pytest.fixture
 def graph(graph_engine):
+    decoder = graph_engine.graph
     yield graph_engine
-    graph_engine.decode, graph_engine._floor = "graph", 2
+    graph_engine.decode, graph_engine._floor, graph_engine.graph = "graph", 2, decoder
 
 
 @pytest.fixture
@@ -156,3 +157,33 @@ def test_bad_graph_settings_are_named(tiny_env, override, message):
     cfg = config_mod.load(FAST + GRAPH + [override])
     with pytest.raises(ModelError, match=message.replace("[", r"\[")):
         ModelStore(cfg.models, cfg.runtime)
+
+
+# Ops that need the host to see a device value (a sync inside a CUDA graph capture fails), or copy
+# host data to the device; none may appear in the frame that is captured.
+HOST_ROUND_TRIPS = {"_local_scalar_dense", "nonzero", "masked_select", "lift_fresh", "equal", "is_nonzero"}
+
+
+def test_the_captured_frame_has_no_host_round_trip(graph):
+    """The frame a CUDA graph captures, recorded op by op while it runs on the CPU."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append((func.__name__.split(".")[0], args))
+            return func(*args, **(kwargs or {}))
+
+    codes(graph, "graph", TEXTS, SPEAKERS, **dict(GREEDY, max_new_tokens=4))  # loads the buffers
+    decoder = graph.graph
+    with torch.inference_mode(), Record() as record:
+        decoder._frame(decoder.views[4])
+    names = {name for name, _ in record.ops}
+    assert len(record.ops) > 100 and "index_copy_" in names  # it did record the frame
+    assert not names & HOST_ROUND_TRIPS, names & HOST_ROUND_TRIPS
+    bool_indexing = [name for name, args in record.ops if name == "index" and any(
+        isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] if len(args) > 1 else []))]
+    assert not bool_indexing

@@ -112,7 +112,7 @@ class Engine:
     def _talker_generate(self, talker: torch.nn.Module, stock, *args, **kwargs):
         """What qwen_tts calls as talker.generate: our floor, then the graph, fast or stock loop."""
         kwargs["min_new_tokens"] = max(int(kwargs.get("min_new_tokens") or 0), self._floor)
-        if self.decode == "graph" and not args:
+        if self.decode == "graph" and self.graph is not None and not args:
             shape = kwargs["inputs_embeds"].shape
             if self.graph.fits(shape[0], shape[1], int(kwargs["max_new_tokens"])):
                 try:

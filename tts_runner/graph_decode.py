@@ -51,7 +51,7 @@ def warp_rows(scores: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tens
     keep = ranked >= ranked.gather(1, vocab - k)
     cumulative = ranked.masked_fill(~keep, float("-inf")).softmax(dim=-1).cumsum(dim=-1)
     keep &= (cumulative > 1 - top_p) | (top_p >= 1)
-    keep[:, -1] = True
+    keep[:, -1].fill_(True)  # the best code always stays
     return warped.masked_fill(~torch.zeros_like(keep).scatter(1, order, keep), float("-inf"))
 
 
