@@ -43,7 +43,7 @@ def test_unknown_dtype_and_engine(tiny_env):
     assert start_up_error(["runtime.dtype=int8"]) == (
         "The worker failed to start: runtime.dtype='int8' is not supported; use auto, bfloat16, float16, float32.")
     assert start_up_error(["runtime.engine=turbo"]) == (
-        "The worker failed to start: runtime.engine='turbo' is not an engine; use auto, stock or fast.")
+        "The worker failed to start: runtime.engine='turbo' is not an engine; use auto, fast, graph, stock.")
 
 
 def test_job_spec_that_is_not_yaml(tmp_path):
