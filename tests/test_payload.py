@@ -1,6 +1,8 @@
 """The edge: every bad input gets one clear error naming the field and what is allowed."""
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tts_runner import payload as payload_mod
 from tts_runner.errors import InputError
@@ -90,6 +92,23 @@ def test_payload_maps_onto_config(cfg):
     assert merged.sampling.temperature == 0.7 and merged.sampling.top_k == 10
     assert merged.sampling.top_p == 0.85  # untouched default
     assert cfg.input.text is None  # the base config is not modified
+
+
+@pytest.mark.parametrize("text", ["${", "${oc.env:HOME}", "a\\${b}", "\\\\${input.voice}", "$ {x}", "}{$"])
+def test_payload_strings_are_literal_never_interpolated(cfg, text):
+    # A text that looks like an OmegaConf interpolation is spoken as written: never resolved (that
+    # would read the worker's environment, S3 keys included, into the audio), never a parse error.
+    merged = payload_mod.merge(cfg, {"segments": [{"text": text, "voice": text}], "params": {"instruct": text}})
+    assert merged.input.segments[0].text == text and merged.input.segments[0].voice == text
+    assert merged.input.instruct == text
+    again = payload_mod.from_config(merged)
+    assert again["segments"] == [{"text": text, "voice": text}] and again["params"]["instruct"] == text
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(alphabet=st.sampled_from(list("\\${}:.ab ")), max_size=24))
+def test_any_text_survives_the_merge_unchanged(cfg, text):
+    assert payload_mod.from_config(payload_mod.merge(cfg, {"text": text}))["text"] == text
 
 
 def test_from_config_round_trips_through_the_schema(cfg, check):

@@ -170,3 +170,11 @@ def test_each_worker_replaces_the_log_filter_instead_of_stacking_them(tiny_env):
     Worker.from_env(FAST)
     for handler in logging.getLogger().handlers:
         assert sum(isinstance(f, RedactingFilter) for f in handler.filters) <= 1
+
+
+def test_text_that_looks_like_an_interpolation_is_spoken_literally(worker, monkeypatch):
+    monkeypatch.setenv("TTS_PROBE_SECRET", "hunter2")
+    out = worker.handle({"id": "lit", "input": {"text": "${oc.env:TTS_PROBE_SECRET} and ${"}})
+    assert "audio_base64" in out, out.get("error")
+    out = worker.handle({"id": "lit", "input": {"segments": [{"text": "Hi.", "voice": "${oc.env:TTS_PROBE_SECRET}"}]}})
+    assert "${oc.env:TTS_PROBE_SECRET}" in out["error"] and "hunter2" not in out["error"] + out["traceback"]

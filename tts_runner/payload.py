@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -111,8 +112,24 @@ def from_config(cfg: DictConfig) -> dict:
 
 
 def merge(cfg: DictConfig, payload: dict) -> DictConfig:
-    """A new config: `cfg` with the payload's values on top."""
-    return OmegaConf.merge(cfg, to_overrides(payload))
+    """A new config: `cfg` with the payload's values on top, every string in it taken literally."""
+    return OmegaConf.merge(cfg, _literal(to_overrides(payload)))
+
+
+_INTERPOLATION = re.compile(r"(\\*)\$\{")
+
+
+def _literal(value: Any) -> Any:
+    """Escape OmegaConf interpolations in a payload's strings: a text that says `${oc.env:...}` is
+    spoken as written, never resolved (which would read the worker's environment into the audio)
+    and never a parse error. Backslashes just before `${` are doubled, as OmegaConf's grammar wants."""
+    if isinstance(value, str):
+        return _INTERPOLATION.sub(lambda m: m.group(1) * 2 + "\\${", value)
+    if isinstance(value, dict):
+        return {k: _literal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_literal(v) for v in value]
+    return value
 
 
 def load_job_spec(ref: str, cwd: Path | None = None) -> tuple[str, dict]:
