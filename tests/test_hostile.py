@@ -22,13 +22,13 @@ PARAMS = ["temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens
 # Characters that break naive code: RTL and bidi controls, zero-width, emoji, combining marks,
 # control characters, surrogates-adjacent and CJK.
 HOSTILE = st.sampled_from(list("\u202e\u202d\u200b\u200c\u200d\ufeff\u0000\u0007\u001b\t\n\r\x7f"
-                               "\u0301\u0336😀👩‍👩‍👧🇺🇳語日本한국אבגعربي\U0010ffff/\\.%~$`'\"<>&;|*?"))
+                               "\u0301\u0336😀👩‍👩‍👧🇺🇳語日本한국אבגعربي\U0010ffff/\\.%~$`'\"<>&;|*?{}:"))
 hostile_text = st.one_of(
     st.text(max_size=200),
     st.text(alphabet=st.one_of(HOSTILE, st.characters()), max_size=300),
     st.builds(lambda c, n: c * n, st.sampled_from(["a", " ", "😀", "\u200b", "..", "ab "]), st.integers(0, 30000)),
     st.sampled_from(["../../etc/passwd", "/etc/passwd", "..%2F..%2Fetc%2Fpasswd", "%2e%2e/%2e%2e/", "C:\\Windows",
-                     "file:///etc/passwd", "http://169.254.169.254/", "${oc.env:S3_SECRET_KEY}", "{{7*7}}", ""]),
+                     "file:///etc/passwd", "http://169.254.169.254/", "${oc.env:S3_SECRET_KEY}", "${", "\\${x}", "${now:}", "{{7*7}}", ""]),
 )
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70),
                     st.floats(allow_nan=True, allow_infinity=True), hostile_text)
