@@ -151,6 +151,12 @@ def _speech_tokenizer_config(sizes: TinySizes):
             hidden_size=32, latent_dim=32, codebook_dim=32, num_attention_heads=2,
             num_key_value_heads=2, intermediate_size=64, num_hidden_layers=1, decoder_dim=64,
         )
+    else:  # the published Qwen3-TTS-Tokenizer-12Hz decoder (its config.json; the class defaults differ)
+        decoder.update(
+            hidden_size=512, head_dim=64, latent_dim=1024, codebook_dim=512, num_attention_heads=16,
+            num_key_value_heads=16, intermediate_size=1024, num_hidden_layers=8, decoder_dim=1536,
+            sliding_window=72,
+        )
     return Qwen3TTSTokenizerV2Config(encoder_config=encoder, decoder_config=decoder)
 
 
@@ -201,7 +207,8 @@ def build_variant(out_dir: Path, folder: str, sizes: TinySizes = TinySizes(), se
         tts_eos_token_id=special["<|tts_eos|>"],
     )
     model = Qwen3TTSForConditionalGeneration(config)
-    model.save_pretrained(target)
+    model.save_pretrained(target, max_shard_size="64GB")  # one model.safetensors, real sizes too
+    del model
     _drop_rejected_speaker_encoder_keys(target / "config.json")
     Qwen3TTSProcessor(tokenizer=tokenizer).save_pretrained(target)
     (target / "generation_config.json").write_text(json.dumps({
@@ -251,11 +258,13 @@ def _teach_to_stop(target: Path, beta: float) -> None:
                                       instruct="A calm voice.", language="english", max_new_tokens=40,
                                       do_sample=False)
     hook.remove()
+    eos = talker.config.codec_eos_token_id
+    del tts, talker  # the real sizes hold several GB; free them before the weights are read again
     direction = torch.cat(states).mean(0)
     direction = direction / direction.norm()
     weights_path = target / "model.safetensors"
     weights = load_file(weights_path)
-    weights["talker.codec_head.weight"][talker.config.codec_eos_token_id] = beta * direction
+    weights["talker.codec_head.weight"][eos] = beta * direction
     save_file(weights, weights_path, metadata={"format": "pt"})
 
 
