@@ -270,12 +270,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time the parts of one stock model call at each batch size")
     args = parser.parse_args(argv)
     if args.build:
-        from tts_runner.tiny_model import VARIANTS, TinySizes, build_all
+        from tts_runner.tiny_model import STOP_BIAS, VARIANTS, TinySizes, build_all
 
         if not args.model_dir:
             parser.error("--build needs --model-dir")
         folder = [f for f in VARIANTS if args.model.split("-")[0] in f and args.model.split("-")[1] in f]
-        build_all(args.model_dir, folder, TinySizes.real_1_7b() if args.real_size else TinySizes())
+        sizes = TinySizes.real_1_7b() if args.real_size else TinySizes()
+        # Fixed lengths never stop early: skip the stop-bias calibration (a generation on the CPU).
+        build_all(args.model_dir, folder, sizes, stop_bias=0.0 if args.fixed_length else STOP_BIAS)
     rows, engine = run(args)
     if args.breakdown:
         breakdown(engine, args.batch_sizes, args.max_new_tokens - 1)
