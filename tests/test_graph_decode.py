@@ -4,6 +4,7 @@ import logging
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
 from tests.conftest import FAST
@@ -12,7 +13,7 @@ from tts_runner import config as config_mod
 from tts_runner.engine import ChunkRequest
 from tts_runner.errors import ModelError
 from tts_runner.graph_decode import GraphDecoder, sample_rows, warp_rows
-from tts_runner.models import ModelStore
+from tts_runner.models import ModelStore, resolve_graph
 
 # Buckets 1, 2, 4: a batch of 3 runs in bucket 4 with one spare slot, and shrinks as items end.
 GRAPH = ["runtime.engine=graph", "runtime.graph.buckets=[1,2,4]", "runtime.graph.max_len=160"]
@@ -187,3 +188,24 @@ def test_the_captured_frame_has_no_host_round_trip(graph):
     bool_indexing = [name for name, args in record.ops if name == "index" and any(
         isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] if len(args) > 1 else []))]
     assert not bool_indexing
+
+
+@pytest.mark.parametrize("max_batch, buckets", [
+    (None, (1, 8, 16, 32, 64)), (16, (1, 8, 16)), (20, (1, 8, 16, 32)), (1, (1,)), (64, (1, 8, 16, 32, 64)),
+])
+def test_buckets_stop_at_the_one_that_holds_the_largest_batch(max_batch, buckets):
+    # Larger buckets would never run, yet would hold GPU memory and add capture time at start-up.
+    assert resolve_graph(OmegaConf.create({"buckets": [64, 1, 16, 8, 32]}), max_batch)["buckets"] == buckets
+
+
+def test_a_batch_above_every_bucket_is_warned_about_at_start_up(caplog):
+    with caplog.at_level(logging.WARNING, logger="tts_runner.models"):
+        assert resolve_graph(OmegaConf.create({"buckets": [1, 8]}), 16)["buckets"] == (1, 8)
+    assert "batching.max_batch_size=16 is above the largest graph bucket (8)" in caplog.text
+
+
+def test_the_worker_sizes_the_graph_buckets_by_its_batch(tiny_env):
+    from tts_runner.worker import Worker
+
+    w = Worker.from_env(FAST + GRAPH + ["batching.max_batch_size=4", "runtime.graph.buckets=[1,2,8,16]"])
+    assert w.startup_error is None and w.store.graph["buckets"] == (1, 2, 8)

@@ -47,8 +47,11 @@ def main(cfg: DictConfig) -> None:
     secrets = protect(cfg.sink)
     try:
         cfg = resolve_job(cfg, list(hydra_cfg.overrides.task))
-        key = OmegaConf.to_yaml(cfg.models) + OmegaConf.to_yaml(cfg.runtime)
-        store = _STORES.setdefault(key, ModelStore(cfg.models, cfg.runtime))
+        max_batch = int(cfg.batching.max_batch_size)
+        key = OmegaConf.to_yaml(cfg.models) + OmegaConf.to_yaml(cfg.runtime) + str(max_batch)
+        if key not in _STORES:
+            _STORES[key] = ModelStore(cfg.models, cfg.runtime, max_batch=max_batch)
+        store = _STORES[key]
         engine = store.get(cfg.input.model)
         response, _ = run_job(cfg, engine, job_id=cfg.input.name, out_dir=out_dir)
     except TTSError as exc:

@@ -61,8 +61,10 @@ def resolve_engine(engine: str) -> str:
     return engine
 
 
-def resolve_graph(graph: DictConfig | None) -> dict:
-    """runtime.graph as GraphDecoder arguments, checked."""
+def resolve_graph(graph: DictConfig | None, max_batch: int | None = None) -> dict:
+    """runtime.graph as GraphDecoder arguments, checked. With the job runner's largest batch
+    (batching.max_batch_size), buckets above the smallest one that holds it are dropped: they
+    would never run, yet cost GPU memory for their rows and capture time at start-up."""
     graph = graph or {}
     buckets, max_len = graph.get("buckets", [1, 8, 16, 32, 64]), graph.get("max_len", 1280)
     if (not isinstance(buckets, (list, tuple, ListConfig)) or not buckets
@@ -70,19 +72,26 @@ def resolve_graph(graph: DictConfig | None) -> dict:
         raise ModelError(f"runtime.graph.buckets={buckets!r} must be a list of batch sizes from 1 to 1024.")
     if not isinstance(max_len, int) or isinstance(max_len, bool) or not 16 <= max_len <= 32768:
         raise ModelError(f"runtime.graph.max_len={max_len!r} must be an integer from 16 to 32768.")
+    buckets = sorted(set(buckets))
+    if max_batch:
+        if max_batch > buckets[-1]:
+            log.warning("batching.max_batch_size=%d is above the largest graph bucket (%d): larger batches "
+                        "run on the fast loop; add a bucket to runtime.graph.buckets", max_batch, buckets[-1])
+        else:
+            buckets = [b for b in buckets if b < max_batch] + [min(b for b in buckets if b >= max_batch)]
     return {"buckets": tuple(buckets), "max_len": max_len}
 
 
 class ModelStore:
     """Loads each variant at most once and hands out its Engine."""
 
-    def __init__(self, models: DictConfig, runtime: DictConfig):
+    def __init__(self, models: DictConfig, runtime: DictConfig, max_batch: int | None = None):
         self.models = models
         self.runtime = runtime
         self.device = resolve_device(runtime.device)
         self.dtype = resolve_dtype(runtime.dtype, self.device)
         self.decode_engine = resolve_engine(runtime.engine)
-        self.graph = resolve_graph(runtime.get("graph"))
+        self.graph = resolve_graph(runtime.get("graph"), max_batch)
         self._engines: dict[str, Engine] = {}
         self._lock = threading.Lock()
 
