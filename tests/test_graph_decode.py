@@ -209,3 +209,11 @@ def test_the_worker_sizes_the_graph_buckets_by_its_batch(tiny_env):
 
     w = Worker.from_env(FAST + GRAPH + ["batching.max_batch_size=4", "runtime.graph.buckets=[1,2,8,16]"])
     assert w.startup_error is None and w.store.graph["buckets"] == (1, 2, 8)
+
+
+def test_static_buffers_are_sized_by_the_largest_bucket_and_max_len(graph):
+    graph.generate([ChunkRequest("Hello.", "ryan", "english", None)], GREEDY)
+    decoder, config = graph.graph, graph.tts.model.talker.config
+    cache = 2 * config.num_hidden_layers * 4 * config.num_key_value_heads * 160 * config.head_dim * 4  # float32
+    text = 4 * 160 * config.hidden_size * 4
+    assert cache + text < decoder.buffer_bytes < 2 * (cache + text)

@@ -115,7 +115,8 @@ def run(args: argparse.Namespace) -> tuple[list[Row], Engine]:
             print("graph engine unavailable (see the log); its rows run the fast loop", flush=True)
         elif engine.graph.capture_seconds:
             print(f"graph capture: buckets {list(engine.graph.buckets)}, {engine.graph.max_len} positions, "
-                  f"{engine.graph.capture_seconds:.2f} s (part of cold start)", flush=True)
+                  f"{engine.graph.capture_seconds:.2f} s (part of cold start), static buffers "
+                  f"{engine.graph.buffer_bytes / 2**30:.2f} GiB", flush=True)
         else:
             print("graph engine on the CPU: the static frame runs eagerly (no capture)", flush=True)
 

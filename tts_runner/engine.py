@@ -105,8 +105,8 @@ class Engine:
         except Exception as exc:  # noqa: BLE001 - any capture failure: the fast loop
             self._give_up_graph(exc)
             return 0.0
-        log.info("Captured CUDA graphs for %s, buckets %s, up to %d positions, in %.2f s",
-                 self.name, list(self.graph.buckets), self.graph.max_len, seconds)
+        log.info("Captured CUDA graphs for %s, buckets %s, up to %d positions, in %.2f s (static buffers %.2f GiB)",
+                 self.name, list(self.graph.buckets), self.graph.max_len, seconds, self.graph.buffer_bytes / 2**30)
         return seconds
 
     def _talker_generate(self, talker: torch.nn.Module, stock, *args, **kwargs):

@@ -205,6 +205,15 @@ class GraphDecoder:
         self.lowest = lowest
         self.views = {b: self.state.rows(b) for b in self.buckets}
 
+    @property
+    def buffer_bytes(self) -> int:
+        """Bytes held by the static buffers (0 before they are allocated)."""
+        if self.state is None:
+            return 0
+        s = self.state
+        tensors = [*s.per_row(), *s.predictor_keys, *s.predictor_values]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     def fits(self, batch: int, prompt_len: int, max_new_tokens: int) -> bool:
         return batch <= self.buckets[-1] and prompt_len + max_new_tokens <= self.max_len
 
