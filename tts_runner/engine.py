@@ -135,6 +135,8 @@ class Engine:
                 log.warning("Fast decode failed for %s (%s: %s); falling back to stock for good",
                             self.name, type(exc).__name__, exc)
                 self.decode = "stock"
+        # HF's generate pads with the end code when no pad id is given, and says so on every call.
+        kwargs.setdefault("pad_token_id", kwargs.get("eos_token_id"))
         return stock(*args, **kwargs)
 
     @staticmethod
