@@ -217,3 +217,10 @@ def test_static_buffers_are_sized_by_the_largest_bucket_and_max_len(graph):
     cache = 2 * config.num_hidden_layers * 4 * config.num_key_value_heads * 160 * config.head_dim * 4  # float32
     text = 4 * 160 * config.hidden_size * 4
     assert cache + text < decoder.buffer_bytes < 2 * (cache + text)
+
+
+def test_other_engines_are_not_warned_about_graph_buckets(tiny_env, caplog):
+    cfg = config_mod.load(FAST + ["runtime.engine=fast", "runtime.graph.buckets=[1,8]"])
+    with caplog.at_level(logging.WARNING, logger="tts_runner.models"):
+        ModelStore(cfg.models, cfg.runtime, max_batch=16)
+    assert "graph bucket" not in caplog.text

@@ -91,7 +91,8 @@ class ModelStore:
         self.device = resolve_device(runtime.device)
         self.dtype = resolve_dtype(runtime.dtype, self.device)
         self.decode_engine = resolve_engine(runtime.engine)
-        self.graph = resolve_graph(runtime.get("graph"), max_batch)
+        # Only the graph engine has buckets to size (and to warn about).
+        self.graph = resolve_graph(runtime.get("graph"), max_batch if self.decode_engine == "graph" else None)
         self._engines: dict[str, Engine] = {}
         self._lock = threading.Lock()
 
