@@ -1,32 +1,43 @@
 #!/usr/bin/env bash
-# The GPU figures of docs/performance.md, one part per device call (each is planned to fit the
-# device tool's 10-minute limit, model build included). Run on the lent machine as:
+# Everything the GPU is needed for, in one device call (issue: "The GPU, observed"), results under $OUT:
+#   1. the CUDA tests (tests/test_gpu.py, marker gpu) on the tiny models, while the CPU builds a
+#      random model of the published 1.7B-CustomVoice dimensions (bf16);
+#   2. the bench on that model, bf16, one process: one stream (stock, fast, graph), the 30-minute
+#      podcast chunks -> WAV at batch 64 and 128 (fast, graph), the seed's path (stock, one chunk at
+#      a time) on a sample of the same job's chunks, greedy agreement with stock over 8 x 100 frames,
+#      and a profile of the graph frame at batch 64. Rows: $OUT/gpu-latest.json.
+# On the lent machine, with carry [".whl"] (scripts/gpu_wheels.sh fills it here):
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-#     --target /tmp/site .whl/*.whl && PYTHONPATH=/tmp/site:. bash scripts/gpu_bench.sh one
-# with carry [".whl"] (scripts/gpu_wheels.sh fills it). Rows also go to $OUT/bench-PART.json.
-# DEVICE=cpu TINY=1 runs the same parts on the tiny model (a dry run of this script).
-set -euo pipefail
+#     --target /tmp/site .whl/*.whl && PYTHONPATH=/tmp/site:. bash scripts/gpu_bench.sh
+# Dry run here: DEVICE=cpu TINY=1 bash scripts/gpu_bench.sh (tiny model, a 3-minute podcast, batch 16).
+set -uo pipefail
 cd "$(dirname "$0")/.."
-part=${1:?"part: one | b64 | batch | podcast"}
-out=${OUT:-/tmp/bench-out}
-mkdir -p "$out"
-size=(--real-size)
-[[ -n "${TINY:-}" ]] && size=()
-bench() {
-  python3 -m tts_runner.bench --build "${size[@]}" --model-dir /tmp/models --device "${DEVICE:-cuda:0}" \
-    --json "$out/bench-$part.json" "$@"
-}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
-case "$part" in
-  # One stream, all three loops, and greedy agreement with stock over the first 100 frames.
-  one) bench --chunks 4 --batch-sizes 1 --engines stock,fast,graph --max-new-tokens 257 --fixed-length \
-         --agreement 100 ;;
-  # Batch 64 side by side with stock (stock's other batch sizes are in ../shared/notes/gpu.md).
-  b64) bench --chunks 64 --batch-sizes 64 --engines stock,fast,graph --max-new-tokens 257 --fixed-length ;;
-  # The batch sweep of our two loops.
-  batch) bench --chunks 128 --batch-sizes 8,16,32,64,128 --engines fast,graph --max-new-tokens 257 \
-           --fixed-length ;;
-  # The 30-minute podcast end to end (chunks to a WAV file), speech-like lengths.
-  podcast) bench --minutes 30 --batch-sizes 64 --engines fast,graph --max-new-tokens 300 --out /tmp/pod ;;  # ~45 MB files: kept off $OUT
-  *) echo "unknown part '$part': use one, b64, batch or podcast" >&2; exit 2 ;;
-esac
+out=${OUT:-/tmp/gpu-out}
+models=${MODELS:-/tmp/gpu-models}
+mkdir -p "$out" "$models"
+export PYTHONUNBUFFERED=1
+if [[ -n "${TINY:-}" ]]; then
+  size=(--dtype float32); minutes=3; batches=16; profile=()
+else
+  size=(--real-size --dtype bfloat16); minutes=30; batches=64,128; profile=(--profile 64)
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | tee "$out/device.txt"
+python3 -c "import torch, transformers, qwen_tts; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+
+# 1. The model build (CPU) beside the CUDA tests (GPU): neither waits for the other.
+( start=$(date +%s%N)
+  python3 -m tts_runner.tiny_model "$models" --variant Qwen3-TTS-12Hz-1.7B-CustomVoice --stop-bias 0 "${size[@]}" \
+    > "$out/build.log" 2>&1
+  echo "model build: exit $?, $(( ($(date +%s%N) - start) / 1000000 )) ms" >> "$out/build.log" ) &
+build=$!
+timeout 150 python3 -m pytest -m gpu tests/test_gpu.py -q -rA -p no:cacheprovider --junitxml="$out/gpu-tests.xml" \
+  2>&1 | tail -40
+wait "$build"
+cat "$out/build.log"
+
+# 2. The figures, one process, one model load and capture.
+timeout "${BENCH_TIMEOUT:-300}" python3 -m tts_runner.bench --model-dir "$models" --device "${DEVICE:-cuda:0}" \
+  --text-sized --max-new-tokens 160 --minutes "$minutes" --batch-sizes "$batches" --engines fast,graph \
+  --one-stream 1 --stock-sample 3 --agreement 100 "${profile[@]}" --out /tmp/gpu-audio \
+  --json "$out/gpu-latest.json" 2>&1 | grep -v "chunk/s\]\|Setting .pad_token_id" | tee "$out/bench.log" | tail -60
+echo "bench exit: ${PIPESTATUS[0]}"

@@ -55,3 +55,15 @@ def worker(tiny_env):
 @pytest.fixture(scope="session")
 def engine(worker):
     return worker.store.get("1.7B-CustomVoice")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` are skipped where CUDA is absent (CI has no GPU)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (marker gpu)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

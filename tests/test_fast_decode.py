@@ -13,12 +13,16 @@ def codes(engine, decode, texts, speakers, **sampling):
     """The codes qwen_tts's generate() returns for this batch, with the given decode loop."""
     engine.decode = decode
     engine._floor = sampling.pop("min_new_tokens", 2)
+    engine._budgets = sampling.pop("max_frames", None)
     tts = engine.tts
     prompts = [tts._build_assistant_text(t) for t in texts]
-    with torch.inference_mode():
-        out, _ = tts.model.generate(input_ids=tts._tokenize_texts(prompts), instruct_ids=[None] * len(texts),
-                                    languages=["english"] * len(texts), speakers=speakers,
-                                    non_streaming_mode=True, **sampling)
+    try:
+        with torch.inference_mode():
+            out, _ = tts.model.generate(input_ids=tts._tokenize_texts(prompts), instruct_ids=[None] * len(texts),
+                                        languages=["english"] * len(texts), speakers=speakers,
+                                        non_streaming_mode=True, **sampling)
+    finally:
+        engine._budgets = None
     return out
 
 
@@ -50,6 +54,19 @@ def test_greedy_equality_holds_with_end_of_speech_and_the_floor(engine, restore)
     assert len({c.shape[0] for c in stock}) > 1  # items end apart: the fast loop drops ended rows
     for a, b in zip(stock, fast, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("decode", ["stock", "fast"])
+def test_each_row_ends_at_its_own_frame_budget(engine, restore, decode):
+    # the reference: stock without budgets, each item cut at its budget (greedy, so the frames before match)
+    settings = dict(GREEDY, max_new_tokens=40, min_new_tokens=40)
+    free = codes(engine, "stock", TEXTS, SPEAKERS, **settings)
+    assert all(c.shape[0] == 39 for c in free)
+    budgets = [7, 39, 20]
+    cut = codes(engine, decode, TEXTS, SPEAKERS, **settings, max_frames=budgets)
+    assert [c.shape[0] for c in cut] == budgets
+    for a, b, n in zip(free, cut, budgets, strict=True):
+        assert torch.equal(a[:n], b)
 
 
 def test_sampled_runs_are_reproducible_with_a_seed(engine, restore):

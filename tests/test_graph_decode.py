@@ -66,6 +66,17 @@ def test_greedy_equality_holds_while_rows_end_and_buckets_shrink(graph, compacti
     assert all(torch.equal(a, b) for a, b in zip(stock, static, strict=True))
 
 
+def test_each_row_ends_at_its_own_frame_budget(graph, compactions):
+    settings = dict(GREEDY, max_new_tokens=40, min_new_tokens=40)
+    free = codes(graph, "stock", TEXTS, SPEAKERS, **settings)
+    budgets = [5, 39, 17]
+    cut = codes(graph, "graph", TEXTS, SPEAKERS, **settings, max_frames=budgets)
+    assert graph.decode == "graph" and [c.shape[0] for c in cut] == budgets
+    assert compactions  # rows that reached their budget left the bucket while the others went on
+    for a, b, n in zip(free, cut, budgets, strict=True):
+        assert torch.equal(a[:n], b)
+
+
 def test_sampling_settings_are_per_row(graph):
     """A greedy row inside a sampled batch gets exactly its greedy codes: nothing is shared or frozen."""
     greedy = codes(graph, "graph", TEXTS, SPEAKERS, **dict(GREEDY, max_new_tokens=40, min_new_tokens=30))

@@ -15,11 +15,21 @@ Random weights: the tiny model ends chunks at varied, speech-like lengths (see t
 `--fixed-length` every chunk runs to exactly max_new_tokens - 1 frames instead, so every row does
 the same work. `--build DIR` builds the models first (`--real-size` for the 1.7B dimensions).
 
+`--text-sized` sizes every chunk by its text instead: each chunk runs to a frame budget of 15
+characters a second (`batching.frame_budget`), and the model is built never to end on its own, so
+every engine and batch size makes the same audio from the same job (a real voice varies around
+that length; its long tail is not modelled). `--one-stream N` adds rows for the first N lines of the
+job at batch 1 through stock and every engine listed; `--stock-sample N` adds the seed's path (stock, one chunk at a
+time) on N chunks spread over the job, and prints that path's time for the whole job extrapolated
+from the sample, so the job's speed-up over it is a ratio measured in the same run.
+
 `--engines` may name stock, fast and graph. With graph in the list the model is loaded with
 `runtime.engine=graph`, buckets at the powers of two up to the largest batch size (and the batch
 sizes) and buffers long enough for the job; on CUDA its graphs are captured at load and the capture
 time is printed (it adds to cold start). `--agreement FRAMES` also compares each engine's greedy
-codes with stock's over that many frames, 8 items.
+codes with stock's over that many frames, 8 items. `--profile B` times the captured graph frame at
+bucket B and lists the CUDA kernels of one frame by GPU time (CUDA only). `--json FILE` writes the
+rows, each with the device's name and the job it belongs to (agreement goes to FILE-agreement.json).
 """
 
 from __future__ import annotations
@@ -44,6 +54,8 @@ from tts_runner.runner import run_job
 
 @dataclass
 class Row:
+    device: str
+    job: str
     engine: str
     batch_size: int
     wall_s: float
@@ -55,6 +67,7 @@ class Row:
     ms_per_step: float
     model_calls: int
     chunks: int
+    capture_s: float = 0.0  # graph rows on CUDA: the capture at load (cold start), not in wall_s
 
 
 CHARS_PER_SECOND = 15  # read speech: ~150 words a minute
@@ -82,7 +95,14 @@ def peak_memory_gib(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux; process peak
 
 
-def run(args: argparse.Namespace) -> tuple[list[Row], Engine]:
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return "cpu"
+
+
+def load(args: argparse.Namespace) -> tuple:
+    """The resolved config (before a job is merged) and the loaded engine, once for every row."""
     overrides = [
         f"input.model={args.model}",
         f"sampling.max_new_tokens={args.max_new_tokens}",
@@ -91,25 +111,28 @@ def run(args: argparse.Namespace) -> tuple[list[Row], Engine]:
         "batching.min_seconds_per_char=0",
         f"batching.max_batch_chars={args.max_batch_chars}",
     ]
+    if args.text_sized:
+        overrides += [f"batching.frame_budget.seconds_per_char={1 / CHARS_PER_SECOND}",
+                      "batching.frame_budget.factor=1.0", "batching.frame_budget.margin_seconds=0.0"]
     if "graph" in args.engines:
         top = max(args.batch_sizes)  # powers of two up to the largest batch, so batches shrink as chunks end
         buckets = sorted({*(2**i for i in range(top.bit_length()) if 2**i <= top), *args.batch_sizes})
+        if args.agreement:
+            buckets = sorted({*buckets, 8})
         overrides += ["runtime.engine=graph", f"runtime.graph.buckets=[{','.join(map(str, buckets))}]",
                       f"runtime.graph.max_len={args.max_new_tokens + 256}"]
     if args.model_dir:
         os.environ["QWEN_TTS_MODEL_DIR"] = str(args.model_dir)
     if args.device:
         os.environ["QWEN_TTS_DEVICE"] = args.device
-    job = long_job(args.chunks, args.minutes)
-    cfg = payload_mod.merge(config_mod.load(overrides), job)
+    cfg = config_mod.load(overrides)
     started = time.perf_counter()
     store = ModelStore(cfg.models, cfg.runtime)
     engine = store.get(args.model)
-    print(f"model {args.model} on {store.device} ({str(store.dtype).removeprefix('torch.')}), loaded and "
-          f"warmed up in {time.perf_counter() - started:.1f} s; job: {len(job['segments'])} segments, "
-          f"{sum(len(s['text']) for s in job['segments'])} characters, "
-          f"max_new_tokens {args.max_new_tokens}, {'fixed' if args.fixed_length else 'speech-like'} lengths",
-          flush=True)
+    print(f"model {args.model} on {store.device} ({device_name(store.device)}, "
+          f"{str(store.dtype).removeprefix('torch.')}), loaded and warmed up in {time.perf_counter() - started:.1f} s; "
+          f"max_new_tokens {args.max_new_tokens}, "
+          f"{'fixed' if args.fixed_length else 'text-sized' if args.text_sized else 'speech-like'} lengths", flush=True)
     if "graph" in args.engines:
         if engine.graph is None:
             print("graph engine unavailable (see the log); its rows run the fast loop", flush=True)
@@ -119,31 +142,63 @@ def run(args: argparse.Namespace) -> tuple[list[Row], Engine]:
                   f"{engine.graph.buffer_bytes / 2**30:.2f} GiB", flush=True)
         else:
             print("graph engine on the CPU: the static frame runs eagerly (no capture)", flush=True)
+    return cfg, store, engine
 
+
+def run(args: argparse.Namespace, cfg, store: ModelStore, engine: Engine, job: dict, label: str,
+        runs: list[tuple[str, int]], done: list[Row]) -> list[Row]:
+    """One row per (engine, batch size): `job` through the whole job graph. Each row is also added
+    to `done` and, with --json, written at once (a run cut short keeps the rows it made)."""
+    cfg = payload_mod.merge(cfg, job)
+    print(f"\njob {label}: {len(job['segments'])} segments, {sum(len(s['text']) for s in job['segments'])} "
+          f"characters", flush=True)
     rows: list[Row] = []
-    runs = [(e, b) for e in args.engines for b in args.batch_sizes]
     for decode, batch_size in runs:
+        if decode == "graph" and engine.graph is None:
+            continue
         engine.decode = decode
         cfg.batching.max_batch_size = batch_size
-        cfg.input.name = f"bench-{decode}-b{batch_size}"
+        cfg.input.name = f"bench-{label}-{decode}-b{batch_size}"
         torch.manual_seed(args.seed)
         if store.device.startswith("cuda"):
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
-        response, job = run_job(cfg, engine, job_id="bench")
+        response, result = run_job(cfg, engine, job_id="bench")
         wall = time.perf_counter() - started
-        audio = job.duration_seconds
+        audio = result.duration_seconds
         base = rows[0].rtf if rows else audio / wall
-        rows.append(Row(decode, batch_size, round(wall, 2), round(audio, 1), round(audio / wall, 2),
-                        round((audio / wall) / base, 2), round(peak_memory_gib(store.device), 2),
-                        round(100 * (wall - job.stats.model_seconds) / wall, 2),
-                        round(1000 * job.stats.model_seconds / max(1, job.stats.frame_steps), 1),
-                        job.stats.calls, job.num_chunks))
+        capture = engine.graph.capture_seconds if decode == "graph" and engine.graph else 0.0
+        rows.append(Row(device_name(store.device), label, decode, batch_size, round(wall, 2), round(audio, 1),
+                        round(audio / wall, 2), round((audio / wall) / base, 2), round(peak_memory_gib(store.device), 2),
+                        round(100 * (wall - result.stats.model_seconds) / wall, 2),
+                        round(1000 * result.stats.model_seconds / max(1, result.stats.frame_steps), 1),
+                        result.stats.calls, result.num_chunks, round(capture, 2)))
         print(format_row(rows[-1]), flush=True)
+        done.append(rows[-1])
+        if args.json:
+            args.json.write_text(json.dumps([asdict(r) for r in done], indent=2))
         if args.out:
             print(f"  audio file: {response['audio_path']}", flush=True)
-    return rows, engine
+    return rows
+
+
+def spread(job: dict, n: int) -> dict:
+    """`n` segments spread evenly over `job` (a sample of its chunks)."""
+    segments = job["segments"]
+    step = max(1, len(segments) // max(1, n))
+    return {**job, "segments": segments[::step][:n]}
+
+
+def extrapolate(sample: Row, rows: list[Row]) -> list[str]:
+    """The seed's path for the whole job, extrapolated from the sample at its real-time factor, and
+    each of the job's rows against it."""
+    lines = []
+    for row in rows:
+        seed_wall = row.audio_s / sample.rtf
+        lines.append(f"| {row.engine} | {row.batch_size} | {row.wall_s} | {row.audio_s} | {seed_wall:.0f} "
+                     f"(extrapolated) | {seed_wall / row.wall_s:.1f}x |")
+    return lines
 
 
 def breakdown(engine: Engine, batch_sizes: list[int], frames: int) -> None:
@@ -212,12 +267,13 @@ def greedy_codes(engine: Engine, decode: str, frames: int, batch: int) -> list[t
     return out
 
 
-def agreement(engine: Engine, engines: list[str], frames: int, batch: int) -> None:
+def agreement(engine: Engine, engines: list[str], frames: int, batch: int) -> list[dict]:
     """Greedy codes of each engine against stock's over the first `frames` frames: the share of
     codes equal, and the first frame at which each item differs (bf16 kernels may differ)."""
     reference = greedy_codes(engine, "stock", frames, batch)
     print(f"\ngreedy agreement with stock, {batch} items x {frames} frames x 16 codes: "
           "| engine | codes equal % | first-codebook equal % | first differing frame per item |")
+    found = []
     for decode in [e for e in engines if e != "stock"]:
         if decode == "graph" and engine.graph is None:
             continue
@@ -232,17 +288,63 @@ def agreement(engine: Engine, engines: list[str], frames: int, batch: int) -> No
             total += n
             bad = (~same.all(dim=1)).nonzero()
             differs.append(int(bad[0]) if len(bad) else None)
-        print(f"| {decode} | {100 * equal / max(1, 16 * total):.2f} | {100 * first / max(1, total):.2f} | "
+        found.append({"engine": decode, "items": batch, "frames": frames,
+                      "codes_equal_pct": round(100 * equal / max(1, 16 * total), 2),
+                      "first_codebook_equal_pct": round(100 * first / max(1, total), 2),
+                      "first_differing_frame": differs,
+                      "dtype": str(engine.tts.model.talker.codec_head.weight.dtype).removeprefix("torch.")})
+        print(f"| {decode} | {found[-1]['codes_equal_pct']:.2f} | {found[-1]['first_codebook_equal_pct']:.2f} | "
               f"{', '.join('-' if d is None else str(d) for d in differs)} |", flush=True)
+    return found
 
 
-HEADER = ("| engine | batch | wall s | audio s | RTF (audio s / wall s) | speed-up | peak GiB | outside model % | "
-          "ms per step | model calls |\n|---|---|---|---|---|---|---|---|---|---|")
+def profile(engine: Engine, bucket: int, out: Path | None) -> None:
+    """Where a graph frame's time goes at `bucket` rows: the captured frame's replay time, the CUDA
+    kernels of one (eager) frame by GPU time, and their sum against the replay (the rest is gaps)."""
+    graph = engine.graph
+    if graph is None or bucket not in graph.graphs:
+        print(f"\nprofile: no captured graph for bucket {bucket}", flush=True)
+        return
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    frames = 20
+    with torch.inference_mode():
+        graph._reset_counters()  # scratch frames over the last call's buffers: positions 0..frames stay in range
+        graph._run(bucket)
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        graph._reset_counters()
+        start.record()
+        for _ in range(frames):
+            graph._run(bucket)
+        end.record()
+        torch.cuda.synchronize()
+        replay_ms = start.elapsed_time(end) / frames
+        graph._reset_counters()
+        with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            graph._frame(graph.views[bucket])
+            torch.cuda.synchronize()
+    events = prof.key_averages()
+    kernel_us = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    launches = sum(e.count for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    table = events.table(sort_by="self_cuda_time_total", row_limit=15, max_name_column_width=60)
+    text = (f"graph frame at bucket {bucket}: replay {replay_ms:.2f} ms per frame (mean of {frames}); "
+            f"one eager frame runs {launches} kernels taking {kernel_us / 1000:.2f} ms of GPU time, so "
+            f"{100 * kernel_us / 1000 / replay_ms:.0f} % of the replay is kernel time and the rest gaps between kernels\n"
+            f"{table}")
+    print("\n" + text, flush=True)
+    if out:
+        out.write_text(text)
+
+
+HEADER = ("| job | engine | batch | wall s | audio s | RTF (audio s / wall s) | speed-up | peak GiB | outside model % | "
+          "ms per step | model calls | capture s |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def format_row(r: Row) -> str:
-    return (f"| {r.engine} | {r.batch_size} | {r.wall_s} | {r.audio_s} | {r.rtf} | {r.speedup}x | {r.peak_gib} | "
-            f"{r.outside_model_pct} | {r.ms_per_step} | {r.model_calls} |")
+    return (f"| {r.job} | {r.engine} | {r.batch_size} | {r.wall_s} | {r.audio_s} | {r.rtf} | {r.speedup}x | "
+            f"{r.peak_gib} | {r.outside_model_pct} | {r.ms_per_step} | {r.model_calls} | {r.capture_s} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,6 +363,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-new-tokens", type=int, default=8)
     parser.add_argument("--max-batch-chars", type=int, default=100_000)
     parser.add_argument("--fixed-length", action="store_true", help="every chunk runs to max_new_tokens")
+    parser.add_argument("--text-sized", action="store_true",
+                        help="every chunk runs to a frame budget of 15 characters a second (model never ends)")
+    parser.add_argument("--one-stream", type=int, default=0, metavar="N",
+                        help="also: the job's first N lines at batch 1 through stock and every engine listed")
+    parser.add_argument("--stock-sample", type=int, default=0, metavar="N",
+                        help="also: the seed's path (stock, batch 1) on N chunks spread over the job")
+    parser.add_argument("--profile", type=int, default=0, metavar="BUCKET",
+                        help="also: time the captured graph frame at this bucket and list its kernels (CUDA)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--build", action="store_true", help="build random-weight models into --model-dir first")
     parser.add_argument("--real-size", action="store_true", help="with --build: the 1.7B dimensions")
@@ -277,21 +387,45 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--build needs --model-dir")
         folder = [f for f in VARIANTS if args.model.split("-")[0] in f and args.model.split("-")[1] in f]
         sizes = TinySizes.real_1_7b() if args.real_size else TinySizes()
-        # Fixed lengths never stop early: skip the stop-bias calibration (a generation on the CPU).
-        build_all(args.model_dir, folder, sizes, stop_bias=0.0 if args.fixed_length else STOP_BIAS)
-    rows, engine = run(args)
+        started = time.perf_counter()
+        # Fixed and text-sized lengths never stop early: skip the stop-bias calibration (a generation).
+        build_all(args.model_dir, folder, sizes, stop_bias=0.0 if args.fixed_length or args.text_sized else STOP_BIAS,
+                  dtype=torch.bfloat16 if args.real_size else torch.float32)
+        print(f"built {folder[0]} ({'real' if args.real_size else 'tiny'} size) in {time.perf_counter() - started:.1f} s",
+              flush=True)
+    cfg, store, engine = load(args)
+    job = long_job(args.chunks, args.minutes)
+    label = f"podcast-{args.minutes:g}min" if args.minutes else f"{args.chunks}-chunks"
+    rows: list[Row] = []
+    if args.one_stream:
+        one = {**job, "segments": job["segments"][:args.one_stream]}
+        engines = ["stock", *(e for e in args.engines if e != "stock")]  # one stream: always against stock
+        run(args, cfg, store, engine, one, "one-stream", [(e, 1) for e in engines], rows)
+    main_rows = run(args, cfg, store, engine, job, label, [(e, b) for e in args.engines for b in args.batch_sizes],
+                    rows)
+    if args.stock_sample:
+        sample = run(args, cfg, store, engine, spread(job, args.stock_sample), "stock-sequential-sample",
+                     [("stock", 1)], rows)
+        print(f"\nthe seed's path (stock, one chunk at a time) for the whole {label} job, extrapolated from "
+              f"{sample[0].chunks} chunks at RTF {sample[0].rtf}:\n| engine | batch | wall s | audio s | seed's path s "
+              f"| speed-up over it |\n|---|---|---|---|---|---|")
+        print("\n".join(extrapolate(sample[0], main_rows)), flush=True)
     if args.breakdown:
         breakdown(engine, args.batch_sizes, args.max_new_tokens - 1)
-    if args.agreement:
-        agreement(engine, args.engines, args.agreement, 8)
+    found = agreement(engine, args.engines, args.agreement, 8) if args.agreement else []
+    if args.json and found:
+        args.json.with_name(args.json.stem + "-agreement.json").write_text(json.dumps(found, indent=2))
+    if args.profile:
+        profile(engine, args.profile, args.json.with_name(args.json.stem + "-profile.txt") if args.json else None)
     print()
     print(HEADER)
     for row in rows:
         print(format_row(row))
-    if args.json:
-        args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # skip interpreter teardown: with CUDA graphs and a large model it has hung for ~40 s

@@ -58,6 +58,7 @@ class ChunkRequest:
     speaker: str | None  # None for VoiceDesign
     language: str        # the library's language name
     instruct: str | None
+    max_frames: int | None = None  # frame budget: the chunk ends here if it has not ended before
 
 
 class Engine:
@@ -71,6 +72,7 @@ class Engine:
         self.decode = decode
         self.lock = threading.Lock()
         self._floor = 2
+        self._budgets: list[int] | None = None  # per-row frame budgets of the call in progress
         self._sync_every = sync_every
         talker = tts.model.talker
         self.graph: GraphDecoder | None = None
@@ -110,13 +112,14 @@ class Engine:
         return seconds
 
     def _talker_generate(self, talker: torch.nn.Module, stock, *args, **kwargs):
-        """What qwen_tts calls as talker.generate: our floor, then the graph, fast or stock loop."""
+        """What qwen_tts calls as talker.generate: our floor and budgets, then the graph, fast or stock loop."""
         kwargs["min_new_tokens"] = max(int(kwargs.get("min_new_tokens") or 0), self._floor)
+        budgets = self._budgets if self._budgets is not None and not args else None
         if self.decode == "graph" and self.graph is not None and not args:
             shape = kwargs["inputs_embeds"].shape
             if self.graph.fits(shape[0], shape[1], int(kwargs["max_new_tokens"])):
                 try:
-                    return self.graph.generate(**kwargs)
+                    return self.graph.generate(**kwargs, max_frames=budgets)
                 except torch.cuda.OutOfMemoryError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - any other failure: the fast loop from now on
@@ -128,7 +131,7 @@ class Engine:
                          kwargs["max_new_tokens"], self.graph.buckets[-1], self.graph.max_len)
         if self.decode in ("fast", "graph"):
             try:
-                return lean_talker_generate(talker, *args, sync_every=self._sync_every, **kwargs)
+                return lean_talker_generate(talker, *args, sync_every=self._sync_every, max_frames=budgets, **kwargs)
             except torch.cuda.OutOfMemoryError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any other failure: stock from now on
@@ -137,7 +140,13 @@ class Engine:
                 self.decode = "stock"
         # HF's generate pads with the end code when no pad id is given, and says so on every call.
         kwargs.setdefault("pad_token_id", kwargs.get("eos_token_id"))
-        return stock(*args, **kwargs)
+        if budgets is None:
+            return stock(*args, **kwargs)
+        # HF generate has no per-row budget: run to the largest, then end each row at its own.
+        kwargs["max_new_tokens"] = min(int(kwargs["max_new_tokens"]), max(budgets) + 1)
+        result = stock(*args, **kwargs)
+        _end_rows_at(result.hidden_states, budgets, talker.config.codec_eos_token_id)
+        return result
 
     @staticmethod
     def _decode_by_length(batched_decode, encoded):
@@ -166,18 +175,33 @@ class Engine:
         texts = [r.text for r in requests]
         languages = [r.language for r in requests]
         instructs = [r.instruct or "" for r in requests]
+        budgets = [r.max_frames for r in requests]
         with self.lock, torch.inference_mode():
             self._floor = max(2, min(int(sampling.get("min_new_tokens", 2)), kwargs["max_new_tokens"]))
-            if self.kind == "voice_design":
-                wavs, sr = self.tts.generate_voice_design(
-                    text=texts, instruct=instructs, language=languages, **kwargs
-                )
-            else:
-                wavs, sr = self.tts.generate_custom_voice(
-                    text=texts, speaker=[r.speaker for r in requests], language=languages,
-                    instruct=instructs, **kwargs,
-                )
+            self._budgets = ([kwargs["max_new_tokens"] if b is None else max(1, int(b)) for b in budgets]
+                             if any(b is not None for b in budgets) else None)
+            try:
+                if self.kind == "voice_design":
+                    wavs, sr = self.tts.generate_voice_design(
+                        text=texts, instruct=instructs, language=languages, **kwargs
+                    )
+                else:
+                    wavs, sr = self.tts.generate_custom_voice(
+                        text=texts, speaker=[r.speaker for r in requests], language=languages,
+                        instruct=instructs, **kwargs,
+                    )
+            finally:
+                self._budgets = None
         return [np.asarray(w, dtype=np.float32).reshape(-1) for w in wavs], int(sr)
+
+
+def _end_rows_at(steps: list, budgets: list[int], eos: int) -> None:
+    """End each row of a stock result at its frame budget: from frame `budget` on, its first code
+    is end-of-speech (qwen_tts cuts every item at its first one)."""
+    frames = [codes for _, codes in steps if codes is not None]
+    limit = torch.tensor(budgets, device=frames[0].device) if frames else None
+    for frame, codes in enumerate(frames):
+        codes[:, 0] = torch.where(limit > frame, codes[:, 0], eos)
 
 
 def _sampling_kwargs(sampling: dict) -> dict:

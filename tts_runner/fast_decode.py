@@ -11,6 +11,7 @@ criteria, cache objects, kwargs plumbing), not arithmetic. `lean_talker_generate
 - sampling on the device, per request: repetition penalty, the min_new_tokens floor and the
   suppressed control codes (talker), then temperature, top-k, top-p (talker and sub-talker),
   or argmax when do_sample is false; finished items keep their slot, masked to end-of-speech;
+- a frame budget per row (`max_frames`): a row that reaches it ends there, the others go on;
 - the host checks "all finished?" only every `sync_every` frames, and then drops the rows that
   have ended from the batch and its KV cache (`compact`), so a batch does not keep paying for
   chunks that are done while its longest one finishes.
@@ -148,12 +149,14 @@ def lean_talker_generate(
     eos_token_id: int | None = None,
     repetition_penalty: float = 1.05,
     suppress_tokens: list[int] | None = None,
+    max_frames: list[int] | None = None,
     sync_every: int = 1,
     compact: bool = True,
     generator: torch.Generator | None = None,
     **_ignored,
 ) -> TalkerResult:
-    """Drop-in for `talker.generate(...)` as qwen_tts calls it."""
+    """Drop-in for `talker.generate(...)` as qwen_tts calls it. `max_frames` (one per row) ends each
+    row at its own frame budget: its code at that step is end-of-speech, whatever was sampled."""
     device = inputs_embeds.device
     batch = inputs_embeds.shape[0]
     eos = talker.config.codec_eos_token_id if eos_token_id is None else eos_token_id
@@ -177,6 +180,7 @@ def lean_talker_generate(
     rows = torch.arange(batch, device=device)  # the original rows still being generated
     generated = torch.empty(batch, 0, dtype=torch.long, device=device)
     unfinished = torch.ones(batch, dtype=torch.bool, device=device)
+    budget = torch.tensor(max_frames if max_frames is not None else [max_new_tokens] * batch, device=device)
     length = mask.shape[1]
     width = talker.config.num_code_groups
 
@@ -206,7 +210,7 @@ def lean_talker_generate(
             scores[:, eos] = float("-inf")
         scores = scores.masked_fill(blocked, float("-inf"))
         token = sampler(scores, generator)
-        token = torch.where(unfinished, token, torch.full_like(token, eos))
+        token = torch.where(unfinished & (budget > step), token, torch.full_like(token, eos))
         generated = torch.cat((generated, token[:, None]), dim=1)
         unfinished = unfinished & (token != eos)
         if (step + 1) % sync_every == 0:
@@ -216,8 +220,8 @@ def lean_talker_generate(
             if compact and alive.numel() < unfinished.numel():
                 # Drop ended rows: the rest of the job no longer pays for them (the long tail).
                 cache.batch_select_indices(alive)
-                rows, mask, deltas, generated, hidden, unfinished = (
-                    t.index_select(0, alive) for t in (rows, mask, deltas, generated, hidden, unfinished))
+                rows, mask, deltas, generated, hidden, unfinished, budget = (
+                    t.index_select(0, alive) for t in (rows, mask, deltas, generated, hidden, unfinished, budget))
                 trailing_text_hidden = trailing_text_hidden.index_select(0, alive)
                 if tts_pad_embed.shape[0] > 1:
                     tts_pad_embed = tts_pad_embed.index_select(0, alive)

@@ -10,7 +10,7 @@ CUDA graph and replayed each frame:
 - the talker's and the code predictor's KV caches are static: a frame writes its keys and values
   at a position held in a device tensor and attends over the whole buffer under a mask of valid
   positions, with attention written out here (grouped-query, no key/value repeat, no host sync);
-- the frame index, the cache position, the end-of-speech floor, repetition penalty, suppressed
+- the frame index, the cache position, the end-of-speech floor and frame budget, repetition penalty, suppressed
   codes and sampling are all device tensors, and sampling parameters are per row (set per call,
   never frozen at capture); sampling uses the exponential-race form of multinomial so it needs no
   host round trip;
@@ -192,7 +192,8 @@ class GraphDecoder:
             frame=torch.ones(1, dtype=torch.long, device=device),
             position=torch.zeros(1, dtype=torch.long, device=device),
         )
-        self.state.settings["min_new"] = torch.zeros(rows, dtype=torch.long, device=device)
+        for name in ("min_new", "max_frames"):  # per-row frame floor and budget, [R]
+            self.state.settings[name] = torch.zeros(rows, dtype=torch.long, device=device)
         self.eos_column = torch.zeros(config.vocab_size, dtype=torch.bool, device=device)
         self.eos_column[self.eos] = True
         self.blocked = torch.zeros(config.vocab_size, dtype=torch.bool, device=device)
@@ -254,7 +255,7 @@ class GraphDecoder:
         held = (s.frame < st["min_new"])[:, None] & self.eos_column
         scores = scores.masked_fill(held | self.blocked, float("-inf"))
         token = sample_rows(scores, st["do_sample"], st["temperature"], st["top_k"], st["top_p"])
-        token = torch.where(s.unfinished, token, self.eos)
+        token = torch.where(s.unfinished & (s.frame < st["max_frames"]), token, self.eos)
         s.token.copy_(token)
         s.seen.scatter_(1, token[:, None], True)
         s.unfinished.logical_and_(token != self.eos)
@@ -357,6 +358,8 @@ class GraphDecoder:
                           ("sub_top_p", "subtalker_top_p"), ("penalty", "repetition_penalty")):
             st[name].copy_(_rows(kwargs[key], fill, st[name]))
         st["min_new"].copy_(_rows(kwargs["min_new_tokens"], fill, st["min_new"][:, None]).view(-1))
+        budget = kwargs.get("max_frames") or kwargs["max_new_tokens"]
+        st["max_frames"].copy_(_rows(budget, fill, st["max_frames"][:, None]).view(-1))
         self.blocked.zero_()
         if kwargs.get("suppress_tokens"):
             self.blocked[torch.tensor(kwargs["suppress_tokens"], device=self.blocked.device)] = True

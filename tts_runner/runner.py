@@ -15,10 +15,11 @@ its segment and chunk.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +97,15 @@ def plan(job: DictConfig, engine: Engine, voices: DictConfig, max_chars: int) ->
     return chunks, len(segments)
 
 
+def frame_budget(text: str, budget: DictConfig | None, max_new_tokens: int) -> int | None:
+    """The most frames a chunk of `text` may run to under `batching.frame_budget` (None: no budget)."""
+    if not budget or budget.get("seconds_per_char") is None:
+        return None
+    seconds = budget.factor * budget.seconds_per_char * len(text) + budget.margin_seconds
+    frames = math.ceil(seconds * SAMPLE_RATE / SAMPLES_PER_FRAME - 1e-9)
+    return max(1, min(frames, max_new_tokens - 1))
+
+
 def make_batches(chunks: list[Chunk], max_batch_size: int, max_batch_chars: int) -> list[list[Chunk]]:
     """Longest first, so each batch holds chunks of similar length; bounded in count and text."""
     batches: list[list[Chunk]] = []
@@ -151,7 +161,7 @@ def generate_all(
             raise GenerationError(f"The model returned {len(wavs)} waveforms for a batch of {len(batch)}.")
         retry: list[Chunk] = []
         for chunk, wav in zip(batch, wavs, strict=False):
-            problem = check_audio(wav, chunk.request.text, sample_rate, sampling, batching)
+            problem = check_audio(wav, chunk.request.text, sample_rate, sampling, batching, chunk.request.max_frames)
             if problem is None:
                 results[chunk.index] = wav
             else:
@@ -164,7 +174,8 @@ def generate_all(
     return results, sample_rate, stats
 
 
-def check_audio(wav: np.ndarray, text: str, sample_rate: int, sampling: dict, batching: DictConfig) -> str | None:
+def check_audio(wav: np.ndarray, text: str, sample_rate: int, sampling: dict, batching: DictConfig,
+                max_frames: int | None = None) -> str | None:
     """Why this chunk's audio must be generated again, or None when it is fine."""
     if wav.size == 0:
         return "the model returned empty audio"
@@ -172,7 +183,7 @@ def check_audio(wav: np.ndarray, text: str, sample_rate: int, sampling: dict, ba
         return "the model returned non-finite samples (NaN or inf)"
     frame_s = SAMPLES_PER_FRAME / sample_rate
     # qwen_tts returns at most max_new_tokens - 1 frames; the floor is enforced by the engine.
-    ceiling = (int(sampling["max_new_tokens"]) - 1) * frame_s
+    ceiling = (int(sampling["max_new_tokens"]) - 1 if max_frames is None else max_frames) * frame_s
     floor = int(sampling.get("min_new_tokens", 0)) * frame_s
     expected = min(max(len(text) * batching.min_seconds_per_char, floor), ceiling)
     seconds = wav.size / sample_rate
@@ -196,6 +207,9 @@ def synthesize(cfg: DictConfig, engine: Engine, progress: Progress | None = None
     started = time.perf_counter()
     chunks, num_segments = plan(cfg.input, engine, cfg.voices, cfg.chunking.max_chars)
     sampling = OmegaConf.to_container(cfg.sampling, resolve=True)
+    for chunk in chunks:
+        budget = frame_budget(chunk.request.text, cfg.batching.get("frame_budget"), int(sampling["max_new_tokens"]))
+        chunk.request = replace(chunk.request, max_frames=budget)
     with tqdm(total=len(chunks), desc="chunks", unit="chunk", mininterval=1.0, leave=False) as bar:
         def report(done: int, total: int) -> None:
             bar.update(done - bar.n)
