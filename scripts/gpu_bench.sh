@@ -5,7 +5,7 @@
 #   2. the bench on that model, bf16, one process: one stream (stock, fast, graph), the 30-minute
 #      podcast chunks -> WAV at batch 64 and 128 (fast, graph), the seed's path (stock, one chunk at
 #      a time) on a sample of the same job's chunks, greedy agreement with stock over 8 x 100 frames,
-#      and a profile of the graph frame at batch 64. Rows: $OUT/gpu-latest.json.
+#      and a profile of the graph frame at batch 64. Rows: $OUT/gpu-latest.json; at most 8 files in $OUT.
 # On the lent machine, with carry [".whl"] (scripts/gpu_wheels.sh fills it here):
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
 #     --target /tmp/site .whl/*.whl && PYTHONPATH=/tmp/site:. bash scripts/gpu_bench.sh
@@ -21,7 +21,7 @@ if [[ -n "${TINY:-}" ]]; then
 else
   size=(--real-size --dtype bfloat16); minutes=30; batches=64,128; profile=(--profile 64)
 fi
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | tee "$out/device.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
 python3 -c "import torch, transformers, qwen_tts; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 
 # 1. The model build (CPU) beside the CUDA tests (GPU): neither waits for the other.
@@ -30,8 +30,8 @@ python3 -c "import torch, transformers, qwen_tts; print('torch', torch.__version
     > "$out/build.log" 2>&1
   echo "model build: exit $?, $(( ($(date +%s%N) - start) / 1000000 )) ms" >> "$out/build.log" ) &
 build=$!
-timeout 150 python3 -m pytest -m gpu tests/test_gpu.py -q -rA -p no:cacheprovider --junitxml="$out/gpu-tests.xml" \
-  2>&1 | tail -40
+timeout 150 python3 -m pytest -m gpu tests/test_gpu.py -q -rA -p no:cacheprovider 2>&1 | tee "$out/gpu-tests.log" \
+  | tail -30
 wait "$build"
 cat "$out/build.log"
 
