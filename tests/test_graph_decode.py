@@ -13,7 +13,7 @@ from tts_runner import config as config_mod
 from tts_runner.engine import ChunkRequest
 from tts_runner.errors import ModelError
 from tts_runner.graph_decode import GraphDecoder, sample_rows, warp_rows
-from tts_runner.models import ModelStore, resolve_graph
+from tts_runner.models import ModelStore, resolve_engine, resolve_graph
 
 # Buckets 1, 2, 4: a batch of 3 runs in bucket 4 with one spare slot, and shrinks as items end.
 GRAPH = ["runtime.engine=graph", "runtime.graph.buckets=[1,2,4]", "runtime.graph.max_len=160"]
@@ -228,6 +228,13 @@ def test_static_buffers_are_sized_by_the_largest_bucket_and_max_len(graph):
     cache = 2 * config.num_hidden_layers * 4 * config.num_key_value_heads * 160 * config.head_dim * 4  # float32
     text = 4 * 160 * config.hidden_size * 4
     assert cache + text < decoder.buffer_bytes < 2 * (cache + text)
+
+
+@pytest.mark.parametrize("device, engine", [("cuda:0", "graph"), ("cpu", "fast")])
+def test_auto_picks_the_engine_measured_fastest_on_the_device(device, engine):
+    # docs/results/gpu-latest.json (H100) and docs/performance.md (CPU)
+    assert resolve_engine("auto", device) == engine
+    assert resolve_engine("stock", device) == "stock"
 
 
 def test_other_engines_are_not_warned_about_graph_buckets(tiny_env, caplog):

@@ -146,7 +146,7 @@ SETTINGS = {  # per-row sampling tensors and their dtype
 class GraphDecoder:
     """Static-shape decoding of one talker, with one CUDA graph per batch bucket when captured."""
 
-    def __init__(self, talker: torch.nn.Module, buckets: tuple[int, ...] = (1, 8, 16, 32, 64),
+    def __init__(self, talker: torch.nn.Module, buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64),
                  max_len: int = 1280, sync_every: int = 8):
         self.talker = talker
         self.buckets = tuple(sorted({int(b) for b in buckets}))
