@@ -11,7 +11,7 @@
 #     --target /tmp/site .whl/*.whl && PYTHONPATH=/tmp/site:. bash scripts/gpu_bench.sh
 # Dry run here: DEVICE=cpu TINY=1 bash scripts/gpu_bench.sh (tiny model, a 3-minute podcast, batch 16).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit
 out=${OUT:-/tmp/gpu-out}
 models=${MODELS:-/tmp/gpu-models}
 mkdir -p "$out" "$models"
@@ -26,7 +26,7 @@ python3 -c "import torch, transformers, qwen_tts; print('torch', torch.__version
 
 # 1. The model build (CPU) beside the CUDA tests (GPU): neither waits for the other.
 ( start=$(date +%s%N)
-  python3 -m tts_runner.tiny_model "$models" --variant Qwen3-TTS-12Hz-1.7B-CustomVoice --stop-bias 0 "${size[@]}" \
+  python3 -m tts_runner.tools.tiny_model "$models" --variant Qwen3-TTS-12Hz-1.7B-CustomVoice --stop-bias 0 "${size[@]}" \
     > "$out/build.log" 2>&1
   echo "model build: exit $?, $(( ($(date +%s%N) - start) / 1000000 )) ms" >> "$out/build.log" ) &
 build=$!
@@ -36,7 +36,7 @@ wait "$build"
 cat "$out/build.log"
 
 # 2. The figures, one process, one model load and capture.
-timeout "${BENCH_TIMEOUT:-300}" python3 -m tts_runner.bench --model-dir "$models" --device "${DEVICE:-cuda:0}" \
+timeout "${BENCH_TIMEOUT:-300}" python3 -m tts_runner.tools.bench --model-dir "$models" --device "${DEVICE:-cuda:0}" \
   --text-sized --max-new-tokens 160 --minutes "$minutes" --batch-sizes "$batches" --engines fast,graph \
   --one-stream 1 --stock-sample 3 --agreement 100 "${profile[@]}" --out /tmp/gpu-audio \
   --json "$out/gpu-latest.json" 2>&1 | grep -v "Setting .pad_token_id" | tee "$out/bench.log" | tail -60

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Download, into .whl/ (git-ignored), the wheels the lent GPU machine lacks for `tts_runner.bench`:
+# Download, into .whl/ (git-ignored), the wheels the lent GPU machine lacks for `tts_runner.tools.bench`:
 # it has Python 3.12, torch 2.11 (CUDA), numpy, accelerate, safetensors, but transformers 5, no
 # qwen-tts and none of our own dependencies, and it cannot reach a package index.
 # Then, in one device call (carry [".whl"]), see docs/performance.md, "GPU".

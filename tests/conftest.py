@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random-weight models built once per session by tts_runner.tiny_model
+"""Shared fixtures: tiny random-weight models built once per session by tts_runner.tools.tiny_model
 and loaded through the real Qwen3TTSModel.from_pretrained path, on the CPU."""
 
 from __future__ import annotations
@@ -8,12 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.config import FAST
 from tts_runner import config as config_mod
-from tts_runner.tiny_model import build_all
-
-# Small enough for a 2-core CI machine, and exact: with the end-of-speech floor at max_new_tokens
-# every chunk is 15 frames (1.2 s) long. Tests of speech-like lengths set their own values.
-FAST = ["sampling.max_new_tokens=16", "sampling.min_new_tokens=16"]
+from tts_runner.tools.tiny_model import build_all
 
 
 @pytest.fixture(scope="session")
@@ -29,13 +26,12 @@ def model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session", autouse=True)
 def tiny_env(model_dir):
     """Every test runs against the tiny models on the CPU, with no S3 configured."""
-    saved = dict(os.environ)
-    os.environ.update(QWEN_TTS_MODEL_DIR=str(model_dir), QWEN_TTS_DEVICE="cpu")
-    for name in ("S3_BUCKET", "S3_ACCESS_KEY", "S3_SECRET_KEY", "S3_ENDPOINT", "QWEN_TTS_MIN_NEW_TOKENS"):
-        os.environ.pop(name, None)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("QWEN_TTS_MODEL_DIR", str(model_dir))
+        patch.setenv("QWEN_TTS_DEVICE", "cpu")
+        for name in ("S3_BUCKET", "S3_ACCESS_KEY", "S3_SECRET_KEY", "S3_ENDPOINT", "QWEN_TTS_MIN_NEW_TOKENS"):
+            patch.delenv(name, raising=False)
+        yield
 
 
 @pytest.fixture
@@ -53,7 +49,7 @@ def worker(tiny_env):
 
 
 @pytest.fixture(scope="session")
-def engine(worker):
+def model(worker):
     return worker.store.get("1.7B-CustomVoice")
 
 

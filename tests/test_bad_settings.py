@@ -1,11 +1,11 @@
 """Bad settings and job specs: each one clear error, at start-up or before anything runs."""
 
-import os
 
 import pytest
 import torch
 
-from tests.conftest import FAST
+from tests.helpers.config import FAST
+from tests.helpers.env import environment
 from tts_runner import config as config_mod
 from tts_runner import payload as payload_mod
 from tts_runner.errors import InputError, SinkError
@@ -14,16 +14,8 @@ from tts_runner.worker import Worker
 
 
 def start_up_error(overrides=(), **env) -> str:
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with environment(**env):
         worker = Worker.from_env(FAST + list(overrides))
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k)
-            else:
-                os.environ[k] = v
     return worker.handle({"input": {"text": "Hi."}})["error"]
 
 

@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from tests.servers import REPO
+from tests.helpers.servers import REPO
 from tts_runner.audio import decode
 
 

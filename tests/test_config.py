@@ -1,35 +1,17 @@
 """Config composition and precedence: conf defaults < environment < job < command line."""
 
-import os
-from contextlib import contextmanager
 
 from omegaconf import OmegaConf
 
+from tests.helpers.env import environment
 from tts_runner import config as config_mod
 from tts_runner import payload as payload_mod
 from tts_runner.__main__ import resolve_job
 from tts_runner.sinks import resolve_kind
 
 
-@contextmanager
-def env(**values):
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update({k: v for k, v in values.items() if v is not None})
-    for k, v in values.items():
-        if v is None:
-            os.environ.pop(k, None)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def test_defaults_match_the_documented_api():
-    with env(QWEN_TTS_MODEL_DIR=None, QWEN_TTS_DEVICE=None):
+    with environment(QWEN_TTS_MODEL_DIR=None, QWEN_TTS_DEVICE=None):
         cfg = config_mod.load()
         assert cfg.models.dir == "/models" and cfg.runtime.device == "auto"
     s = cfg.sampling
@@ -41,7 +23,7 @@ def test_defaults_match_the_documented_api():
 
 
 def test_environment_reaches_the_config():
-    with env(QWEN_TTS_MODEL_DIR="/data/m", QWEN_TTS_DEVICE="cuda:0", QWEN_TTS_MIN_NEW_TOKENS="30",
+    with environment(QWEN_TTS_MODEL_DIR="/data/m", QWEN_TTS_DEVICE="cuda:0", QWEN_TTS_MIN_NEW_TOKENS="30",
              S3_BUCKET="b", S3_ACCESS_KEY="ak", S3_SECRET_KEY="sk", S3_ENDPOINT="http://minio:9000",
              S3_REGION="eu-west-1"):
         cfg = config_mod.load()
@@ -53,15 +35,15 @@ def test_environment_reaches_the_config():
 
 
 def test_auto_sink_is_base64_unless_bucket_and_both_credentials_are_set():
-    with env(S3_BUCKET="b", S3_ACCESS_KEY="ak", S3_SECRET_KEY=None):
+    with environment(S3_BUCKET="b", S3_ACCESS_KEY="ak", S3_SECRET_KEY=None):
         assert resolve_kind(config_mod.load().sink) == "base64"
-    with env(S3_BUCKET="", S3_ACCESS_KEY="ak", S3_SECRET_KEY="sk"):
+    with environment(S3_BUCKET="", S3_ACCESS_KEY="ak", S3_SECRET_KEY="sk"):
         assert resolve_kind(config_mod.load().sink) == "base64"
 
 
 def test_precedence_conf_lt_env_lt_payload_lt_cli():
     assert config_mod.load().sampling.min_new_tokens == 60  # conf default
-    with env(QWEN_TTS_MIN_NEW_TOKENS="30"):
+    with environment(QWEN_TTS_MIN_NEW_TOKENS="30"):
         cfg = config_mod.load()
         assert cfg.sampling.min_new_tokens == 30  # environment beats conf
         job = {"text": "Hi.", "params": {"min_new_tokens": 10, "temperature": 0.9}}

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import FAST
-from tests.test_fast_decode import GREEDY, SPEAKERS, TEXTS, codes
+from tests.helpers.config import FAST
+from tests.helpers.decode import GREEDY, SPEAKERS, TEXTS, codes
 from tts_runner import config as config_mod
-from tts_runner.bench import AGREEMENT_TEXTS
-from tts_runner.models import ModelStore
+from tts_runner.model_store import ModelStore
+from tts_runner.tools.bench import AGREEMENT_TEXTS
 
 pytestmark = pytest.mark.gpu
 
@@ -38,45 +38,45 @@ def float32(tiny_env):
 
 
 @pytest.fixture
-def engine32(float32):
-    yield float32
-    float32.decode, float32._floor = "graph", 2
+def model32(float32):
+    with float32.using(engine="graph"):
+        yield float32
 
 
 def test_every_graph_bucket_captures(float32):
     graph = float32.graph
-    assert float32.decode == "graph" and graph is not None
+    assert float32.engine == "graph" and graph is not None
     assert sorted(graph.graphs) == BUCKETS and graph.capture_seconds > 0
     assert graph.state.codes.is_cuda
 
 
-def test_the_captured_frame_makes_no_host_round_trip(engine32):
+def test_the_captured_frame_makes_no_host_round_trip(model32):
     """A capture already fails on a synchronising op; here the same frame also runs eagerly with
     CUDA's sync debug mode set to raise, then the captured graph replays."""
-    codes(engine32, "graph", TEXTS, SPEAKERS, **dict(GREEDY, max_new_tokens=4))  # loads the buffers
-    decoder = engine32.graph
+    codes(model32, "graph", TEXTS, SPEAKERS, **dict(GREEDY, max_new_tokens=4))  # loads the buffers
+    decoder = model32.graph
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         with torch.inference_mode():
-            decoder._frame(decoder.views[4])
-            decoder.graphs[4].replay()
+            decoder.run_scratch(4, eager=True)
+            decoder.run_scratch(4)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
 
 
-def test_greedy_codes_of_fast_and_graph_equal_stock_in_float32(engine32):
+def test_greedy_codes_of_fast_and_graph_equal_stock_in_float32(model32):
     """A mixed-length batch whose items end at different frames (the floor holds them to 6), so the
     fast loop drops rows and the graph loop moves down buckets on the way."""
     settings = dict(GREEDY, max_new_tokens=60, min_new_tokens=6)
-    stock = codes(engine32, "stock", TEXTS, SPEAKERS, **settings)
+    stock = codes(model32, "stock", TEXTS, SPEAKERS, **settings)
     assert len({c.shape[0] for c in stock}) > 1 and all(c.shape[0] >= 6 for c in stock)
-    for decode in ("fast", "graph"):
-        other = codes(engine32, decode, TEXTS, SPEAKERS, **settings)
-        assert engine32.decode == decode  # no fallback
-        assert [c.shape for c in other] == [c.shape for c in stock], decode
-        assert all(torch.equal(a, b) for a, b in zip(stock, other, strict=True)), decode
+    for engine in ("fast", "graph"):
+        other = codes(model32, engine, TEXTS, SPEAKERS, **settings)
+        assert model32.engine == engine  # no fallback
+        assert [c.shape for c in other] == [c.shape for c in stock], engine
+        assert all(torch.equal(a, b) for a, b in zip(stock, other, strict=True)), engine
 
 
 def test_greedy_agreement_in_bfloat16_is_reported(tiny_env):
@@ -84,19 +84,19 @@ def test_greedy_agreement_in_bfloat16_is_reported(tiny_env):
     100 frames is written to $OUT/gpu-agreement-bf16.json (or printed). Frame 0's first code comes
     from the library's own talker forward in every loop: it agrees for nearly every item (a broken
     loop would agree by chance with 1 in 2048)."""
-    engine = load("runtime.dtype=bfloat16")
+    model = load("runtime.dtype=bfloat16")
     texts = AGREEMENT_TEXTS
-    speakers = [engine.speakers[i % len(engine.speakers)] for i in range(len(texts))]
+    speakers = [model.speakers[i % len(model.speakers)] for i in range(len(texts))]
     settings = dict(GREEDY, max_new_tokens=101, min_new_tokens=101)
-    stock = codes(engine, "stock", texts, speakers, **settings)
+    stock = codes(model, "stock", texts, speakers, **settings)
     report = {}
-    for decode in ("fast", "graph"):
-        other = codes(engine, decode, texts, speakers, **settings)
-        assert engine.decode == decode
+    for engine in ("fast", "graph"):
+        other = codes(model, engine, texts, speakers, **settings)
+        assert model.engine == engine
         same = torch.stack([a[:100] == b[:100] for a, b in zip(stock, other, strict=True)])  # [8, 100, 16]
         assert same.shape == (8, 100, 16)
-        assert same[:, 0, 0].sum() >= 6, decode
-        report[decode] = {"codes_equal_pct": round(100 * same.float().mean().item(), 2),
+        assert same[:, 0, 0].sum() >= 6, engine
+        report[engine] = {"codes_equal_pct": round(100 * same.float().mean().item(), 2),
                           "first_codebook_equal_pct": round(100 * same[..., 0].float().mean().item(), 2)}
     text = json.dumps({"items": 8, "frames": 100, "dtype": "bfloat16", "model": "tiny", **report})
     print("bf16 greedy agreement with stock:", text)

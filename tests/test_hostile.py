@@ -6,8 +6,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import FAST
-from tests.servers import runpod_api
+from tests.helpers.config import FAST
+from tests.helpers.servers import runpod_api
 from tts_runner.worker import Worker
 
 VALID = [

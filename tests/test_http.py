@@ -11,7 +11,7 @@ import boto3
 import pytest
 import requests
 
-from tests.servers import REPO, moto_s3, runpod_api
+from tests.helpers.servers import REPO, moto_s3, runpod_api
 from tts_runner.audio import decode
 
 

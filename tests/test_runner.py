@@ -9,8 +9,8 @@ import torch
 from omegaconf import OmegaConf
 
 from tts_runner import payload as payload_mod
-from tts_runner.engine import SAMPLES_PER_FRAME
 from tts_runner.errors import GenerationError, InputError
+from tts_runner.model import SAMPLES_PER_FRAME
 from tts_runner.runner import generate_all, make_batches, plan, synthesize
 
 SENTENCES = [f"Sentence number {i} says something {'rather ' * (i % 5)}different." for i in range(12)]
@@ -21,11 +21,11 @@ def job(cfg, **overrides):
 
 
 @contextlib.contextmanager
-def model_calls(engine, fault=None):
+def model_calls(model, fault=None):
     """Record every batch the model sees; `fault(call_number, texts)` may raise or return
     replacement waveforms (None: keep the model's)."""
     calls = []
-    real = engine.tts.generate_custom_voice
+    real = model.tts.generate_custom_voice
 
     def wrapper(text, speaker, language, instruct, **kwargs):
         calls.append(list(zip(text, speaker, strict=False)))
@@ -36,18 +36,18 @@ def model_calls(engine, fault=None):
                 wavs = replaced
         return wavs, sr
 
-    engine.tts.generate_custom_voice = wrapper
+    model.tts.generate_custom_voice = wrapper
     try:
         yield calls
     finally:
-        del engine.tts.generate_custom_voice
+        del model.tts.generate_custom_voice
 
 
-def test_plan_spans_segments_and_voices(cfg, engine):
+def test_plan_spans_segments_and_voices(cfg, model):
     spec = job(cfg, segments=[{"text": " ".join(SENTENCES[:6]), "voice": "male_1"},
                               {"text": "Short reply.", "voice": "Female_1"},
                               {"text": " ".join(SENTENCES[6:])}])
-    chunks, n = plan(spec.input, engine, spec.voices, 60)
+    chunks, n = plan(spec.input, model, spec.voices, 60)
     assert n == 3 and [c.index for c in chunks] == list(range(len(chunks)))
     assert {c.request.speaker for c in chunks if c.segment == 0} == {"ryan"}
     assert {c.request.speaker for c in chunks if c.segment == 1} == {"vivian"}
@@ -55,20 +55,20 @@ def test_plan_spans_segments_and_voices(cfg, engine):
     assert all(c.request.language == "english" for c in chunks)
 
 
-def test_unknown_voice_and_language_are_input_errors(cfg, engine):
+def test_unknown_voice_and_language_are_input_errors(cfg, model):
     with pytest.raises(InputError, match=r"^Invalid input at \$.voice: unknown voice 'nobody'. Available: aliases female_1"):
-        plan(job(cfg, text="Hi.", voice="nobody").input, engine, cfg.voices, 120)
+        plan(job(cfg, text="Hi.", voice="nobody").input, model, cfg.voices, 120)
     segments = [{"text": "a"}, {"text": "b", "voice": "Ghost"}]
     with pytest.raises(InputError, match=r"^Invalid input at \$.segments\[1\].voice: unknown voice 'Ghost'"):
-        plan(job(cfg, segments=segments).input, engine, cfg.voices, 120)
+        plan(job(cfg, segments=segments).input, model, cfg.voices, 120)
     with pytest.raises(InputError, match=r"^Invalid input at \$.params.language: unknown language 'xx'"):
-        plan(job(cfg, text="Hi.", params={"language": "xx"}).input, engine, cfg.voices, 120)
+        plan(job(cfg, text="Hi.", params={"language": "xx"}).input, model, cfg.voices, 120)
     for language in ("en", "English", "auto", "zh"):
-        plan(job(cfg, text="Hi.", params={"language": language}).input, engine, cfg.voices, 120)
+        plan(job(cfg, text="Hi.", params={"language": language}).input, model, cfg.voices, 120)
 
 
-def test_batches_group_similar_lengths_within_limits(cfg, engine):
-    chunks, _ = plan(job(cfg, segments=[{"text": s} for s in SENTENCES]).input, engine, cfg.voices, 120)
+def test_batches_group_similar_lengths_within_limits(cfg, model):
+    chunks, _ = plan(job(cfg, segments=[{"text": s} for s in SENTENCES]).input, model, cfg.voices, 120)
     batches = make_batches(chunks, max_batch_size=4, max_batch_chars=150)
     assert sorted(c.index for b in batches for c in b) == list(range(12))
     assert all(len(b) <= 4 and sum(len(c.request.text) for c in b) <= 150 for b in batches)
@@ -78,15 +78,15 @@ def test_batches_group_similar_lengths_within_limits(cfg, engine):
 
 
 @pytest.mark.parametrize("batch_size", [1, 5, 16])
-def test_batched_output_matches_the_job_in_order_count_and_voice(cfg, engine, batch_size):
+def test_batched_output_matches_the_job_in_order_count_and_voice(cfg, model, batch_size):
     voices = ["male_1", "female_1", "male_2"]
     segments = [{"text": s, "voice": voices[i % 3]} for i, s in enumerate(SENTENCES)]
     spec = job(cfg, segments=segments)
     spec.batching.max_batch_size = batch_size
-    chunks, n = plan(spec.input, engine, spec.voices, 120)
+    chunks, n = plan(spec.input, model, spec.voices, 120)
     sampling = OmegaConf.to_container(spec.sampling, resolve=True)
-    with model_calls(engine) as calls:
-        results, sr, stats = generate_all(engine, chunks, n, sampling, spec.batching)
+    with model_calls(model) as calls:
+        results, sr, stats = generate_all(model, chunks, n, sampling, spec.batching)
     assert sorted(results) == [c.index for c in chunks]
     assert len(calls) == -(-len(chunks) // batch_size) and max(map(len, calls)) == min(batch_size, len(chunks))
     # every chunk was generated with its own segment's voice
@@ -99,33 +99,33 @@ def test_batched_output_matches_the_job_in_order_count_and_voice(cfg, engine, ba
     assert stats.frame_steps == len(calls) * 16  # 15 frames and the step that ended them, per call
 
 
-def test_a_chunk_that_raises_twice_succeeds_on_the_third_try(cfg, engine):
+def test_a_chunk_that_raises_twice_succeeds_on_the_third_try(cfg, model):
     spec = job(cfg, text="Only one chunk here.")
 
     def fault(call, texts, wavs):
         if call <= 2:
             raise RuntimeError(f"injected failure {call}")
 
-    with model_calls(engine, fault) as calls:
-        out = synthesize(spec, engine)
+    with model_calls(model, fault) as calls:
+        out = synthesize(spec, model)
     assert len(calls) == 3 and out.stats.retries == 2 and out.duration_seconds == 1.2
 
 
-def test_a_chunk_that_always_raises_fails_the_job_naming_segment_and_chunk(cfg, engine):
+def test_a_chunk_that_always_raises_fails_the_job_naming_segment_and_chunk(cfg, model):
     spec = job(cfg, segments=[{"text": "Fine."}, {"text": "First part. " * 12 + "Bad part is here."}])
 
     def fault(call, texts, wavs):
         if any("Bad part" in t for t in texts):
             raise RuntimeError("injected model failure")
 
-    with model_calls(engine, fault), pytest.raises(GenerationError) as info:
-        synthesize(spec, engine)
+    with model_calls(model, fault), pytest.raises(GenerationError) as info:
+        synthesize(spec, model)
     assert str(info.value) == ("Generation failed on segment 2 of 2, chunk 2 of 2 after 3 attempts: "
                                "RuntimeError: injected model failure")
 
 
 @pytest.mark.parametrize("bad", ["empty", "nan", "short"])
-def test_bad_audio_is_retried_never_encoded(cfg, engine, bad):
+def test_bad_audio_is_retried_never_encoded(cfg, model, bad):
     spec = job(cfg, segments=[{"text": s} for s in SENTENCES[:4]])
     target = SENTENCES[2]
 
@@ -138,20 +138,20 @@ def test_bad_audio_is_retried_never_encoded(cfg, engine, bad):
             return wavs
         return None
 
-    with model_calls(engine, fault) as calls:
-        out = synthesize(spec, engine)
+    with model_calls(model, fault) as calls:
+        out = synthesize(spec, model)
     assert out.stats.retries == 1 and len(calls) == 2 and [t for t, _ in calls[1]] == [target]
     assert out.duration_seconds == pytest.approx(4 * 1.2 + 3 * 0.2, abs=0.01)
 
 
-def test_bad_audio_three_times_is_an_error(cfg, engine):
+def test_bad_audio_three_times_is_an_error(cfg, model):
     spec = job(cfg, text="Always silent.")
-    with model_calls(engine, lambda c, t, w: [np.zeros(0, np.float32)] * len(t)), \
+    with model_calls(model, lambda c, t, w: [np.zeros(0, np.float32)] * len(t)), \
             pytest.raises(GenerationError, match="segment 1 of 1, chunk 1 of 1 after 3 attempts: the model returned empty audio"):
-        synthesize(spec, engine)
+        synthesize(spec, model)
 
 
-def test_out_of_memory_splits_the_batch_down_to_what_fits(cfg, engine):
+def test_out_of_memory_splits_the_batch_down_to_what_fits(cfg, model):
     spec = job(cfg, segments=[{"text": s} for s in SENTENCES[:8]])
     spec.batching.max_batch_size = 8
 
@@ -159,27 +159,27 @@ def test_out_of_memory_splits_the_batch_down_to_what_fits(cfg, engine):
         if len(texts) > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
 
-    with model_calls(engine, fault) as calls:
-        out = synthesize(spec, engine)
+    with model_calls(model, fault) as calls:
+        out = synthesize(spec, model)
     assert [len(c) for c in calls] == [8, 4, 2, 2, 4, 2, 2]
     assert out.stats.splits == 3 and out.stats.retries == 0 and out.num_chunks == 8
 
 
-def test_out_of_memory_even_alone_is_a_clear_error(cfg, engine):
+def test_out_of_memory_even_alone_is_a_clear_error(cfg, model):
     spec = job(cfg, segments=[{"text": s} for s in SENTENCES[:2]])
 
     def fault(call, texts, wavs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
 
-    with model_calls(engine, fault), pytest.raises(GenerationError, match="OutOfMemoryError: CUDA out of memory"):
-        synthesize(spec, engine)
+    with model_calls(model, fault), pytest.raises(GenerationError, match="OutOfMemoryError: CUDA out of memory"):
+        synthesize(spec, model)
 
 
-def test_duration_in_metadata_is_that_of_the_decoded_file(cfg, engine):
+def test_duration_in_metadata_is_that_of_the_decoded_file(cfg, model):
     spec = job(cfg, segments=[{"text": SENTENCES[0]}, {"text": SENTENCES[1] + " " + SENTENCES[2]}],
                output_format="mp3")
     spec.chunking.max_chars = 60
-    out = synthesize(spec, engine)
+    out = synthesize(spec, model)
     from tts_runner.audio import decode
 
     samples, sr = decode(out.data, "mp3")
@@ -188,24 +188,24 @@ def test_duration_in_metadata_is_that_of_the_decoded_file(cfg, engine):
     assert out.duration_seconds == pytest.approx(3 * 1.2 - 0.04 + 0.2, abs=0.1)
 
 
-def test_tiny_model_stops_at_speech_like_lengths_above_the_floor(cfg, engine):
+def test_tiny_model_stops_at_speech_like_lengths_above_the_floor(cfg, model):
     spec = job(cfg, segments=[{"text": s} for s in SENTENCES], params={"max_new_tokens": 200, "min_new_tokens": 20})
     spec.batching.min_seconds_per_char = 0
-    chunks, n = plan(spec.input, engine, spec.voices, 120)
-    results, _, stats = generate_all(engine, chunks, n, OmegaConf.to_container(spec.sampling, resolve=True),
+    chunks, n = plan(spec.input, model, spec.voices, 120)
+    results, _, stats = generate_all(model, chunks, n, OmegaConf.to_container(spec.sampling, resolve=True),
                                      spec.batching)
     frames = sorted(w.size // SAMPLES_PER_FRAME for w in results.values())
     assert frames[0] >= 20 and frames[-1] <= 199 and len(set(frames)) > 3, frames
     assert stats.retries == 0
 
 
-def test_too_short_for_the_text_is_retried(cfg, engine):
+def test_too_short_for_the_text_is_retried(cfg, model):
     spec = job(cfg, text="A sentence of some length that needs more than a fraction of a second.")
     spec.batching.min_seconds_per_char = 0.02  # 71 characters: at least 1.42 s, capped at 1.2 s
 
     def fault(call, texts, wavs):
         return [w[: 10 * SAMPLES_PER_FRAME] for w in wavs] if call == 1 else None
 
-    with model_calls(engine, fault) as calls:
-        out = synthesize(spec, engine)
+    with model_calls(model, fault) as calls:
+        out = synthesize(spec, model)
     assert len(calls) == 2 and out.stats.retries == 1 and out.duration_seconds == 1.2

@@ -1,13 +1,13 @@
 """Sinks against real S3 faults (a moto server process), and object keys."""
 
-import os
 import re
 
 import boto3
 import pytest
 
-from tests.conftest import FAST
-from tests.servers import free_port, process
+from tests.helpers.config import FAST
+from tests.helpers.env import environment
+from tests.helpers.servers import free_port, process
 from tts_runner.sinks import object_key
 from tts_runner.worker import Worker
 
@@ -37,14 +37,10 @@ def strict_s3(tmp_path):
 
 
 def test_wrong_credentials_are_a_clear_error_without_the_secret(strict_s3, tiny_env, caplog):
-    os.environ.update(S3_BUCKET="strict", S3_ACCESS_KEY="AKIAWRONGKEY0001", S3_SECRET_KEY=SECRET,
-                      S3_ENDPOINT=strict_s3)
-    try:
+    with environment(S3_BUCKET="strict", S3_ACCESS_KEY="AKIAWRONGKEY0001", S3_SECRET_KEY=SECRET,
+                     S3_ENDPOINT=strict_s3):
         w = Worker.from_env(FAST)
         out = w.handle({"id": "creds", "input": {"text": "Nobody will hear this."}})
-    finally:
-        for k in ("S3_BUCKET", "S3_ACCESS_KEY", "S3_SECRET_KEY", "S3_ENDPOINT"):
-            os.environ.pop(k, None)
     assert set(out) == {"error", "traceback"}  # no audio_url: nothing reported as uploaded
     assert out["error"].startswith(f"S3 upload to bucket 'strict' at {strict_s3} failed: InvalidAccessKeyId")
     assert SECRET not in repr(out) + caplog.text and "AKIAWRONGKEY0001" not in repr(out) + caplog.text
@@ -52,11 +48,7 @@ def test_wrong_credentials_are_a_clear_error_without_the_secret(strict_s3, tiny_
 
 def test_unreachable_endpoint_is_a_clear_error(tiny_env):
     endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    os.environ.update(S3_BUCKET="b", S3_ACCESS_KEY="AKIAEXAMPLE", S3_SECRET_KEY=SECRET, S3_ENDPOINT=endpoint)
-    try:
+    with environment(S3_BUCKET="b", S3_ACCESS_KEY="AKIAEXAMPLE", S3_SECRET_KEY=SECRET, S3_ENDPOINT=endpoint):
         out = Worker.from_env(FAST).handle({"id": "down", "input": {"text": "Hello?"}})
-    finally:
-        for k in ("S3_BUCKET", "S3_ACCESS_KEY", "S3_SECRET_KEY", "S3_ENDPOINT"):
-            os.environ.pop(k, None)
     assert out["error"].startswith(f"S3 upload to bucket 'b' at {endpoint} failed: EndpointConnectionError")
     assert SECRET not in repr(out)

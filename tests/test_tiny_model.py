@@ -3,7 +3,7 @@
 import torch
 from qwen_tts.core.tokenizer_12hz.modeling_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Model
 
-from tts_runner.tiny_model import TinySizes, _speech_tokenizer_config
+from tts_runner.tools.tiny_model import TinySizes, _speech_tokenizer_config
 
 
 def test_real_size_speech_tokenizer_has_the_published_decoder():

@@ -3,12 +3,15 @@
 import base64
 import io
 import logging
-import os
 import time
 
+import pytest
 import soundfile as sf
+import torch
 
-from tests.conftest import FAST
+from tests.helpers.config import FAST
+from tests.helpers.env import environment
+from tts_runner.model import device_broken
 from tts_runner.worker import Worker
 
 
@@ -40,13 +43,9 @@ def test_errors_carry_a_traceback_and_the_worker_keeps_serving(worker):
     assert worker.handle({"id": "none"})["error"].startswith("Invalid input at $: the job input must be")
 
 
-def test_missing_model_folder_is_kept_and_returned_to_every_job(tmp_path, tiny_env):
-    saved = os.environ["QWEN_TTS_MODEL_DIR"]
-    os.environ["QWEN_TTS_MODEL_DIR"] = str(tmp_path / "empty")
-    try:
-        broken = Worker.from_env(FAST)
-    finally:
-        os.environ["QWEN_TTS_MODEL_DIR"] = saved
+def test_missing_model_folder_is_kept_and_returned_to_every_job(tmp_path, tiny_env, monkeypatch):
+    monkeypatch.setenv("QWEN_TTS_MODEL_DIR", str(tmp_path / "empty"))
+    broken = Worker.from_env(FAST)
     expected = (f"The worker failed to start: Model '1.7B-CustomVoice' not found: {tmp_path}/empty/"
                 "Qwen3-TTS-12Hz-1.7B-CustomVoice has no config.json. Put the Qwen3-TTS-12Hz-1.7B-CustomVoice "
                 f"folder under QWEN_TTS_MODEL_DIR (now {tmp_path}/empty).")
@@ -54,26 +53,19 @@ def test_missing_model_folder_is_kept_and_returned_to_every_job(tmp_path, tiny_e
         assert broken.handle({"id": str(i), "input": {"text": "Hi."}})["error"] == expected
 
 
-def test_corrupt_model_folder_is_a_clear_start_up_error(tmp_path, model_dir, tiny_env):
+def test_corrupt_model_folder_is_a_clear_start_up_error(tmp_path, model_dir, tiny_env, monkeypatch):
     folder = tmp_path / "Qwen3-TTS-12Hz-1.7B-CustomVoice"
     folder.mkdir()
     (folder / "config.json").write_text("{not json")
-    saved = os.environ["QWEN_TTS_MODEL_DIR"]
-    os.environ["QWEN_TTS_MODEL_DIR"] = str(tmp_path)
-    try:
-        broken = Worker.from_env(FAST)
-    finally:
-        os.environ["QWEN_TTS_MODEL_DIR"] = saved
+    monkeypatch.setenv("QWEN_TTS_MODEL_DIR", str(tmp_path))
+    broken = Worker.from_env(FAST)
     error = broken.handle({"id": "1", "input": {"text": "Hi."}})["error"]
     assert error.startswith(f"The worker failed to start: Model '1.7B-CustomVoice' at {folder} could not be loaded: ")
 
 
-def test_bad_environment_is_a_clear_start_up_error(tiny_env):
-    os.environ["QWEN_TTS_MIN_NEW_TOKENS"] = "lots"
-    try:
-        broken = Worker.from_env(FAST[:1])
-    finally:
-        del os.environ["QWEN_TTS_MIN_NEW_TOKENS"]
+def test_bad_environment_is_a_clear_start_up_error(tiny_env, monkeypatch):
+    monkeypatch.setenv("QWEN_TTS_MIN_NEW_TOKENS", "lots")
+    broken = Worker.from_env(FAST[:1])
     assert broken.handle({"input": {"text": "Hi."}})["error"] == (
         "The worker failed to start: Invalid configuration (conf/ or environment): "
         "Invalid input at $.params.min_new_tokens: must be of type integer, got string.")
@@ -83,19 +75,16 @@ def test_secrets_never_appear_in_answers_or_logs(tiny_env, caplog, tmp_path):
     planted = {"S3_SECRET_KEY": "sk-PLANTED-secret-123", "S3_ACCESS_KEY": "AKIAPLANTED456",
                "RUNPOD_AI_API_KEY": "rp-PLANTED-key-789", "HF_TOKEN": "hf_PLANTEDtoken",
                "DB_PASSWORD": "pw-PLANTED-000"}
-    os.environ.update(planted, S3_BUCKET="bucket", S3_ENDPOINT="http://127.0.0.1:9")  # nothing listens on 9
-    try:
-        with caplog.at_level(logging.DEBUG):
-            w = Worker.from_env(FAST)
-            answers = [
-                w.handle({"id": "s3-down", "input": {"text": "Upload me."}}),
-                # a payload that quotes a secret must not get it echoed back either
-                w.handle({"id": "echo", "input": {"text": "x", "voice": planted["HF_TOKEN"] + "/.."}}),
-                w.handle({"id": "echo2", "input": {"text": "x", "params": {"language": planted["DB_PASSWORD"]}}}),
-            ]
-    finally:
-        for k in [*planted, "S3_BUCKET", "S3_ENDPOINT"]:
-            os.environ.pop(k, None)
+    # nothing listens on port 9
+    with environment(**planted, S3_BUCKET="bucket", S3_ENDPOINT="http://127.0.0.1:9"), \
+            caplog.at_level(logging.DEBUG):
+        w = Worker.from_env(FAST)
+        answers = [
+            w.handle({"id": "s3-down", "input": {"text": "Upload me."}}),
+            # a payload that quotes a secret must not get it echoed back either
+            w.handle({"id": "echo", "input": {"text": "x", "voice": planted["HF_TOKEN"] + "/.."}}),
+            w.handle({"id": "echo2", "input": {"text": "x", "params": {"language": planted["DB_PASSWORD"]}}}),
+        ]
     assert answers[0]["error"].startswith("S3 upload to bucket 'bucket' at http://127.0.0.1:9 failed")
     everything = repr(answers) + caplog.text + "".join(r.getMessage() for r in caplog.records)
     for value in planted.values():
@@ -103,12 +92,9 @@ def test_secrets_never_appear_in_answers_or_logs(tiny_env, caplog, tmp_path):
     assert "[REDACTED]" in repr(answers)
 
 
-def test_bad_overrides_in_the_environment_are_a_kept_start_up_error(tiny_env):
-    os.environ["TTS_RUNNER_OVERRIDES"] = "batching.no_such_key=1"
-    try:
-        broken = Worker.from_env(FAST)
-    finally:
-        del os.environ["TTS_RUNNER_OVERRIDES"]
+def test_bad_overrides_in_the_environment_are_a_kept_start_up_error(tiny_env, monkeypatch):
+    monkeypatch.setenv("TTS_RUNNER_OVERRIDES", "batching.no_such_key=1")
+    broken = Worker.from_env(FAST)
     error = broken.handle({"input": {"text": "Hi."}})["error"]
     assert error.startswith("The worker failed to start: Invalid TTS_RUNNER_OVERRIDES: ConfigCompositionException")
 
@@ -178,3 +164,35 @@ def test_text_that_looks_like_an_interpolation_is_spoken_literally(worker, monke
     assert "audio_base64" in out, out.get("error")
     out = worker.handle({"id": "lit", "input": {"segments": [{"text": "Hi.", "voice": "${oc.env:TTS_PROBE_SECRET}"}]}})
     assert "${oc.env:TTS_PROBE_SECRET}" in out["error"] and "hunter2" not in out["error"] + out["traceback"]
+
+
+def test_a_broken_gpu_fails_the_job_then_the_worker_refuses_work_and_exits(tiny_env, monkeypatch):
+    """worker-vllm's rule: after a CUDA error that may have broken the context, nothing runs on it."""
+    worker = Worker.from_env(FAST)
+    exits, calls = [], []
+    worker.exit = exits.append
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr("tts_runner.decode.fast.generate", broken)
+    out = worker.handle({"id": "1", "input": {"segments": [{"text": "One."}, {"text": "Two."}]}})
+    assert out["refresh_worker"] is True  # RunPod stops this worker after the job
+    assert out["error"].startswith("The GPU failed (AcceleratorError: CUDA error: an illegal memory access")
+    assert calls == [1]  # no retry, no split, no fallback to stock on a broken context
+    assert worker.store.get("1.7B-CustomVoice").engine == "fast" and exits == [5.0]
+    monkeypatch.undo()
+    later = worker.handle({"id": "2", "input": {"text": "Hi."}})
+    assert later["refresh_worker"] is True and later["error"].startswith("This worker is unhealthy")
+    assert exits == [5.0]  # one exit, however many jobs come
+
+
+@pytest.mark.parametrize("error, broken", [
+    (torch.AcceleratorError("CUDA error: device-side assert triggered"), True),
+    (RuntimeError("CUDA error: an illegal memory access was encountered"), True),
+    (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), False),
+    (RuntimeError("shape mismatch"), False),
+])
+def test_which_errors_mean_the_gpu_may_be_broken(error, broken):
+    assert device_broken(error) is broken

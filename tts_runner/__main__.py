@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from tts_runner import config as config_mod
 from tts_runner import payload as payload_mod
 from tts_runner.errors import TTSError
-from tts_runner.models import ModelStore
+from tts_runner.model_store import ModelStore
 from tts_runner.redact import protect, redact
 from tts_runner.runner import run_job
 
@@ -52,8 +52,8 @@ def main(cfg: DictConfig) -> None:
         if key not in _STORES:
             _STORES[key] = ModelStore(cfg.models, cfg.runtime, max_batch=max_batch)
         store = _STORES[key]
-        engine = store.get(cfg.input.model)
-        response, _ = run_job(cfg, engine, job_id=cfg.input.name, out_dir=out_dir)
+        model = store.get(cfg.input.model)
+        response, _ = run_job(cfg, model, job_id=cfg.input.name, out_dir=out_dir)
     except TTSError as exc:
         log.error("%s", exc)
         raise SystemExit(2) from None

@@ -20,3 +20,8 @@ class GenerationError(TTSError):
 
 class SinkError(TTSError):
     """The audio could not be delivered (S3 upload, file write, size limit)."""
+
+
+class DeviceFailure(TTSError):
+    """The GPU failed in a way that may have broken its CUDA context (not out of memory): the
+    worker answers with it, reports itself unhealthy and exits, so a fresh one replaces it."""

@@ -9,7 +9,7 @@ sequential path. Results go back into their original order before assembly.
 Retries are per chunk: output that is empty, non-finite or too short is generated again, in
 a later batch. A batch that raises (CUDA out of memory, say) is split in half and retried,
 down to single chunks; a single chunk that keeps failing ends the job with an error naming
-its segment and chunk.
+its segment and chunk. A DeviceFailure (the GPU's context may be broken) ends the job at once.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from tqdm import tqdm
 
 from tts_runner import audio, sinks
 from tts_runner.chunking import split_text
-from tts_runner.engine import SAMPLE_RATE, SAMPLES_PER_FRAME, ChunkRequest, Engine
-from tts_runner.errors import GenerationError, InputError
+from tts_runner.errors import DeviceFailure, GenerationError, InputError
+from tts_runner.model import SAMPLE_RATE, SAMPLES_PER_FRAME, ChunkRequest, Model
 from tts_runner.voices import resolve_language, resolve_voice
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class JobAudio:
     stats: GenerateStats
 
 
-def plan(job: DictConfig, engine: Engine, voices: DictConfig, max_chars: int) -> tuple[list[Chunk], int]:
+def plan(job: DictConfig, model: Model, voices: DictConfig, max_chars: int) -> tuple[list[Chunk], int]:
     """Split the job's text into chunks; resolve voices and language. Returns (chunks, segments)."""
     if job.text is not None:
         segments = [{"text": job.text, "voice": job.voice, "path": "$.voice"}]
@@ -81,16 +81,16 @@ def plan(job: DictConfig, engine: Engine, voices: DictConfig, max_chars: int) ->
         segments = [{"text": s["text"], "voice": s.get("voice") or job.voice,
                      "path": f"$.segments[{i}].voice" if s.get("voice") else "$.voice"}
                     for i, s in enumerate(job.segments)]
-    language = resolve_language(job.language, voices.languages, engine.languages)
+    language = resolve_language(job.language, voices.languages, model.languages)
     instruct = job.instruct or None
-    if engine.kind == "voice_design" and not instruct:
-        raise InputError(f"Invalid input at $.params.instruct: model '{engine.name}' designs a voice from "
+    if model.kind == "voice_design" and not instruct:
+        raise InputError(f"Invalid input at $.params.instruct: model '{model.name}' designs a voice from "
                          "params.instruct; describe the voice there.")
     chunks: list[Chunk] = []
     for s, segment in enumerate(segments):
         speaker = None
-        if engine.kind == "custom_voice":
-            speaker = resolve_voice(segment["voice"], voices.aliases, engine.speakers, segment["path"])
+        if model.kind == "custom_voice":
+            speaker = resolve_voice(segment["voice"], voices.aliases, model.speakers, segment["path"])
         texts = split_text(segment["text"], max_chars)
         for p, text in enumerate(texts):
             chunks.append(Chunk(len(chunks), s, p, len(texts), ChunkRequest(text, speaker, language, instruct)))
@@ -124,7 +124,7 @@ def make_batches(chunks: list[Chunk], max_batch_size: int, max_batch_chars: int)
 
 
 def generate_all(
-    engine: Engine,
+    model: Model,
     chunks: list[Chunk],
     num_segments: int,
     sampling: dict,
@@ -140,8 +140,10 @@ def generate_all(
         batch = pending.popleft()
         started = time.perf_counter()
         try:
-            wavs, sample_rate = engine.generate([c.request for c in batch], sampling)
-        except Exception as exc:  # noqa: BLE001 - any failure of a batch is retried smaller
+            wavs, sample_rate = model.generate([c.request for c in batch], sampling)
+        except DeviceFailure:
+            raise  # nothing may run on this device again
+        except Exception as exc:  # noqa: BLE001 - any other failure of a batch is retried smaller
             _release_memory(exc)
             problem = f"{type(exc).__name__}: {exc}"
             if len(batch) > 1:
@@ -182,7 +184,7 @@ def check_audio(wav: np.ndarray, text: str, sample_rate: int, sampling: dict, ba
     if not np.isfinite(wav).all():
         return "the model returned non-finite samples (NaN or inf)"
     frame_s = SAMPLES_PER_FRAME / sample_rate
-    # qwen_tts returns at most max_new_tokens - 1 frames; the floor is enforced by the engine.
+    # qwen_tts returns at most max_new_tokens - 1 frames; the floor is enforced by the model.
     ceiling = (int(sampling["max_new_tokens"]) - 1 if max_frames is None else max_frames) * frame_s
     floor = int(sampling.get("min_new_tokens", 0)) * frame_s
     expected = min(max(len(text) * batching.min_seconds_per_char, floor), ceiling)
@@ -202,10 +204,10 @@ def assemble(chunks: list[Chunk], results: dict[int, np.ndarray], num_segments: 
     return audio.join_segments(segments, sample_rate, chunking.segment_gap_ms)
 
 
-def synthesize(cfg: DictConfig, engine: Engine, progress: Progress | None = None) -> JobAudio:
-    """Run one resolved job on `engine`; return the encoded audio and what it took."""
+def synthesize(cfg: DictConfig, model: Model, progress: Progress | None = None) -> JobAudio:
+    """Run one resolved job on `model`; return the encoded audio and what it took."""
     started = time.perf_counter()
-    chunks, num_segments = plan(cfg.input, engine, cfg.voices, cfg.chunking.max_chars)
+    chunks, num_segments = plan(cfg.input, model, cfg.voices, cfg.chunking.max_chars)
     sampling = OmegaConf.to_container(cfg.sampling, resolve=True)
     for chunk in chunks:
         budget = frame_budget(chunk.request.text, cfg.batching.get("frame_budget"), int(sampling["max_new_tokens"]))
@@ -216,7 +218,7 @@ def synthesize(cfg: DictConfig, engine: Engine, progress: Progress | None = None
             if progress:
                 progress(done, total)
 
-        results, sample_rate, stats = generate_all(engine, chunks, num_segments, sampling, cfg.batching, report)
+        results, sample_rate, stats = generate_all(model, chunks, num_segments, sampling, cfg.batching, report)
     samples = assemble(chunks, results, num_segments, sample_rate, cfg.chunking)
     data = audio.encode(samples, sample_rate, cfg.input.output_format)
     duration = audio.duration_seconds(data, cfg.input.output_format)
@@ -224,10 +226,10 @@ def synthesize(cfg: DictConfig, engine: Engine, progress: Progress | None = None
                     round(time.perf_counter() - started, 3), stats)
 
 
-def run_job(cfg: DictConfig, engine: Engine, job_id: str, out_dir: Path | None = None,
+def run_job(cfg: DictConfig, model: Model, job_id: str, out_dir: Path | None = None,
             progress: Progress | None = None) -> tuple[dict, JobAudio]:
     """The whole graph: synthesize, deliver to the sink; return the response and the audio."""
-    job = synthesize(cfg, engine, progress)
+    job = synthesize(cfg, model, progress)
     response = sinks.deliver(job.data, job.format, cfg.sink, job_id, cfg.input.name, out_dir)
     response["metadata"] = {
         "duration_seconds": job.duration_seconds,
@@ -236,7 +238,7 @@ def run_job(cfg: DictConfig, engine: Engine, job_id: str, out_dir: Path | None =
         "num_segments": job.num_segments,
         "num_chunks": job.num_chunks,
         "generation_time_seconds": job.wall_seconds,
-        "model": engine.name,
+        "model": model.name,
     }
     return response, job
 

@@ -4,13 +4,16 @@ At start-up: compose the config (defaults + environment), build the payload vali
 the default model and warm it up. A failure there is kept, and every job is answered with it
 instead of the worker crash-looping. Per job: validate the input, merge it onto the config, run
 the job graph, answer {audio_base64 | audio_url, metadata} or {error, traceback}. Nothing
-returned or logged contains a secret.
+returned or logged contains a secret. A GPU failure that may have broken the CUDA context (not out
+of memory) is answered with `refresh_worker`, later jobs are refused, and the process exits, so
+RunPod replaces the worker.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import traceback
 
@@ -18,14 +21,21 @@ from omegaconf import DictConfig
 
 from tts_runner import config as config_mod
 from tts_runner import payload as payload_mod
-from tts_runner.errors import TTSError
-from tts_runner.models import ModelStore
+from tts_runner.errors import DeviceFailure, TTSError
+from tts_runner.model_store import ModelStore
 from tts_runner.redact import protect, redact
 from tts_runner.runner import run_job
 
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_SECONDS = 5.0
+
+
+def exit_soon(seconds: float) -> None:
+    """End the process after `seconds` (time for the answers in flight to reach RunPod)."""
+    timer = threading.Timer(seconds, os._exit, args=(1,))
+    timer.daemon = True
+    timer.start()
 
 
 class Worker:
@@ -35,6 +45,8 @@ class Worker:
         self.secrets = protect(cfg.sink)
         self.startup_error = redact(startup_error, self.secrets)
         self.store: ModelStore | None = None
+        self.device_failure: str | None = None  # set once the GPU failed: every later job is refused
+        self.exit = exit_soon
         if startup_error:
             log.error("Worker start-up failed; every job will be answered with: %s", self.startup_error)
             return
@@ -74,15 +86,30 @@ class Worker:
         try:
             if self.startup_error:
                 raise TTSError(f"The worker failed to start: {self.startup_error}")
+            if self.device_failure:
+                raise DeviceFailure(f"This worker is unhealthy and about to be replaced: {self.device_failure}")
             payload = payload_mod.validate(job.get("input"), self.validator, self.cfg.limits.max_total_chars)
             cfg = payload_mod.merge(self.cfg, payload)
-            engine = self.store.get(cfg.input.model)
-            response, _ = run_job(cfg, engine, str(job.get("id", "local")), progress=self._progress(job))
+            model = self.store.get(cfg.input.model)
+            response, _ = run_job(cfg, model, str(job.get("id", "local")), progress=self._progress(job))
             return redact(response, self.secrets)
         except Exception as exc:  # noqa: BLE001 - every failure becomes {error, traceback}
             if not isinstance(exc, TTSError):
                 log.exception("Job %s failed", job.get("id"))
-            return redact({"error": _message(exc), "traceback": traceback.format_exc()}, self.secrets)
+            answer = {"error": _message(exc), "traceback": traceback.format_exc()}
+            if isinstance(exc, DeviceFailure):
+                self._fail_device(str(exc))
+                answer["refresh_worker"] = True  # RunPod stops this worker after the job and starts another
+            return redact(answer, self.secrets)
+
+    def _fail_device(self, message: str) -> None:
+        """After a GPU failure (worker-vllm's rule): refuse every later job and exit, so RunPod
+        replaces the worker instead of running on a context that may be broken."""
+        if self.device_failure is None:
+            self.device_failure = message
+            grace = float(self.cfg.worker.exit_after_device_failure_seconds)
+            log.critical("GPU failure; refusing new jobs and exiting in %.0f s: %s", grace, message)
+            self.exit(grace)
 
     def _progress(self, job: dict):
         if not (self.cfg.worker.progress_updates and os.environ.get("RUNPOD_WEBHOOK_GET_JOB")):

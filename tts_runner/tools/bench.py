@@ -1,6 +1,6 @@
 """Benchmark: the same long job through the sequential path and the batched path, in one run.
 
-    python -m tts_runner.bench --model-dir models --device cpu --chunks 64 --batch-sizes 1,16 --engines stock,fast
+    python -m tts_runner.tools.bench --model-dir models --device cpu --chunks 64 --batch-sizes 1,16 --engines stock,fast
 
 The job is jobs/podcast.yaml's dialogue repeated to `--chunks` segments of one chunk each (or, with
 `--minutes M`, to the length of an M-minute podcast read at 15 characters a second), run through
@@ -47,8 +47,8 @@ import torch
 
 from tts_runner import config as config_mod
 from tts_runner import payload as payload_mod
-from tts_runner.engine import ChunkRequest, Engine
-from tts_runner.models import ModelStore
+from tts_runner.model import ChunkRequest, Model
+from tts_runner.model_store import ModelStore
 from tts_runner.runner import run_job
 
 
@@ -102,7 +102,7 @@ def device_name(device: str) -> str:
 
 
 def load(args: argparse.Namespace) -> tuple:
-    """The resolved config (before a job is merged) and the loaded engine, once for every row."""
+    """The resolved config (before a job is merged) and the loaded model, once for every row."""
     overrides = [
         f"input.model={args.model}",
         f"sampling.max_new_tokens={args.max_new_tokens}",
@@ -128,24 +128,24 @@ def load(args: argparse.Namespace) -> tuple:
     cfg = config_mod.load(overrides)
     started = time.perf_counter()
     store = ModelStore(cfg.models, cfg.runtime)
-    engine = store.get(args.model)
+    model = store.get(args.model)
     print(f"model {args.model} on {store.device} ({device_name(store.device)}, "
           f"{str(store.dtype).removeprefix('torch.')}), loaded and warmed up in {time.perf_counter() - started:.1f} s; "
           f"max_new_tokens {args.max_new_tokens}, "
           f"{'fixed' if args.fixed_length else 'text-sized' if args.text_sized else 'speech-like'} lengths", flush=True)
     if "graph" in args.engines:
-        if engine.graph is None:
+        if model.graph is None:
             print("graph engine unavailable (see the log); its rows run the fast loop", flush=True)
-        elif engine.graph.capture_seconds:
-            print(f"graph capture: buckets {list(engine.graph.buckets)}, {engine.graph.max_len} positions, "
-                  f"{engine.graph.capture_seconds:.2f} s (part of cold start), static buffers "
-                  f"{engine.graph.buffer_bytes / 2**30:.2f} GiB", flush=True)
+        elif model.graph.capture_seconds:
+            print(f"graph capture: buckets {list(model.graph.buckets)}, {model.graph.max_len} positions, "
+                  f"{model.graph.capture_seconds:.2f} s (part of cold start), static buffers "
+                  f"{model.graph.buffer_bytes / 2**30:.2f} GiB", flush=True)
         else:
             print("graph engine on the CPU: the static frame runs eagerly (no capture)", flush=True)
-    return cfg, store, engine
+    return cfg, store, model
 
 
-def run(args: argparse.Namespace, cfg, store: ModelStore, engine: Engine, job: dict, label: str,
+def run(args: argparse.Namespace, cfg, store: ModelStore, model: Model, job: dict, label: str,
         runs: list[tuple[str, int]], done: list[Row]) -> list[Row]:
     """One row per (engine, batch size): `job` through the whole job graph. Each row is also added
     to `done` and, with --json, written at once (a run cut short keeps the rows it made)."""
@@ -153,23 +153,23 @@ def run(args: argparse.Namespace, cfg, store: ModelStore, engine: Engine, job: d
     print(f"\njob {label}: {len(job['segments'])} segments, {sum(len(s['text']) for s in job['segments'])} "
           f"characters", flush=True)
     rows: list[Row] = []
-    for decode, batch_size in runs:
-        if decode == "graph" and engine.graph is None:
+    for engine, batch_size in runs:
+        if engine == "graph" and model.graph is None:
             continue
-        engine.decode = decode
         cfg.batching.max_batch_size = batch_size
-        cfg.input.name = f"bench-{label}-{decode}-b{batch_size}"
+        cfg.input.name = f"bench-{label}-{engine}-b{batch_size}"
         torch.manual_seed(args.seed)
         if store.device.startswith("cuda"):
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
-        response, result = run_job(cfg, engine, job_id="bench")
+        with model.using(engine=engine):
+            response, result = run_job(cfg, model, job_id="bench")
         wall = time.perf_counter() - started
         audio = result.duration_seconds
         base = rows[0].rtf if rows else audio / wall
-        capture = engine.graph.capture_seconds if decode == "graph" and engine.graph else 0.0
-        rows.append(Row(device_name(store.device), label, decode, batch_size, round(wall, 2), round(audio, 1),
+        capture = model.graph.capture_seconds if engine == "graph" and model.graph else 0.0
+        rows.append(Row(device_name(store.device), label, engine, batch_size, round(wall, 2), round(audio, 1),
                         round(audio / wall, 2), round((audio / wall) / base, 2), round(peak_memory_gib(store.device), 2),
                         round(100 * (wall - result.stats.model_seconds) / wall, 2),
                         round(1000 * result.stats.model_seconds / max(1, result.stats.frame_steps), 1),
@@ -201,7 +201,7 @@ def extrapolate(sample: Row, rows: list[Row]) -> list[str]:
     return lines
 
 
-def breakdown(engine: Engine, batch_sizes: list[int], frames: int) -> None:
+def breakdown(model: Model, batch_sizes: list[int], frames: int) -> None:
     """Where one stock model call spends its time, per batch size: the code predictor's
     generate(), the speech-tokenizer decode, and the rest (talker forward and sampling)."""
     spent = {"predictor": 0.0, "decode": 0.0}
@@ -215,11 +215,10 @@ def breakdown(engine: Engine, batch_sizes: list[int], frames: int) -> None:
                 spent[name] += time.perf_counter() - started
         return wrapper
 
-    predictor, tokenizer = engine.tts.model.talker.code_predictor, engine.tts.model.speech_tokenizer
-    engine_decode, engine_loop = tokenizer.decode, engine.decode
+    predictor, tokenizer = model.tts.model.talker.code_predictor, model.tts.model.speech_tokenizer
+    speech_decode = tokenizer.decode
     predictor.generate = timed("predictor", predictor.generate)
-    tokenizer.decode = timed("decode", engine_decode)
-    engine.decode = "stock"
+    tokenizer.decode = timed("decode", speech_decode)
     sampling = {"max_new_tokens": frames + 1, "min_new_tokens": frames + 1, "temperature": 0.3, "top_k": 50,
                 "top_p": 0.85}
     print(f"\nstock model call, {frames} frames per item: | batch | whole call s | code predictor s | "
@@ -229,12 +228,13 @@ def breakdown(engine: Engine, batch_sizes: list[int], frames: int) -> None:
         requests = [ChunkRequest(f"Sentence number {i} says something rather different from the others.",
                                  "ryan", "english", None) for i in range(size)]
         started = time.perf_counter()
-        engine.generate(requests, sampling)
+        with model.using(engine="stock"):
+            model.generate(requests, sampling)
         whole = time.perf_counter() - started
         print(f"| {size} | {whole:.2f} | {spent['predictor']:.2f} | {spent['decode']:.2f} | "
               f"{whole - spent['predictor'] - spent['decode']:.2f} |", flush=True)
     del predictor.generate  # back to the class's method
-    tokenizer.decode, engine.decode = engine_decode, engine_loop
+    tokenizer.decode = speech_decode
 
 
 AGREEMENT_TEXTS = [
@@ -249,35 +249,31 @@ AGREEMENT_TEXTS = [
 ]
 
 
-def greedy_codes(engine: Engine, decode: str, frames: int, batch: int) -> list[torch.Tensor]:
-    """Greedy codes of `batch` texts, all held to `frames` frames, through one decode loop."""
-    tts, saved = engine.tts, (engine.decode, engine._floor)
+def greedy_codes(model: Model, engine: str, frames: int, batch: int) -> list[torch.Tensor]:
+    """Greedy codes of `batch` texts, all held to `frames` frames, through one engine."""
+    tts = model.tts
     texts = [AGREEMENT_TEXTS[i % len(AGREEMENT_TEXTS)] for i in range(batch)]
-    speakers = [engine.speakers[i % len(engine.speakers)] for i in range(batch)]
-    engine.decode, engine._floor = decode, frames + 1
-    try:
-        with torch.inference_mode():
-            out, _ = tts.model.generate(
-                input_ids=tts._tokenize_texts([tts._build_assistant_text(t) for t in texts]),
-                instruct_ids=[None] * batch, languages=["english"] * batch, speakers=speakers,
-                non_streaming_mode=True, do_sample=False, subtalker_dosample=False, repetition_penalty=1.05,
-                max_new_tokens=frames + 1)
-    finally:
-        engine.decode, engine._floor = saved
+    speakers = [model.speakers[i % len(model.speakers)] for i in range(batch)]
+    with torch.inference_mode(), model.using(engine=engine, floor=frames + 1):
+        out, _ = tts.model.generate(
+            input_ids=tts._tokenize_texts([tts._build_assistant_text(t) for t in texts]),
+            instruct_ids=[None] * batch, languages=["english"] * batch, speakers=speakers,
+            non_streaming_mode=True, do_sample=False, subtalker_dosample=False, repetition_penalty=1.05,
+            max_new_tokens=frames + 1)
     return out
 
 
-def agreement(engine: Engine, engines: list[str], frames: int, batch: int) -> list[dict]:
+def agreement(model: Model, engines: list[str], frames: int, batch: int) -> list[dict]:
     """Greedy codes of each engine against stock's over the first `frames` frames: the share of
     codes equal, and the first frame at which each item differs (bf16 kernels may differ)."""
-    reference = greedy_codes(engine, "stock", frames, batch)
+    reference = greedy_codes(model, "stock", frames, batch)
     print(f"\ngreedy agreement with stock, {batch} items x {frames} frames x 16 codes: "
           "| engine | codes equal % | first-codebook equal % | first differing frame per item |")
     found = []
-    for decode in [e for e in engines if e != "stock"]:
-        if decode == "graph" and engine.graph is None:
+    for engine in [e for e in engines if e != "stock"]:
+        if engine == "graph" and model.graph is None:
             continue
-        other = greedy_codes(engine, decode, frames, batch)
+        other = greedy_codes(model, engine, frames, batch)
         equal = first = total = 0
         differs = []
         for a, b in zip(reference, other, strict=True):
@@ -288,20 +284,20 @@ def agreement(engine: Engine, engines: list[str], frames: int, batch: int) -> li
             total += n
             bad = (~same.all(dim=1)).nonzero()
             differs.append(int(bad[0]) if len(bad) else None)
-        found.append({"engine": decode, "items": batch, "frames": frames,
+        found.append({"engine": engine, "items": batch, "frames": frames,
                       "codes_equal_pct": round(100 * equal / max(1, 16 * total), 2),
                       "first_codebook_equal_pct": round(100 * first / max(1, total), 2),
                       "first_differing_frame": differs,
-                      "dtype": str(engine.tts.model.talker.codec_head.weight.dtype).removeprefix("torch.")})
-        print(f"| {decode} | {found[-1]['codes_equal_pct']:.2f} | {found[-1]['first_codebook_equal_pct']:.2f} | "
+                      "dtype": str(model.tts.model.talker.codec_head.weight.dtype).removeprefix("torch.")})
+        print(f"| {engine} | {found[-1]['codes_equal_pct']:.2f} | {found[-1]['first_codebook_equal_pct']:.2f} | "
               f"{', '.join('-' if d is None else str(d) for d in differs)} |", flush=True)
     return found
 
 
-def profile(engine: Engine, bucket: int, out: Path | None) -> None:
+def profile(model: Model, bucket: int, out: Path | None) -> None:
     """Where a graph frame's time goes at `bucket` rows: the captured frame's replay time, the CUDA
     kernels of one (eager) frame by GPU time, and their sum against the replay (the rest is gaps)."""
-    graph = engine.graph
+    graph = model.graph
     if graph is None or bucket not in graph.graphs:
         print(f"\nprofile: no captured graph for bucket {bucket}", flush=True)
         return
@@ -310,20 +306,16 @@ def profile(engine: Engine, bucket: int, out: Path | None) -> None:
 
     frames = 20
     with torch.inference_mode():
-        graph._reset_counters()  # scratch frames over the last call's buffers: positions 0..frames stay in range
-        graph._run(bucket)
+        graph.run_scratch(bucket)  # scratch frames over the last call's buffers
         torch.cuda.synchronize()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        graph._reset_counters()
         start.record()
-        for _ in range(frames):
-            graph._run(bucket)
+        graph.run_scratch(bucket, frames)
         end.record()
         torch.cuda.synchronize()
         replay_ms = start.elapsed_time(end) / frames
-        graph._reset_counters()
         with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            graph._frame(graph.views[bucket])
+            graph.run_scratch(bucket, eager=True)
             torch.cuda.synchronize()
     events = prof.key_averages()
     kernel_us = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
@@ -357,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="instead of --chunks: a podcast this many minutes long when read aloud")
     parser.add_argument("--out", type=Path, help="write each run's audio file here (default: held inline)")
     parser.add_argument("--engines", type=lambda s: s.split(","), default=["stock"],
-                        help="decode loops to compare: stock, fast, graph (speed-up is against the first row)")
+                        help="engines to compare: stock, fast, graph (speed-up is against the first row)")
     parser.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 16])
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--min-new-tokens", type=int, default=8)
@@ -381,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time the parts of one stock model call at each batch size")
     args = parser.parse_args(argv)
     if args.build:
-        from tts_runner.tiny_model import STOP_BIAS, VARIANTS, TinySizes, build_all
+        from tts_runner.tools.tiny_model import STOP_BIAS, VARIANTS, TinySizes, build_all
 
         if not args.model_dir:
             parser.error("--build needs --model-dir")
@@ -393,30 +385,30 @@ def main(argv: list[str] | None = None) -> int:
                   dtype=torch.bfloat16 if args.real_size else torch.float32)
         print(f"built {folder[0]} ({'real' if args.real_size else 'tiny'} size) in {time.perf_counter() - started:.1f} s",
               flush=True)
-    cfg, store, engine = load(args)
+    cfg, store, model = load(args)
     job = long_job(args.chunks, args.minutes)
     label = f"podcast-{args.minutes:g}min" if args.minutes else f"{args.chunks}-chunks"
     rows: list[Row] = []
     if args.one_stream:
         one = {**job, "segments": job["segments"][:args.one_stream]}
         engines = ["stock", *(e for e in args.engines if e != "stock")]  # one stream: always against stock
-        run(args, cfg, store, engine, one, "one-stream", [(e, 1) for e in engines], rows)
-    main_rows = run(args, cfg, store, engine, job, label, [(e, b) for e in args.engines for b in args.batch_sizes],
+        run(args, cfg, store, model, one, "one-stream", [(e, 1) for e in engines], rows)
+    main_rows = run(args, cfg, store, model, job, label, [(e, b) for e in args.engines for b in args.batch_sizes],
                     rows)
     if args.stock_sample:
-        sample = run(args, cfg, store, engine, spread(job, args.stock_sample), "stock-sequential-sample",
+        sample = run(args, cfg, store, model, spread(job, args.stock_sample), "stock-sequential-sample",
                      [("stock", 1)], rows)
         print(f"\nthe seed's path (stock, one chunk at a time) for the whole {label} job, extrapolated from "
               f"{sample[0].chunks} chunks at RTF {sample[0].rtf}:\n| engine | batch | wall s | audio s | seed's path s "
               f"| speed-up over it |\n|---|---|---|---|---|---|")
         print("\n".join(extrapolate(sample[0], main_rows)), flush=True)
     if args.breakdown:
-        breakdown(engine, args.batch_sizes, args.max_new_tokens - 1)
-    found = agreement(engine, args.engines, args.agreement, 8) if args.agreement else []
+        breakdown(model, args.batch_sizes, args.max_new_tokens - 1)
+    found = agreement(model, args.engines, args.agreement, 8) if args.agreement else []
     if args.json and found:
         args.json.with_name(args.json.stem + "-agreement.json").write_text(json.dumps(found, indent=2))
     if args.profile:
-        profile(engine, args.profile, args.json.with_name(args.json.stem + "-profile.txt") if args.json else None)
+        profile(model, args.profile, args.json.with_name(args.json.stem + "-profile.txt") if args.json else None)
     print()
     print(HEADER)
     for row in rows:

@@ -14,14 +14,16 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, ListConfig
 
-from tts_runner.engine import ChunkRequest, Engine
 from tts_runner.errors import InputError, ModelError
-from tts_runner.tiny_model import RANDOM_MARKER
+from tts_runner.model import ENGINES, ChunkRequest, Model
 
 log = logging.getLogger(__name__)
 
 # qwen_tts logs "config is None, initializing defaults" at INFO on every call.
 logging.getLogger("qwen_tts").setLevel(logging.WARNING)
+
+# A model folder holding this file has random weights (tts_runner.tools.tiny_model writes it).
+RANDOM_MARKER = "RANDOM_WEIGHTS"
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -46,9 +48,6 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     if dtype not in _DTYPES:
         raise ModelError(f"runtime.dtype={dtype!r} is not supported; use auto, {', '.join(_DTYPES)}.")
     return _DTYPES[dtype]
-
-
-ENGINES = ("fast", "graph", "stock")
 
 
 def resolve_engine(engine: str, device: str) -> str:
@@ -84,17 +83,17 @@ def resolve_graph(graph: DictConfig | None, max_batch: int | None = None) -> dic
 
 
 class ModelStore:
-    """Loads each variant at most once and hands out its Engine."""
+    """Loads each variant at most once and hands out its Model."""
 
     def __init__(self, models: DictConfig, runtime: DictConfig, max_batch: int | None = None):
         self.models = models
         self.runtime = runtime
         self.device = resolve_device(runtime.device)
         self.dtype = resolve_dtype(runtime.dtype, self.device)
-        self.decode_engine = resolve_engine(runtime.engine, self.device)
+        self.engine = resolve_engine(runtime.engine, self.device)
         # Only the graph engine has buckets to size (and to warn about).
-        self.graph = resolve_graph(runtime.get("graph"), max_batch if self.decode_engine == "graph" else None)
-        self._engines: dict[str, Engine] = {}
+        self.graph = resolve_graph(runtime.get("graph"), max_batch if self.engine == "graph" else None)
+        self._models: dict[str, Model] = {}
         self._lock = threading.Lock()
 
     @property
@@ -106,16 +105,16 @@ class ModelStore:
             raise InputError(f"Unknown model '{variant}'. Available: {', '.join(self.variant_names)}.")
         return Path(self.models.dir) / self.models.variants[variant].folder
 
-    def get(self, variant: str) -> Engine:
+    def get(self, variant: str) -> Model:
         with self._lock:
-            if variant not in self._engines:
-                self._engines[variant] = self._load(variant)
-            return self._engines[variant]
+            if variant not in self._models:
+                self._models[variant] = self._load(variant)
+            return self._models[variant]
 
     def loaded(self) -> list[str]:
-        return sorted(self._engines)
+        return sorted(self._models)
 
-    def _load(self, variant: str) -> Engine:
+    def _load(self, variant: str) -> Model:
         path = self.folder(variant)
         if not (path / "config.json").is_file():
             raise ModelError(
@@ -124,7 +123,7 @@ class ModelStore:
                 f"(now {self.models.dir})."
             )
         if (path / RANDOM_MARKER).exists():
-            log.warning("Model %s at %s has RANDOM weights (built by tts_runner.tiny_model): "
+            log.warning("Model %s at %s has RANDOM weights (built by tts_runner.tools.tiny_model): "
                         "its audio is noise. Use it for tests only.", variant, path)
         from qwen_tts import Qwen3TTSModel
 
@@ -137,23 +136,23 @@ class ModelStore:
         except Exception as exc:  # noqa: BLE001 - a corrupt folder can fail in many ways
             raise ModelError(f"Model '{variant}' at {path} could not be loaded: {type(exc).__name__}: {exc}") from exc
         tts.model.eval()
-        engine = Engine(tts, kind=self.models.variants[variant].kind, name=variant,
-                        decode=self.decode_engine, graph=self.graph,
-                        # a host check costs nothing on the CPU; on CUDA it stalls the queue
-                        sync_every=int(self.runtime.sync_every) if self.device.startswith("cuda") else 1)
-        engine.capture_graphs()  # engine: graph on CUDA; part of cold start, logged with its time
-        log.info("Loaded %s from %s on %s (%s, %s decode) in %.2f s", variant, path, self.device,
-                 str(self.dtype).removeprefix("torch."), engine.decode, time.perf_counter() - started)
+        model = Model(tts, kind=self.models.variants[variant].kind, name=variant,
+                      engine=self.engine, graph=self.graph,
+                      # a host check costs nothing on the CPU; on CUDA it stalls the queue
+                      sync_every=int(self.runtime.sync_every) if self.device.startswith("cuda") else 1)
+        model.capture_graphs()  # the graph engine on CUDA; part of cold start, logged with its time
+        log.info("Loaded %s from %s on %s (%s, %s engine) in %.2f s", variant, path, self.device,
+                 str(self.dtype).removeprefix("torch."), model.engine, time.perf_counter() - started)
         if self.runtime.warmup:
-            self._warm_up(engine)
-        return engine
+            self._warm_up(model)
+        return model
 
     @staticmethod
-    def _warm_up(engine: Engine) -> None:
+    def _warm_up(model: Model) -> None:
         """One short generation, so the first job does not pay for lazy initialisation."""
         started = time.perf_counter()
-        speaker = engine.speakers[0] if engine.speakers else None
-        request = ChunkRequest("Warm up.", speaker, "english" if "english" in engine.languages else "auto",
-                               "A calm voice." if engine.kind == "voice_design" else None)
-        engine.generate([request], {"max_new_tokens": 4, "min_new_tokens": 2})
-        log.info("Warmed up %s in %.2f s", engine.name, time.perf_counter() - started)
+        speaker = model.speakers[0] if model.speakers else None
+        request = ChunkRequest("Warm up.", speaker, "english" if "english" in model.languages else "auto",
+                               "A calm voice." if model.kind == "voice_design" else None)
+        model.generate([request], {"max_new_tokens": 4, "min_new_tokens": 2})
+        log.info("Warmed up %s in %.2f s", model.name, time.perf_counter() - started)

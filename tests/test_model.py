@@ -1,19 +1,19 @@
-"""The engine on the tiny model: batching, order, and the min_new_tokens floor."""
+"""A loaded model (the tiny one): batching, order, the min_new_tokens floor, decoding in length groups."""
 
 import contextlib
 
 import numpy as np
 import pytest
 
-from tts_runner.engine import SAMPLES_PER_FRAME, ChunkRequest
+from tts_runner.model import SAMPLES_PER_FRAME, ChunkRequest, length_groups
 
 GREEDY = {"do_sample": False, "max_new_tokens": 40, "min_new_tokens": 2}
 
 
 @contextlib.contextmanager
-def eager_to_stop(engine):
+def eager_to_stop(model):
     """Make the talker want to stop at every step: a large logit on the end-of-speech code."""
-    talker = engine.tts.model.talker
+    talker = model.tts.model.talker
     eos = talker.config.codec_eos_token_id
 
     def boost(module, args, output):
@@ -36,34 +36,34 @@ def request(text, speaker="ryan"):
     return ChunkRequest(text, speaker, "english", None)
 
 
-def test_tiny_model_is_audible_but_not_clipped(engine):
-    wavs, sr = engine.generate([request("Is anybody out there?")], GREEDY)
+def test_tiny_model_is_audible_but_not_clipped(model):
+    wavs, sr = model.generate([request("Is anybody out there?")], GREEDY)
     peak = float(np.abs(wavs[0]).max())
     assert sr == 24000 and 1e-3 < peak < 0.99
 
 
 @pytest.mark.parametrize("floor", [6, 15])
-def test_min_new_tokens_floor_holds_back_the_end_of_speech(engine, floor):
-    with eager_to_stop(engine):
-        library_default, _ = engine.generate([request("Stop early.")], {**GREEDY, "min_new_tokens": 2})
-        floored, _ = engine.generate([request("Stop early.")], {**GREEDY, "min_new_tokens": floor})
+def test_min_new_tokens_floor_holds_back_the_end_of_speech(model, floor):
+    with eager_to_stop(model):
+        library_default, _ = model.generate([request("Stop early.")], {**GREEDY, "min_new_tokens": 2})
+        floored, _ = model.generate([request("Stop early.")], {**GREEDY, "min_new_tokens": floor})
     # Without our floor the model stops as soon as the library's hard-coded 2 allows.
     assert frames(library_default[0]) <= 2
     # With it, the end-of-speech code is suppressed until `floor` frames exist.
     assert frames(floored[0]) == floor
 
 
-def test_floor_is_capped_by_max_new_tokens(engine):
-    with eager_to_stop(engine):
-        wavs, _ = engine.generate([request("Cap.")], {**GREEDY, "max_new_tokens": 8, "min_new_tokens": 60})
+def test_floor_is_capped_by_max_new_tokens(model):
+    with eager_to_stop(model):
+        wavs, _ = model.generate([request("Cap.")], {**GREEDY, "max_new_tokens": 8, "min_new_tokens": 60})
     assert frames(wavs[0]) == 7  # qwen_tts returns at most max_new_tokens - 1 frames
 
 
-def test_batched_call_returns_one_waveform_per_request_in_order(engine):
+def test_batched_call_returns_one_waveform_per_request_in_order(model):
     texts = ["Short.", "A much longer sentence with many more words in it.", "Medium length text."]
     speakers = ["ryan", "vivian", "aiden"]
-    singles = [engine.generate([request(t, s)], GREEDY)[0][0] for t, s in zip(texts, speakers, strict=False)]
-    batched, _ = engine.generate([request(t, s) for t, s in zip(texts, speakers, strict=False)], GREEDY)
+    singles = [model.generate([request(t, s)], GREEDY)[0][0] for t, s in zip(texts, speakers, strict=False)]
+    batched, _ = model.generate([request(t, s) for t, s in zip(texts, speakers, strict=False)], GREEDY)
     assert len(batched) == 3
     # Greedy decoding: each item of a left-padded batch is what it would be alone (same length;
     # samples equal up to float noise from padding).
@@ -73,7 +73,6 @@ def test_batched_call_returns_one_waveform_per_request_in_order(engine):
 
 
 def test_length_groups_bound_padding_and_size():
-    from tts_runner.engine import length_groups
 
     lengths = [10, 200, 11, 12, 60, 13, 70, 199, 9] + [50] * 20
     groups = length_groups(lengths, size=16, spread=1.25)
@@ -84,10 +83,10 @@ def test_length_groups_bound_padding_and_size():
     assert [len(g) for g in groups] == [3, 2, 16, 5, 1, 2]
 
 
-def test_decoding_in_length_groups_gives_each_item_the_same_audio(engine):
+def test_decoding_in_length_groups_gives_each_item_the_same_audio(model):
     import torch
 
-    tokenizer = engine.tts.model.speech_tokenizer
+    tokenizer = model.tts.model.speech_tokenizer
     generator = torch.Generator().manual_seed(0)
     items = [{"audio_codes": torch.randint(0, 2048, (n, 16), generator=generator)} for n in (3, 40, 5, 38, 4)]
     grouped, sr = tokenizer.decode(items)

@@ -5,44 +5,42 @@ import logging
 import pytest
 import torch
 from omegaconf import OmegaConf
-from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
-from tests.conftest import FAST
-from tests.test_fast_decode import GREEDY, SPEAKERS, TEXTS, codes
+from tests.helpers.config import FAST
+from tests.helpers.decode import GREEDY, SPEAKERS, TEXTS, codes
 from tts_runner import config as config_mod
-from tts_runner.engine import ChunkRequest
+from tts_runner.decode.graph import GraphEngine
 from tts_runner.errors import ModelError
-from tts_runner.graph_decode import GraphDecoder, sample_rows, warp_rows
-from tts_runner.models import ModelStore, resolve_engine, resolve_graph
+from tts_runner.model import ChunkRequest
+from tts_runner.model_store import ModelStore, resolve_engine, resolve_graph
 
 # Buckets 1, 2, 4: a batch of 3 runs in bucket 4 with one spare slot, and shrinks as items end.
 GRAPH = ["runtime.engine=graph", "runtime.graph.buckets=[1,2,4]", "runtime.graph.max_len=160"]
 
 
 @pytest.fixture(scope="module")
-def graph_engine(tiny_env):
+def graph_model(tiny_env):
     cfg = config_mod.load(FAST + GRAPH)
     return ModelStore(cfg.models, cfg.runtime).get("1.7B-CustomVoice")
 
 
 @pytest.fixture
-def graph(graph_engine):
-    decoder = graph_engine.graph
-    yield graph_engine
-    graph_engine.decode, graph_engine._floor, graph_engine.graph = "graph", 2, decoder
+def graph(graph_model):
+    with graph_model.using(engine="graph"):  # what a test's fallback changes is restored after it
+        yield graph_model
 
 
 @pytest.fixture
 def compactions(graph, monkeypatch):
     """The bucket switches made during a call, as (from, to) pairs."""
     seen = []
-    original = GraphDecoder._compact
+    original = GraphEngine._compact
 
     def spy(self, b, alive, smaller):
         seen.append((b, smaller))
         return original(self, b, alive, smaller)
 
-    monkeypatch.setattr(GraphDecoder, "_compact", spy)
+    monkeypatch.setattr(GraphEngine, "_compact", spy)
     return seen
 
 
@@ -50,7 +48,7 @@ def compactions(graph, monkeypatch):
 def test_greedy_codes_equal_the_stock_library(graph, n):
     stock = codes(graph, "stock", TEXTS[:n], SPEAKERS[:n], **GREEDY)
     static = codes(graph, "graph", TEXTS[:n], SPEAKERS[:n], **GREEDY)
-    assert graph.decode == "graph"  # no fallback happened
+    assert graph.engine == "graph"  # no fallback happened
     assert [c.shape for c in static] == [c.shape for c in stock] and stock[0].shape[0] > 0
     assert all(torch.equal(a, b) for a, b in zip(stock, static, strict=True))
 
@@ -60,7 +58,7 @@ def test_greedy_equality_holds_while_rows_end_and_buckets_shrink(graph, compacti
     settings = dict(GREEDY, max_new_tokens=60, min_new_tokens=floor)
     stock = codes(graph, "stock", TEXTS, SPEAKERS, **settings)
     static = codes(graph, "graph", TEXTS, SPEAKERS, **settings)
-    assert graph.decode == "graph"
+    assert graph.engine == "graph"
     assert all(c.shape[0] >= floor for c in stock) and len({c.shape[0] for c in stock}) > 1
     assert compactions and compactions[0][0] == 4  # started in bucket 4, moved down as rows ended
     assert all(torch.equal(a, b) for a, b in zip(stock, static, strict=True))
@@ -71,7 +69,7 @@ def test_each_row_ends_at_its_own_frame_budget(graph, compactions):
     free = codes(graph, "stock", TEXTS, SPEAKERS, **settings)
     budgets = [5, 39, 17]
     cut = codes(graph, "graph", TEXTS, SPEAKERS, **settings, max_frames=budgets)
-    assert graph.decode == "graph" and [c.shape[0] for c in cut] == budgets
+    assert graph.engine == "graph" and [c.shape[0] for c in cut] == budgets
     assert compactions  # rows that reached their budget left the bucket while the others went on
     for a, b, n in zip(free, cut, budgets, strict=True):
         assert torch.equal(a[:n], b)
@@ -85,7 +83,7 @@ def test_sampling_settings_are_per_row(graph):
                  top_p=[1.0, 0.9, 1.0])
     torch.manual_seed(3)
     out = codes(graph, "graph", TEXTS, SPEAKERS, **mixed)
-    assert graph.decode == "graph"
+    assert graph.engine == "graph"
     assert torch.equal(out[0], greedy[0]) and torch.equal(out[2], greedy[2])
     assert out[1].shape != greedy[1].shape or not torch.equal(out[1], greedy[1])
 
@@ -102,60 +100,30 @@ def test_sampled_runs_are_reproducible_with_a_seed(graph):
     assert not all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(runs[0], runs[2], strict=True))
 
 
-def test_warping_keeps_the_codes_hf_keeps_row_by_row():
-    torch.manual_seed(0)
-    scores = torch.randn(64, 50) * 3
-    top_k = torch.randint(0, 60, (64, 1))
-    top_p = torch.rand(64, 1) * 0.9 + 0.05
-    top_p[::5] = 1.0
-    temperature = torch.rand(64, 1) + 0.3
-    warped = warp_rows(scores, temperature, top_k, top_p)
-    for row in range(64):
-        expected = scores[row:row + 1] / temperature[row].item()
-        if top_k[row].item():
-            expected = TopKLogitsWarper(int(top_k[row]))(None, expected)
-        if top_p[row].item() < 1.0:
-            expected = TopPLogitsWarper(float(top_p[row]))(None, expected)
-        assert torch.equal(torch.isfinite(warped[row]), torch.isfinite(expected[0])), row
-
-
-def test_the_exponential_race_draws_from_the_distribution():
-    torch.manual_seed(0)
-    n = 40000
-    scores = torch.log(torch.tensor([[1.0, 2.0, 3.0, 4.0]])).expand(n, -1).contiguous()
-    ones = torch.ones(n, 1)
-    draws = sample_rows(scores, ones.bool(), ones, torch.zeros(n, 1, dtype=torch.long), ones)
-    freq = torch.bincount(draws, minlength=4).float() / n
-    assert torch.allclose(freq, torch.tensor([0.1, 0.2, 0.3, 0.4]), atol=0.01)
-    kept = sample_rows(scores, ones.bool(), ones, torch.full((n, 1), 2), ones)  # top-k 2: codes 2, 3 only
-    assert set(kept.tolist()) == {2, 3}
-    assert torch.equal(sample_rows(scores, ~ones.bool(), ones, 0 * ones.long(), ones), torch.full((n,), 3))
-
-
 def test_jobs_run_on_the_graph_engine(graph):
     wavs, sr = graph.generate([ChunkRequest(t, s, "english", None) for t, s in zip(TEXTS, SPEAKERS, strict=True)],
                               {"max_new_tokens": 16, "min_new_tokens": 16})
-    assert sr == 24000 and [w.size for w in wavs] == [15 * 1920] * 3 and graph.decode == "graph"
+    assert sr == 24000 and [w.size for w in wavs] == [15 * 1920] * 3 and graph.engine == "graph"
 
 
 def test_a_call_too_big_for_the_buffers_uses_the_fast_loop(graph, caplog):
-    caplog.set_level(logging.INFO, logger="tts_runner.engine")
+    caplog.set_level(logging.INFO, logger="tts_runner.model")
     requests = [ChunkRequest(t, s, "english", None) for t, s in zip(TEXTS, SPEAKERS, strict=True)] * 2
     wavs, _ = graph.generate(requests, {"max_new_tokens": 16, "min_new_tokens": 16})  # 6 rows > bucket 4
-    assert [w.size for w in wavs] == [15 * 1920] * 6 and graph.decode == "graph"
+    assert [w.size for w in wavs] == [15 * 1920] * 6 and graph.engine == "graph"
     assert "exceeds the graph buffers" in caplog.text
     wavs, _ = graph.generate(requests[:1], {"max_new_tokens": 200, "min_new_tokens": 2})  # > max_len
-    assert wavs[0].size > 0 and graph.decode == "graph"
+    assert wavs[0].size > 0 and graph.engine == "graph"
 
 
 def test_a_graph_failure_falls_back_to_the_fast_loop(graph, monkeypatch, caplog):
     def broken(self, **kwargs):
         raise RuntimeError("injected graph failure")
 
-    monkeypatch.setattr(GraphDecoder, "generate", broken)
+    monkeypatch.setattr(GraphEngine, "generate", broken)
     wavs, _ = graph.generate([ChunkRequest("Falls back.", "ryan", "english", None)],
                              {"max_new_tokens": 16, "min_new_tokens": 16})
-    assert wavs[0].size == 15 * 1920 and graph.decode == "fast" and graph.graph is None
+    assert wavs[0].size == 15 * 1920 and graph.engine == "fast" and graph.graph is None
     assert "injected graph failure" in caplog.text
 
 
@@ -192,7 +160,7 @@ def test_the_captured_frame_has_no_host_round_trip(graph):
     codes(graph, "graph", TEXTS, SPEAKERS, **dict(GREEDY, max_new_tokens=4))  # loads the buffers
     decoder = graph.graph
     with torch.inference_mode(), Record() as record:
-        decoder._frame(decoder.views[4])
+        decoder.run_scratch(4, eager=True)
     names = {name for name, _ in record.ops}
     assert len(record.ops) > 100 and "index_copy_" in names  # it did record the frame
     assert not names & HOST_ROUND_TRIPS, names & HOST_ROUND_TRIPS
@@ -210,7 +178,7 @@ def test_buckets_stop_at_the_one_that_holds_the_largest_batch(max_batch, buckets
 
 
 def test_a_batch_above_every_bucket_is_warned_about_at_start_up(caplog):
-    with caplog.at_level(logging.WARNING, logger="tts_runner.models"):
+    with caplog.at_level(logging.WARNING, logger="tts_runner.model_store"):
         assert resolve_graph(OmegaConf.create({"buckets": [1, 8]}), 16)["buckets"] == (1, 8)
     assert "batching.max_batch_size=16 is above the largest graph bucket (8)" in caplog.text
 
@@ -239,6 +207,6 @@ def test_auto_picks_the_engine_measured_fastest_on_the_device(device, engine):
 
 def test_other_engines_are_not_warned_about_graph_buckets(tiny_env, caplog):
     cfg = config_mod.load(FAST + ["runtime.engine=fast", "runtime.graph.buckets=[1,8]"])
-    with caplog.at_level(logging.WARNING, logger="tts_runner.models"):
+    with caplog.at_level(logging.WARNING, logger="tts_runner.model_store"):
         ModelStore(cfg.models, cfg.runtime, max_batch=16)
     assert "graph bucket" not in caplog.text

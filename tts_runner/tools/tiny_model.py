@@ -1,12 +1,12 @@
 """Build tiny random-weight Qwen3-TTS models for tests and offline runs.
 
-`python -m tts_runner.tiny_model DIR` writes, under DIR, model folders in the real on-disk
+`python -m tts_runner.tools.tiny_model DIR` writes, under DIR, model folders in the real on-disk
 layout and under the real folder names (Qwen3-TTS-12Hz-1.7B-CustomVoice, ...), built from
 qwen_tts's own classes and saved with `save_pretrained`, so they load through the real
 `Qwen3TTSModel.from_pretrained`. Their audio is noise, but every code path is real: text
 tokenizer, batching, speech-tokenizer decode, sample rate and durations.
 
-Each folder carries a marker file (`RANDOM_WEIGHTS`); tts_runner.models logs a warning when it
+Each folder carries a marker file (`RANDOM_WEIGHTS`); tts_runner.model_store logs a warning when it
 loads such a model, so nobody mistakes it for a real one.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-RANDOM_MARKER = "RANDOM_WEIGHTS"
+from tts_runner.model_store import RANDOM_MARKER
 
 SPECIAL_TOKENS = ["<|im_start|>", "<|im_end|>", "<|tts_pad|>", "<|tts_bos|>", "<|tts_eos|>"]
 SPEAKERS = ["vivian", "serena", "uncle_fu", "dylan", "eric", "ryan", "aiden", "ono_anna", "sohee"]
@@ -232,7 +232,7 @@ def build_variant(out_dir: Path, folder: str, sizes: TinySizes = TinySizes(), se
     if stop_bias:
         _teach_to_stop(target, stop_bias)
     (target / RANDOM_MARKER).write_text(
-        "Random weights built by tts_runner.tiny_model: the audio is noise. For tests only.\n"
+        "Random weights built by tts_runner.tools.tiny_model: the audio is noise. For tests only.\n"
     )
     return target
 

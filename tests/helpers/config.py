@@ -1,0 +1,5 @@
+"""Config overrides the tests share."""
+
+# Small enough for a 2-core CI machine, and exact: with the end-of-speech floor at max_new_tokens
+# every chunk is 15 frames (1.2 s) long. Tests of speech-like lengths set their own values.
+FAST = ["sampling.max_new_tokens=16", "sampling.min_new_tokens=16"]

@@ -1,0 +1,41 @@
+"""A static key/value cache: fixed buffers written at positions, viewed by leading rows."""
+
+from __future__ import annotations
+
+import torch
+
+
+class StaticCache:
+    """Keys and values of every layer, [rows, kv heads, length, head dim] each, allocated once."""
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor]):
+        self.keys, self.values = keys, values
+
+    @classmethod
+    def allocate(cls, layers: int, rows: int, length: int, config, like: torch.Tensor) -> StaticCache:
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        shape = (rows, config.num_key_value_heads, length, head_dim)
+        return cls([like.new_zeros(shape) for _ in range(layers)], [like.new_zeros(shape) for _ in range(layers)])
+
+    def update(self, layer: int, at: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k and v ([rows, kv heads, len(at), head dim]) at positions `at` (a device tensor) of
+        `layer`; return that layer's whole key and value buffers."""
+        self.keys[layer].index_copy_(2, at, k)
+        self.values[layer].index_copy_(2, at, v)
+        return self.keys[layer], self.values[layer]
+
+    def rows(self, n: int) -> StaticCache:
+        """A view of the first n rows (shares memory)."""
+        return StaticCache([k[:n] for k in self.keys], [v[:n] for v in self.values])
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [*self.keys, *self.values]
+
+    def load(self, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+        """Copy a prefill's keys and values (same rows, the first positions) in."""
+        for buffer, source in zip(self.tensors(), [*keys, *values], strict=True):
+            buffer[:, :, : source.shape[2]].copy_(source)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors())

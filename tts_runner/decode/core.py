@@ -1,0 +1,127 @@
+"""What both decode loops share: prefill, one decoder layer over a static cache, a frame's input
+embedding, and the code predictor's 15 sub-steps. All of it uses the model's own modules and
+weights; nothing here syncs with the host, so the graph loop can capture it."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+from qwen_tts.core.models.modeling_qwen3_tts import apply_rotary_pos_emb
+from transformers.cache_utils import DynamicCache
+
+from tts_runner.decode.cache import StaticCache
+from tts_runner.decode.sampling import RowSettings, draw_subcode
+
+
+@dataclass
+class TalkerResult:
+    """The part of HF's GenerateDecoderOnlyOutput that qwen-tts reads from `talker.generate`: per
+    step, ((last hidden state,), that frame's 16 codes, or None for the prefill)."""
+
+    hidden_states: list
+
+
+@dataclass
+class Prefill:
+    cache: DynamicCache       # the prompt's keys and values, every layer
+    hidden: torch.Tensor      # [B, 1, H] the talker's last hidden state
+    mask: torch.Tensor        # [B, P] the prompt's attention mask (long)
+    deltas: torch.Tensor      # [B, 1] rope offset of each row: position of frame t = P + t + delta
+
+
+def prefill(talker: torch.nn.Module, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> Prefill:
+    """The talker's forward over the left-padded prompt, positions as the talker computes them."""
+    mask = attention_mask.long()
+    positions, deltas = talker.get_rope_index(mask)
+    deltas = deltas - (1 - mask).sum(dim=-1, keepdim=True)
+    cache = DynamicCache()
+    out = talker.model(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=positions,
+                       past_key_values=cache, use_cache=True)
+    return Prefill(cache, out.last_hidden_state[:, -1:], mask, deltas)
+
+
+def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """Grouped-query attention over a whole static cache: q [B, H, Q, D], keys/values [B, KV, L, D],
+    additive mask broadcastable to [B, 1, Q, L]. Each key/value head is read once for its group."""
+    b, heads, q_len, dim = q.shape
+    kv = keys.shape[1]
+    group = heads // kv
+    q = q.reshape(b, kv, group * q_len, dim)
+    weights = torch.matmul(q, keys.transpose(2, 3)) * scale
+    weights = weights.view(b, kv, group, q_len, -1) + mask[:, :, None]
+    weights = weights.softmax(dim=-1, dtype=torch.float32).to(q.dtype).view(b, kv, group * q_len, -1)
+    return torch.matmul(weights, values).view(b, heads, q_len, dim)
+
+
+def layer_step(layer: torch.nn.Module, x: torch.Tensor, rope, cache: StaticCache, index: int, at: torch.Tensor,
+               mask: torch.Tensor) -> torch.Tensor:
+    """One decoder layer (the model's own projections, norms and MLP) for the positions `at`,
+    attending over the whole static cache of layer `index` under `mask`."""
+    attn = layer.self_attn
+    b, q_len, _ = x.shape
+    h = layer.input_layernorm(x)
+    shape = (b, q_len, -1, attn.head_dim)
+    q = attn.q_norm(attn.q_proj(h).view(shape)).transpose(1, 2)
+    k = attn.k_norm(attn.k_proj(h).view(shape)).transpose(1, 2)
+    v = attn.v_proj(h).view(shape).transpose(1, 2)
+    q, k = rope(q, k)
+    keys, values = cache.update(index, at, k, v)
+    out = attend(q, keys, values, mask, attn.scaling).transpose(1, 2).reshape(b, q_len, -1)
+    x = x + attn.o_proj(out)
+    return x + layer.mlp(layer.post_attention_layernorm(x))
+
+
+def frame_embedding(codec_embedding: torch.nn.Module, sub_embeddings, first: torch.Tensor,
+                    rest: torch.Tensor) -> torch.Tensor:
+    """A frame's 16 codes ([B, 1] code 0 and [B, 15] codes 1..15) as the talker's next input before
+    the text is added: their embeddings summed, in qwen-tts's order."""
+    parts = [codec_embedding(first)] + [sub_embeddings[g](rest[:, g:g + 1]) for g in range(rest.shape[1])]
+    return torch.cat(parts, dim=1).sum(1, keepdim=True)
+
+
+class Predictor:
+    """The code predictor's 15 sub-steps (codes 1..15 of a frame) for a batch, over a static cache of
+    its 16 positions (talker hidden, code 0, codes 1..14 fed back), with the rotary tables and the
+    causal masks computed once. Each frame starts over at position 0, so rows need no bookkeeping:
+    a batch of b rows uses the first b rows of the cache."""
+
+    def __init__(self, predictor: torch.nn.Module, rows: int, like: torch.Tensor):
+        model = predictor.model
+        self.predictor = predictor
+        self.layers = list(model.layers[: model.config.num_hidden_layers])
+        if any(layer.attention_type != "full_attention" for layer in self.layers):
+            raise NotImplementedError("the code predictor's loop supports full-attention layers only")
+        self.embeddings = model.get_input_embeddings()
+        slots = len(predictor.lm_head) + 1
+        self.cache = StaticCache.allocate(len(self.layers), rows, slots, model.config, like)
+        self.positions = torch.arange(slots, device=like.device)
+        causal = torch.ones(slots, slots, dtype=torch.bool, device=like.device).tril()
+        self.masks = torch.zeros(slots, slots, dtype=like.dtype, device=like.device).masked_fill(
+            ~causal, torch.finfo(like.dtype).min)
+        self.cos, self.sin = model.rotary_emb(like.new_zeros(1, slots, model.config.hidden_size), self.positions[None])
+
+    def __call__(self, hidden: torch.Tensor, first_embed: torch.Tensor, settings: RowSettings) -> torch.Tensor:
+        """[B, 1, H] talker hidden state and [B, 1, H] embedding of code 0 -> [B, 15] codes 1..15."""
+        p = self.predictor
+        cache = self.cache.rows(hidden.shape[0])
+        x = p.small_to_mtp_projection(torch.cat((hidden, first_embed), dim=1))
+        codes = []
+        start = 0
+        for group, head in enumerate(p.lm_head):
+            end = start + x.shape[1]
+            rope = functools.partial(apply_rotary_pos_emb, cos=self.cos[:, start:end], sin=self.sin[:, start:end])
+            at, mask = self.positions[start:end], self.masks[start:end][None, None]
+            for i, layer in enumerate(self.layers):
+                x = layer_step(layer, x, rope, cache, i, at, mask)
+            code = draw_subcode(head(p.model.norm(x[:, -1])), settings)
+            codes.append(code)
+            if group + 1 < len(p.lm_head):
+                x = p.small_to_mtp_projection(self.embeddings[group](code[:, None]))
+                start = end
+        return torch.stack(codes, dim=1)
+
+    @property
+    def nbytes(self) -> int:
+        return self.cache.nbytes

@@ -1,0 +1,289 @@
+"""The `graph` engine: one fixed-shape frame over static buffers, captured as a CUDA graph.
+
+The fast loop removes Hugging Face's machinery, but still launches every kernel of a frame from
+Python: on a GPU the step is launch-bound. Here a frame is a fixed sequence of kernels over fixed
+buffers, so on CUDA it is captured once per batch bucket and replayed each frame:
+
+- every tensor a frame touches lives in `State`, allocated once for the largest bucket and the
+  configured length; bucket b uses the first b rows (views), so all buckets share memory;
+- the talker's cache is a `StaticCache`: a frame writes its keys and values at a position held in
+  a device tensor and attends over the whole buffer under a mask of valid positions;
+- the frame index, the cache position and every sampling setting (per row, set per call, never
+  frozen at capture) are device tensors; codes are chosen by the decode core's `sampling`;
+- ended rows are masked to end-of-speech; every `sync_every` frames the host asks which rows are
+  still going and, when they fit a smaller bucket, moves them to the front and switches to that
+  bucket's graph.
+
+On the CPU (and when nothing is captured) the same frame runs eagerly: the exactness tests run the
+code a GPU captures. The prompt is prefilled by the talker's own forward and copied in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+from qwen_tts.core.models.modeling_qwen3_tts import apply_multimodal_rotary_pos_emb
+
+from tts_runner.decode.cache import StaticCache
+from tts_runner.decode.core import Predictor, TalkerResult, frame_embedding, layer_step, prefill
+from tts_runner.decode.sampling import RowSettings, next_code
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class State:
+    """Every per-row buffer a frame reads or writes: rows are slots, bucket b uses slots [:b]."""
+
+    cache: StaticCache         # the talker's keys and values
+    valid: torch.Tensor        # [R, L] bool: cache positions a row may attend to
+    deltas: torch.Tensor       # [R] rope position offset of each row (left padding)
+    hidden: torch.Tensor       # [R, 1, H] the talker's last hidden state
+    token: torch.Tensor        # [R] the last first-codebook code
+    unfinished: torch.Tensor   # [R] bool
+    seen: torch.Tensor         # [R, V] bool: codes made so far (repetition penalty)
+    text: torch.Tensor         # [R, L, H] the text added to frame t at index t - 1
+    codes: torch.Tensor        # [R, L, G] frame t's 16 codes at index t - 1
+    settings: RowSettings      # per-row sampling
+
+    def map(self, fn) -> State:
+        """A State of fn(tensor) for every per-row tensor (the cache's and settings' included)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, StaticCache):
+                value = StaticCache([fn(t) for t in value.keys], [fn(t) for t in value.values])
+            elif isinstance(value, RowSettings):
+                value = RowSettings({k: fn(t) for k, t in value.tensors.items()})
+            else:
+                value = fn(value)
+            out[f.name] = value
+        return State(**out)
+
+    def tensors(self) -> list[torch.Tensor]:
+        found: list[torch.Tensor] = []
+        self.map(lambda t: found.append(t) or t)
+        return found
+
+
+class GraphEngine:
+    """Static-shape decoding of one talker, with one CUDA graph per batch bucket when captured."""
+
+    def __init__(self, talker: torch.nn.Module, buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64),
+                 max_len: int = 1280, sync_every: int = 8):
+        self.talker = talker
+        self.buckets = tuple(sorted({int(b) for b in buckets}))
+        self.max_len = int(max_len)
+        self.sync_every = max(1, int(sync_every))
+        config = talker.config
+        self.eos = config.codec_eos_token_id
+        self.groups = config.num_code_groups
+        self.model = talker.model
+        self.codec_embedding = talker.get_input_embeddings()
+        pmodel = talker.code_predictor.model
+        if any(layer.attention_type != "full_attention" for layer in pmodel.layers[: pmodel.config.num_hidden_layers]):
+            raise NotImplementedError("graph decoding supports full-attention code predictors only")
+        if getattr(config, "sliding_window", None) and config.sliding_window < self.max_len:
+            raise NotImplementedError("graph decoding does not support a sliding-window talker")
+        self.state: State | None = None
+        self.predictor: Predictor | None = None
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.capture_seconds = 0.0
+
+    # ---- buffers -------------------------------------------------------------------------------
+    def _allocate(self, like: torch.Tensor) -> None:
+        rows, length, config = self.buckets[-1], self.max_len, self.talker.config
+        device = like.device
+        self.state = State(
+            cache=StaticCache.allocate(config.num_hidden_layers, rows, length, config, like),
+            valid=torch.zeros(rows, length, dtype=torch.bool, device=device),
+            deltas=torch.zeros(rows, dtype=torch.long, device=device),
+            hidden=like.new_zeros(rows, 1, config.hidden_size),
+            token=torch.full((rows,), self.eos, dtype=torch.long, device=device),
+            unfinished=torch.zeros(rows, dtype=torch.bool, device=device),
+            seen=torch.zeros(rows, config.vocab_size, dtype=torch.bool, device=device),
+            text=like.new_zeros(rows, length, config.hidden_size),
+            codes=torch.full((rows, length, self.groups), self.eos, dtype=torch.long, device=device),
+            settings=RowSettings.allocate(rows, device),
+        )
+        self.predictor = Predictor(self.talker.code_predictor, rows, like)
+        self.frame = torch.ones(1, dtype=torch.long, device=device)      # the frame index t
+        self.position = torch.zeros(1, dtype=torch.long, device=device)  # the cache position frame t writes
+        self.blocked = torch.zeros(config.vocab_size, dtype=torch.bool, device=device)
+        self.lowest = torch.finfo(like.dtype).min
+        self.views = {b: self.state.map(lambda t, b=b: t[:b]) for b in self.buckets}
+
+    @property
+    def buffer_bytes(self) -> int:
+        """Bytes held by the static buffers (0 before they are allocated)."""
+        if self.state is None:
+            return 0
+        return sum(t.numel() * t.element_size() for t in self.state.tensors()) + self.predictor.nbytes
+
+    def fits(self, batch: int, prompt_len: int, max_new_tokens: int) -> bool:
+        return batch <= self.buckets[-1] and prompt_len + max_new_tokens <= self.max_len
+
+    def bucket(self, n: int) -> int:
+        return next(b for b in self.buckets if b >= n)
+
+    # ---- one frame -----------------------------------------------------------------------------
+    def _choose(self, s: State, hidden: torch.Tensor) -> None:
+        """The next first-codebook code of every row from the talker's hidden state."""
+        token = next_code(self.talker.codec_head(hidden[:, -1]), s.settings, self.frame, s.seen, s.unfinished,
+                          self.blocked, self.eos)
+        s.token.copy_(token)
+        s.seen.scatter_(1, token[:, None], True)
+        s.unfinished.logical_and_(token != self.eos)
+
+    def _frame(self, s: State) -> None:
+        """Frame t: codes 1..15 for the last code, the frame's talker step, the next code."""
+        first = s.token[:, None]
+        rest = self.predictor(s.hidden, self.codec_embedding(first), s.settings)
+        s.codes.index_copy_(1, self.frame - 1, torch.cat((first, rest), dim=1)[:, None])
+        x = frame_embedding(self.codec_embedding, self.predictor.embeddings, first, rest)
+        x = x + s.text.index_select(1, self.frame - 1)
+        s.valid.index_fill_(1, self.position, True)
+        mask = torch.zeros_like(s.valid, dtype=x.dtype).masked_fill(~s.valid, self.lowest)[:, None, None]
+        positions = (s.deltas + self.position).view(1, -1, 1).expand(3, -1, 1)
+        cos, sin = self.model.rotary_emb(x, positions)
+        scaling = self.talker.config.rope_scaling
+        rope = functools.partial(apply_multimodal_rotary_pos_emb, cos=cos, sin=sin,
+                                 mrope_section=scaling["mrope_section"], mrope_interleaved=scaling["interleaved"])
+        for i, layer in enumerate(self.model.layers):
+            x = layer_step(layer, x, rope, s.cache, i, self.position, mask)
+        hidden = self.model.norm(x)
+        s.hidden.copy_(hidden)
+        self.position.add_(1)
+        self._choose(s, hidden)
+        self.frame.add_(1)
+
+    # ---- capture -------------------------------------------------------------------------------
+    def capture(self, like: torch.Tensor) -> float:
+        """Allocate the buffers and capture one CUDA graph per bucket; returns the seconds it took."""
+        started = time.perf_counter()
+        if self.state is None:
+            self._allocate(like)
+        pool = torch.cuda.graph_pool_handle()
+        for b in self.buckets:
+            view = self.views[b]
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):  # warm-up runs: allocator and kernel selection settle first
+                    self._reset_counters()
+                    self._frame(view)
+            torch.cuda.current_stream().wait_stream(stream)
+            self._reset_counters()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                self._frame(view)
+            self.graphs[b] = graph
+        torch.cuda.synchronize()
+        self.capture_seconds = time.perf_counter() - started
+        return self.capture_seconds
+
+    def run_scratch(self, bucket: int, frames: int = 1, eager: bool = False) -> None:
+        """Run `frames` frames of `bucket` from position 0 over whatever the buffers hold (for timing
+        and profiling: nothing reads the result, and the next call reloads every buffer). `eager`
+        runs the frame's operations one by one instead of replaying the captured graph."""
+        self._reset_counters()
+        for _ in range(frames):
+            self._frame(self.views[bucket]) if eager else self._run(bucket)
+
+    def _reset_counters(self) -> None:
+        self.frame.fill_(1)
+        self.position.zero_()
+
+    def _run(self, b: int) -> None:
+        graph = self.graphs.get(b)
+        if graph is not None:
+            graph.replay()
+        else:
+            self._frame(self.views[b])
+
+    # ---- a call --------------------------------------------------------------------------------
+    def _prefill(self, s: State, embeds: torch.Tensor, mask: torch.Tensor) -> int:
+        """The prompt through the talker's own forward, copied into the bucket's cache; returns its length."""
+        start = prefill(self.talker, embeds, mask)
+        s.cache.load([layer.keys for layer in start.cache.layers], [layer.values for layer in start.cache.layers])
+        prompt = start.mask.shape[1]
+        s.valid.zero_()
+        s.valid[:, :prompt].copy_(start.mask.bool())
+        s.deltas.copy_(start.deltas.view(-1))
+        s.hidden.copy_(start.hidden)
+        return prompt
+
+    def _load_slots(self, s: State, batch: int, trailing: torch.Tensor, pad: torch.Tensor) -> None:
+        """Per-row text and fresh code state: real rows first, spare slots finished."""
+        n = min(trailing.shape[1], s.text.shape[1])
+        s.text[:, :n].copy_(trailing[:, :n])
+        s.text[:, n:] = pad.reshape(pad.shape[0], 1, -1)  # past the text: the pad embedding, as stock
+        s.codes.fill_(self.eos)
+        s.seen.zero_()
+        s.token.fill_(self.eos)
+        s.unfinished.copy_(torch.arange(s.unfinished.shape[0], device=s.unfinished.device) < batch)
+
+    def _load_settings(self, s: State, kwargs: dict, fill: torch.Tensor) -> None:
+        s.settings.load(RowSettings.from_call(kwargs, fill))
+        self.blocked.zero_()
+        if kwargs.get("suppress_tokens"):
+            self.blocked[torch.tensor(kwargs["suppress_tokens"], device=self.blocked.device)] = True
+
+    def generate(self, inputs_embeds, attention_mask, trailing_text_hidden, tts_pad_embed, **kwargs) -> TalkerResult:
+        """Drop-in for `talker.generate(...)` as qwen-tts calls it (a call that `fits`)."""
+        if self.state is None:
+            self._allocate(inputs_embeds)
+        batch = inputs_embeds.shape[0]
+        max_new = int(kwargs["max_new_tokens"])
+        b = self.bucket(batch)
+        s = self.views[b]
+        # spare slots repeat the last row and start finished
+        fill = torch.cat((torch.arange(batch), torch.full((b - batch,), batch - 1, dtype=torch.long)))
+        fill = fill.to(inputs_embeds.device)
+        prompt = self._prefill(s, inputs_embeds.index_select(0, fill), attention_mask.index_select(0, fill))
+        pad = tts_pad_embed if tts_pad_embed.shape[0] == 1 else tts_pad_embed.index_select(0, fill)
+        self._load_slots(s, batch, trailing_text_hidden.index_select(0, fill), pad)
+        self._load_settings(s, kwargs, fill)
+        self.frame.zero_()
+        self.position.fill_(prompt)
+        self._choose(s, s.hidden)  # frame 0's code comes from the prefill
+        self.frame.fill_(1)
+
+        slots = list(range(batch))  # the original row in each live slot
+        result = torch.full((batch, max(max_new - 1, 0), self.groups), self.eos, dtype=torch.long,
+                            device=inputs_embeds.device)
+        frames = 0
+        for frames in range(1, max_new):
+            self._run(b)
+            if frames % self.sync_every and frames < max_new - 1:
+                continue
+            alive = self.views[b].unfinished.nonzero().view(-1).tolist()  # the host sync
+            if not alive:
+                break
+            smaller = self.bucket(len(alive))
+            if smaller < b:
+                self._flush(result, slots, frames)
+                slots = [slots[i] for i in alive]
+                self._compact(b, alive, smaller)
+                b = smaller
+        self._flush(result, slots, frames)
+        result = result[:, :frames]
+        empty = inputs_embeds.new_zeros(batch, 1, 1)  # callers of talker.generate ignore the hidden states
+        return TalkerResult(hidden_states=[((empty,), None)] + [((empty,), result[:, i]) for i in range(frames)])
+
+    def _flush(self, result: torch.Tensor, slots: list[int], frames: int) -> None:
+        rows = torch.tensor(slots, device=result.device)
+        result[:, :frames].index_copy_(0, rows, self.state.codes[: len(slots), :frames])
+
+    def _compact(self, b: int, alive: list[int], smaller: int) -> None:
+        """Move the live slots to the front and fill the smaller bucket's spare slots with a finished
+        copy of the first."""
+        index = torch.tensor(alive + [alive[0]] * (smaller - len(alive)), device=self.state.token.device)
+        for tensor in self.views[b].tensors():
+            tensor[:smaller].copy_(tensor.index_select(0, index))
+        self.state.unfinished[len(alive):smaller] = False

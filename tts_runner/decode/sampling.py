@@ -1,0 +1,116 @@
+"""Choosing codes from scores, one row at a time: the talker's logits processing, then warp and draw.
+
+Both loops choose every code here, with settings held per row as device tensors (a batch may mix
+greedy and sampled rows, temperatures, floors and budgets), and with no host round trip, so the
+graph loop can capture it. The steps and their order are Hugging Face's for qwen-tts's calls:
+repetition penalty, the end-of-speech floor (`min_new_tokens`) and suppressed codes (talker only),
+then temperature, top-k, and top-p over what top-k kept.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# The arguments of qwen-tts's `talker.generate` that choose codes, named as it names them, with
+# the default used when a call leaves one out, and each one's dtype as a row tensor.
+SETTINGS: dict[str, tuple[torch.dtype, float | int | bool | None]] = {
+    "do_sample": (torch.bool, True),
+    "temperature": (torch.float32, 0.9),
+    "top_k": (torch.long, 50),
+    "top_p": (torch.float32, 1.0),
+    "repetition_penalty": (torch.float32, 1.05),
+    "subtalker_dosample": (torch.bool, True),
+    "subtalker_temperature": (torch.float32, 0.9),
+    "subtalker_top_k": (torch.long, 50),
+    "subtalker_top_p": (torch.float32, 1.0),
+    "min_new_tokens": (torch.long, 2),  # the end-of-speech floor, in frames
+    "max_frames": (torch.long, None),   # the frame budget: the row ends there (None: max_new_tokens)
+}
+
+
+class RowSettings:
+    """One [rows, 1] device tensor per setting of SETTINGS."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        self.tensors = tensors
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.tensors[name]
+
+    @classmethod
+    def allocate(cls, rows: int, device: torch.device) -> RowSettings:
+        return cls({name: torch.zeros(rows, 1, dtype=dtype, device=device) for name, (dtype, _) in SETTINGS.items()})
+
+    @classmethod
+    def from_call(cls, kwargs: dict, fill: torch.Tensor) -> RowSettings:
+        """The settings of a talker.generate call for the rows `fill` (each an index into the call's
+        requests). A value is one scalar for the call or a list with one per request."""
+        tensors = {}
+        for name, (dtype, default) in SETTINGS.items():
+            value = kwargs.get(name, default)
+            if value is None:  # max_frames: the call's own cap
+                value = kwargs["max_new_tokens"]
+            values = value if isinstance(value, (list, tuple)) else [value]
+            column = torch.tensor([float(v) for v in values], dtype=torch.float64, device=fill.device)
+            column = column.expand(int(fill.max()) + 1) if column.numel() == 1 else column
+            tensors[name] = column.index_select(0, fill)[:, None].to(dtype)
+        return cls(tensors)
+
+    def load(self, other: RowSettings) -> None:
+        """Copy `other` into the first rows."""
+        for name, tensor in other.tensors.items():
+            self.tensors[name][: tensor.shape[0]].copy_(tensor)
+
+    def rows(self, n: int) -> RowSettings:
+        return RowSettings({name: t[:n] for name, t in self.tensors.items()})
+
+    def select(self, index: torch.Tensor) -> RowSettings:
+        return RowSettings({name: t.index_select(0, index) for name, t in self.tensors.items()})
+
+
+def warp(scores: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Float32 scores [B, V] after temperature, then top-k, then top-p over what top-k kept, as HF's
+    warpers do, with per-row settings ([B, 1]; top_k 0 and top_p >= 1 mean off). Codes left out get
+    -inf; the best code always stays."""
+    warped = scores / temperature
+    ranked, order = warped.sort(dim=-1)  # ascending, as HF's top-p sorts
+    vocab = ranked.shape[-1]
+    k = torch.where(top_k > 0, top_k, vocab).clamp(1, vocab)
+    keep = ranked >= ranked.gather(1, vocab - k)
+    cumulative = ranked.masked_fill(~keep, float("-inf")).softmax(dim=-1).cumsum(dim=-1)
+    keep &= (cumulative > 1 - top_p) | (top_p >= 1)
+    keep[:, -1].fill_(True)  # the best code always stays
+    return warped.masked_fill(~torch.zeros_like(keep).scatter(1, order, keep), float("-inf"))
+
+
+def draw(scores: torch.Tensor, do_sample: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
+         top_p: torch.Tensor) -> torch.Tensor:
+    """One code per row: greedy rows take the argmax of the scores, sampling rows draw from the
+    warped distribution by an exponential race (the argmax of p / Exp(1) is a draw from p), which
+    needs no host round trip."""
+    greedy = scores.argmax(dim=-1)
+    probs = warp(scores, temperature, top_k, top_p).softmax(dim=-1)
+    race = torch.empty_like(probs).exponential_().clamp_min_(1e-20)
+    return torch.where(do_sample.squeeze(1), (probs / race).argmax(dim=-1), greedy)
+
+
+def draw_subcode(scores: torch.Tensor, settings: RowSettings) -> torch.Tensor:
+    """A code predictor code (codebooks 1..15): the subtalker settings, nothing else."""
+    return draw(scores.float(), settings["subtalker_dosample"], settings["subtalker_temperature"],
+                settings["subtalker_top_k"], settings["subtalker_top_p"])
+
+
+def next_code(scores: torch.Tensor, settings: RowSettings, frame: torch.Tensor | int, seen: torch.Tensor,
+              unfinished: torch.Tensor, blocked: torch.Tensor, eos: int) -> torch.Tensor:
+    """The talker's next first-codebook code per row, for frame `frame`: repetition penalty over the
+    codes a row has made (`seen`, [B, V] bool), the floor held on the end code, suppressed codes
+    (`blocked`, [V] bool, the end code never among them), warp and draw. Rows already ended, or at
+    their frame budget, get the end code."""
+    scores = scores.float()
+    penalty = settings["repetition_penalty"]
+    scores = torch.where(seen, torch.where(scores < 0, scores * penalty, scores / penalty), scores)
+    held = (frame < settings["min_new_tokens"]) & (torch.arange(scores.shape[-1], device=scores.device) == eos)
+    scores = scores.masked_fill(held | blocked, float("-inf"))
+    token = draw(scores, settings["do_sample"], settings["temperature"], settings["top_k"], settings["top_p"])
+    going = unfinished & (frame < settings["max_frames"]).view(-1)
+    return torch.where(going, token, eos)

@@ -1,0 +1,252 @@
+"""One loaded model and the batched calls the job graph makes on it.
+
+`Model.generate(requests, sampling)` runs a list of chunk requests (any mix of voices and lengths)
+as one left-padded batch through qwen-tts and returns one waveform per request, in order. The
+model owns two seams into the library, both on this instance only:
+
+- `talker.generate`, where the **engine** runs: `stock` (the library's Hugging Face generate),
+  `fast` or `graph` (tts_runner.decode). Here the end-of-speech floor is raised to
+  `min_new_tokens` (qwen-tts hard-codes 2 and forwards no argument to change it) and each request's
+  frame budget reaches the loop;
+- the speech tokenizer's `decode` (codes -> audio): qwen-tts decodes a batch in one call padded to
+  its longest item, and the decoder runs at the full sample rate, so one long chunk made the whole
+  batch pay for its length; here items are decoded in groups of similar length instead (the decoder
+  is causal and the padding trails, so each item's audio is the same).
+
+Failures: running out of memory is the caller's (the runner splits the batch); an error that may
+have broken the CUDA context raises DeviceFailure (the worker exits and is replaced); anything else
+in the graph or fast loop is logged and the model falls back, graph -> fast -> stock, for good.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from tts_runner.decode import fast
+from tts_runner.decode.graph import GraphEngine
+from tts_runner.errors import DeviceFailure
+
+log = logging.getLogger(__name__)
+
+SAMPLES_PER_FRAME = 1920  # one codec frame = 80 ms at 24 kHz
+SAMPLE_RATE = 24000
+DECODE_GROUP = 16          # items per speech-tokenizer call
+DECODE_SPREAD = 1.25       # longest / shortest item in one call
+ENGINES = ("fast", "graph", "stock")
+FALLBACK = {"graph": "fast", "fast": "stock"}
+
+
+def length_groups(lengths: list[int], size: int = DECODE_GROUP, spread: float = DECODE_SPREAD) -> list[list[int]]:
+    """Indices grouped for decoding: sorted by length, at most `size` per group, and no group's
+    longest item more than `spread` times its shortest (so padding wastes at most that)."""
+    groups: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if groups and len(groups[-1]) < size and lengths[i] <= spread * max(1, lengths[groups[-1][0]]):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def device_broken(exc: BaseException) -> bool:
+    """A CUDA error other than out-of-memory (illegal address, device-side assert, ...): the
+    context may be unusable, so nothing should run on it again."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return False
+    return isinstance(exc, torch.AcceleratorError) or (isinstance(exc, RuntimeError) and "CUDA error" in str(exc))
+
+
+@dataclass(frozen=True)
+class ChunkRequest:
+    text: str
+    speaker: str | None  # None for VoiceDesign
+    language: str        # the library's language name
+    instruct: str | None
+    max_frames: int | None = None  # frame budget: the chunk ends here if it has not ended before
+
+
+class Model:
+    """A loaded Qwen3TTSModel of one kind (custom_voice | voice_design); calls are serialized."""
+
+    def __init__(self, tts: Any, kind: str, name: str, engine: str = "stock", sync_every: int = 1,
+                 graph: dict | None = None):
+        self.tts = tts
+        self.kind = kind
+        self.name = name
+        self.engine = engine
+        self.lock = threading.Lock()
+        self._floor = 2
+        self._budgets: list[int] | None = None  # per-row frame budgets of the call in progress
+        self._sync_every = sync_every
+        talker = tts.model.talker
+        self.graph: GraphEngine | None = None
+        if engine == "graph":
+            try:
+                self.graph = GraphEngine(talker, sync_every=sync_every, **(graph or {}))
+            except NotImplementedError as exc:
+                self._fall_back("graph", exc)
+        talker.generate = functools.partial(self._talker_generate, talker, talker.generate)
+        tokenizer = tts.model.speech_tokenizer
+        tokenizer.decode = functools.partial(self._decode_by_length, tokenizer.decode)
+
+    @contextlib.contextmanager
+    def using(self, engine: str | None = None, floor: int | None = None,
+              budgets: list[int] | None = None) -> Iterator[Model]:
+        """Calls inside run on `engine` (None: the current one), with the end-of-speech `floor`
+        (None: the current one) and per-row frame `budgets`; what was given is restored after,
+        a fallback inside included when `engine` was given. For the model's own calls and for code
+        that calls the library directly (benchmarks, tests)."""
+        saved_engine, saved_floor, saved_budgets = (self.engine, self.graph), self._floor, self._budgets
+        self.engine = engine or self.engine
+        self._floor = self._floor if floor is None else floor
+        self._budgets = budgets
+        try:
+            yield self
+        finally:
+            self._budgets = saved_budgets
+            if floor is not None:
+                self._floor = saved_floor
+            if engine is not None:
+                self.engine, self.graph = saved_engine
+
+    def _fall_back(self, engine: str, exc: BaseException) -> None:
+        log.warning("The %s engine failed for %s (%s: %s); using %s from now on", engine, self.name,
+                    type(exc).__name__, exc, FALLBACK[engine])
+        log.debug("Engine failure", exc_info=True)
+        self.engine = FALLBACK[engine]
+        if engine == "graph":
+            self.graph = None
+
+    def _attempt(self, engine: str, run: Callable[[], Any]) -> Any:
+        """`run()` on `engine`; None when it failed and the model fell back. Out of memory and a
+        broken device go to the caller."""
+        try:
+            return run()
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - anything else: the next engine, for good
+            if device_broken(exc):
+                raise
+            self._fall_back(engine, exc)
+            return None
+
+    def capture_graphs(self) -> float:
+        """On CUDA with the graph engine: allocate the static buffers and capture one CUDA graph per
+        batch bucket (part of cold start). Returns the seconds taken; 0.0 when there is nothing to
+        do. A failure logs why and leaves the fast loop in charge."""
+        like = self.tts.model.talker.codec_head.weight
+        if self.graph is None or like.device.type != "cuda":
+            return 0.0
+        with self.lock, torch.inference_mode():
+            seconds = self._attempt("graph", lambda: self.graph.capture(like))
+        if seconds is None:
+            return 0.0
+        log.info("Captured CUDA graphs for %s, buckets %s, up to %d positions, in %.2f s (static buffers %.2f GiB)",
+                 self.name, list(self.graph.buckets), self.graph.max_len, seconds, self.graph.buffer_bytes / 2**30)
+        return seconds
+
+    def _talker_generate(self, talker: torch.nn.Module, stock, *args, **kwargs):
+        """What qwen-tts calls as talker.generate: our floor and budgets, then the engine."""
+        kwargs["min_new_tokens"] = max(int(kwargs.get("min_new_tokens") or 0), self._floor)
+        budgets = self._budgets if not args else None
+        if self.engine == "graph" and self.graph is not None and not args:
+            shape = kwargs["inputs_embeds"].shape
+            if self.graph.fits(shape[0], shape[1], int(kwargs["max_new_tokens"])):
+                result = self._attempt("graph", lambda: self.graph.generate(**kwargs, max_frames=budgets))
+                if result is not None:
+                    return result
+            else:
+                log.info("Batch of %d x %d prompt positions + %s frames exceeds the graph buffers "
+                         "(buckets up to %d, %d positions); this call uses the fast loop", shape[0], shape[1],
+                         kwargs["max_new_tokens"], self.graph.buckets[-1], self.graph.max_len)
+        if self.engine in ("fast", "graph"):
+            result = self._attempt("fast", lambda: fast.generate(talker, *args, sync_every=self._sync_every,
+                                                                 max_frames=budgets, **kwargs))
+            if result is not None:
+                return result
+        # HF's generate pads with the end code when no pad id is given, and says so on every call.
+        kwargs.setdefault("pad_token_id", kwargs.get("eos_token_id"))
+        if budgets is None:
+            return stock(*args, **kwargs)
+        # HF generate has no per-row budget: run to the largest, then end each row at its own.
+        kwargs["max_new_tokens"] = min(int(kwargs["max_new_tokens"]), max(budgets) + 1)
+        result = stock(*args, **kwargs)
+        _end_rows_at(result.hidden_states, budgets, talker.config.codec_eos_token_id)
+        return result
+
+    @staticmethod
+    def _decode_by_length(batched_decode, encoded):
+        """What qwen-tts calls as speech_tokenizer.decode: one call per group of similar length."""
+        if not isinstance(encoded, list) or len(encoded) <= 1:
+            return batched_decode(encoded)
+        wavs: list = [None] * len(encoded)
+        sample_rate = SAMPLE_RATE
+        for group in length_groups([len(item["audio_codes"]) for item in encoded]):
+            out, sample_rate = batched_decode([encoded[i] for i in group])
+            for i, wav in zip(group, out, strict=True):
+                wavs[i] = wav
+        return wavs, sample_rate
+
+    @property
+    def speakers(self) -> list[str]:
+        return list(self.tts.get_supported_speakers() or [])
+
+    @property
+    def languages(self) -> list[str]:
+        return list(self.tts.get_supported_languages() or [])
+
+    def generate(self, requests: list[ChunkRequest], sampling: dict) -> tuple[list[np.ndarray], int]:
+        """Waveforms (float32, mono) for `requests`, in order, and their sample rate."""
+        kwargs = _sampling_kwargs(sampling)
+        floor = max(2, min(int(sampling.get("min_new_tokens", 2)), kwargs["max_new_tokens"]))
+        budgets = [r.max_frames for r in requests]
+        budgets = ([kwargs["max_new_tokens"] if b is None else max(1, int(b)) for b in budgets]
+                   if any(b is not None for b in budgets) else None)
+        with self.lock, torch.inference_mode(), self.using(floor=floor, budgets=budgets):
+            try:
+                if self.kind == "voice_design":
+                    wavs, sr = self.tts.generate_voice_design(
+                        text=[r.text for r in requests], instruct=[r.instruct or "" for r in requests],
+                        language=[r.language for r in requests], **kwargs)
+                else:
+                    wavs, sr = self.tts.generate_custom_voice(
+                        text=[r.text for r in requests], speaker=[r.speaker for r in requests],
+                        language=[r.language for r in requests], instruct=[r.instruct or "" for r in requests],
+                        **kwargs)
+            except Exception as exc:
+                if device_broken(exc):
+                    raise DeviceFailure(f"The GPU failed ({type(exc).__name__}: {exc}); this worker stops "
+                                        "and a fresh one takes its place. Send the job again.") from exc
+                raise
+        return [np.asarray(w, dtype=np.float32).reshape(-1) for w in wavs], int(sr)
+
+
+def _end_rows_at(steps: list, budgets: list[int], eos: int) -> None:
+    """End each row of a stock result at its frame budget: from frame `budget` on, its first code
+    is end-of-speech (qwen-tts cuts every item at its first one)."""
+    frames = [codes for _, codes in steps if codes is not None]
+    limit = torch.tensor(budgets, device=frames[0].device) if frames else None
+    for frame, codes in enumerate(frames):
+        codes[:, 0] = torch.where(limit > frame, codes[:, 0], eos)
+
+
+def _sampling_kwargs(sampling: dict) -> dict:
+    keys = (
+        "temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens",
+        "subtalker_temperature", "subtalker_top_k", "subtalker_top_p",
+    )
+    kwargs = {k: sampling[k] for k in keys if sampling.get(k) is not None}
+    kwargs["max_new_tokens"] = int(kwargs.get("max_new_tokens", 1024))
+    do_sample = bool(sampling.get("do_sample", True))
+    kwargs["do_sample"] = do_sample
+    kwargs["subtalker_dosample"] = bool(sampling.get("subtalker_dosample", do_sample))
+    return kwargs
