@@ -1,9 +1,10 @@
 """The decode core's sampler: HF's warpers row by row, and draws from the warped distribution."""
 
+import pytest
 import torch
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
-from tts_runner.decode.sampling import draw, warp
+from tts_runner.decode.sampling import candidates, draw, warp
 
 
 def test_warping_keeps_the_codes_hf_keeps_row_by_row():
@@ -34,3 +35,32 @@ def test_the_exponential_race_draws_from_the_distribution():
     kept = draw(scores, ones.bool(), ones, torch.full((n, 1), 2), ones)  # top-k 2: codes 2, 3 only
     assert set(kept.tolist()) == {2, 3}
     assert torch.equal(draw(scores, ~ones.bool(), ones, 0 * ones.long(), ones), torch.full((n,), 3))
+
+
+def test_drawing_among_the_best_candidates_keeps_the_distribution():
+    """The fast loop draws among only as many best codes as the largest top_k: the same codes stay
+    possible, with the same frequencies."""
+    torch.manual_seed(1)
+    n = 40000
+    scores = (torch.randn(1, 300) * 2).expand(n, -1).contiguous()
+    ones = torch.ones(n, 1)
+    top_k, top_p = torch.full((n, 1), 20), torch.full((n, 1), 0.9)
+    full = draw(scores, ones.bool(), ones * 0.7, top_k, top_p)
+    fewer = draw(scores, ones.bool(), ones * 0.7, top_k, top_p, candidates=25)
+    kept = torch.isfinite(warp(scores[:1], ones[:1] * 0.7, top_k[:1], top_p[:1]))[0]
+    assert set(full.tolist()) <= set(kept.nonzero().view(-1).tolist())
+    assert set(fewer.tolist()) == set(full.tolist())
+    a, b = (torch.bincount(d, minlength=300).float() / n for d in (full, fewer))
+    assert (a - b).abs().max() < 0.015
+
+
+@pytest.mark.parametrize("settings, expected", [
+    ({"top_k": 50, "do_sample": True}, 50),
+    ({"top_k": [10, 70], "do_sample": True}, 70),
+    ({"top_k": [0, 70], "do_sample": [False, True]}, 70),  # the greedy row's top-k does not count
+    ({"top_k": [0, 70], "do_sample": True}, None),         # top-k off: every code is a candidate
+    ({"top_k": 30, "do_sample": False}, 1),
+    ({}, 50),
+])
+def test_candidates_are_the_largest_top_k_of_the_sampling_rows(settings, expected):
+    assert candidates(settings) == expected

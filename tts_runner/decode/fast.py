@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from tts_runner.decode.core import Predictor, TalkerResult, frame_embedding, prefill
-from tts_runner.decode.sampling import RowSettings, next_code
+from tts_runner.decode.sampling import RowSettings, candidates, next_code
 
 
 def _full_batch(hidden: torch.Tensor, codes: torch.Tensor, rows: torch.Tensor, batch: int, eos: int) -> tuple:
@@ -46,6 +46,8 @@ def generate(talker: torch.nn.Module, inputs_embeds: torch.Tensor, attention_mas
     eos = talker.config.codec_eos_token_id if eos_token_id is None else eos_token_id
     rows = torch.arange(batch, device=device)  # the original rows still being generated
     row_settings = RowSettings.from_call({**settings, "max_new_tokens": max_new_tokens}, rows)
+    # this loop is not captured, so it may read on the host how many best codes a draw needs
+    talker_k, predictor_k = candidates(settings), candidates(settings, "subtalker_top_k", "subtalker_dosample")
     predictor = Predictor(talker.code_predictor, batch, inputs_embeds)
     codec_embedding = talker.get_input_embeddings()
     blocked = torch.zeros(talker.config.vocab_size, dtype=torch.bool, device=device)
@@ -64,7 +66,7 @@ def generate(talker: torch.nn.Module, inputs_embeds: torch.Tensor, attention_mas
         if step > 0:
             # the previous frame's first code -> its other 15 codes -> the talker's next input
             first = token[:, None]
-            rest = predictor(hidden, codec_embedding(first), row_settings)
+            rest = predictor(hidden, codec_embedding(first), row_settings, predictor_k)
             text = trailing_text_hidden[:, step - 1:step] if step - 1 < trailing_text_hidden.shape[1] else tts_pad_embed
             frame = frame_embedding(codec_embedding, predictor.embeddings, first, rest) + text
             mask = torch.cat((mask, mask.new_ones(mask.shape[0], 1)), dim=1)
@@ -75,7 +77,8 @@ def generate(talker: torch.nn.Module, inputs_embeds: torch.Tensor, attention_mas
             length += 1
             steps.append(_full_batch(hidden, torch.cat((first, rest), dim=1), rows, batch, eos))
 
-        token = next_code(talker.codec_head(hidden[:, -1]), row_settings, step, seen, unfinished, blocked, eos)
+        token = next_code(talker.codec_head(hidden[:, -1]), row_settings, step, seen, unfinished, blocked, eos,
+                          talker_k)
         seen.scatter_(1, token[:, None], True)
         unfinished = unfinished & (token != eos)
         if (step + 1) % sync_every == 0:

@@ -84,24 +84,43 @@ def warp(scores: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, t
 
 
 def draw(scores: torch.Tensor, do_sample: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
-         top_p: torch.Tensor) -> torch.Tensor:
+         top_p: torch.Tensor, candidates: int | None = None) -> torch.Tensor:
     """One code per row: greedy rows take the argmax of the scores, sampling rows draw from the
     warped distribution by an exponential race (the argmax of p / Exp(1) is a draw from p), which
-    needs no host round trip."""
+    needs no host round trip. `candidates` (at least every sampling row's top_k; None: all codes)
+    warps and draws over only that many best codes, which is the same draw for less work."""
     greedy = scores.argmax(dim=-1)
+    index = None
+    if candidates is not None and candidates < scores.shape[-1]:
+        scores, index = scores.topk(candidates, dim=-1)
     probs = warp(scores, temperature, top_k, top_p).softmax(dim=-1)
     race = torch.empty_like(probs).exponential_().clamp_min_(1e-20)
-    return torch.where(do_sample.squeeze(1), (probs / race).argmax(dim=-1), greedy)
+    drawn = (probs / race).argmax(dim=-1)
+    if index is not None:
+        drawn = index.gather(1, drawn[:, None]).squeeze(1)
+    return torch.where(do_sample.squeeze(1), drawn, greedy)
 
 
-def draw_subcode(scores: torch.Tensor, settings: RowSettings) -> torch.Tensor:
+def candidates(settings: dict, top_k: str = "top_k", do_sample: str = "do_sample") -> int | None:
+    """The fewest best codes a call's sampling rows can draw from (the largest top_k), read from the
+    call's arguments on the host; None when a sampling row has top-k off (every code is a candidate)."""
+    ks, samples = settings.get(top_k, SETTINGS[top_k][1]), settings.get(do_sample, SETTINGS[do_sample][1])
+    rows = max((len(v) for v in (ks, samples) if isinstance(v, (list, tuple))), default=1)
+    ks, samples = ([v] * rows if not isinstance(v, (list, tuple)) else v for v in (ks, samples))
+    sampled = [int(k) for k, sample in zip(ks, samples, strict=True) if sample]
+    if not sampled:
+        return 1  # greedy rows take the argmax over every code anyway
+    return None if min(sampled) <= 0 else max(sampled)
+
+
+def draw_subcode(scores: torch.Tensor, settings: RowSettings, candidates: int | None = None) -> torch.Tensor:
     """A code predictor code (codebooks 1..15): the subtalker settings, nothing else."""
     return draw(scores.float(), settings["subtalker_dosample"], settings["subtalker_temperature"],
-                settings["subtalker_top_k"], settings["subtalker_top_p"])
+                settings["subtalker_top_k"], settings["subtalker_top_p"], candidates)
 
 
 def next_code(scores: torch.Tensor, settings: RowSettings, frame: torch.Tensor | int, seen: torch.Tensor,
-              unfinished: torch.Tensor, blocked: torch.Tensor, eos: int) -> torch.Tensor:
+              unfinished: torch.Tensor, blocked: torch.Tensor, eos: int, candidates: int | None = None) -> torch.Tensor:
     """The talker's next first-codebook code per row, for frame `frame`: repetition penalty over the
     codes a row has made (`seen`, [B, V] bool), the floor held on the end code, suppressed codes
     (`blocked`, [V] bool, the end code never among them), warp and draw. Rows already ended, or at
@@ -111,6 +130,7 @@ def next_code(scores: torch.Tensor, settings: RowSettings, frame: torch.Tensor |
     scores = torch.where(seen, torch.where(scores < 0, scores * penalty, scores / penalty), scores)
     held = (frame < settings["min_new_tokens"]) & (torch.arange(scores.shape[-1], device=scores.device) == eos)
     scores = scores.masked_fill(held | blocked, float("-inf"))
-    token = draw(scores, settings["do_sample"], settings["temperature"], settings["top_k"], settings["top_p"])
+    token = draw(scores, settings["do_sample"], settings["temperature"], settings["top_k"], settings["top_p"],
+                 candidates)
     going = unfinished & (frame < settings["max_frames"]).view(-1)
     return torch.where(going, token, eos)
