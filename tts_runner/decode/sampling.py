@@ -128,8 +128,9 @@ def next_code(scores: torch.Tensor, settings: RowSettings, frame: torch.Tensor |
     scores = scores.float()
     penalty = settings["repetition_penalty"]
     scores = torch.where(seen, torch.where(scores < 0, scores * penalty, scores / penalty), scores)
-    held = (frame < settings["min_new_tokens"]) & (torch.arange(scores.shape[-1], device=scores.device) == eos)
-    scores = scores.masked_fill(held | blocked, float("-inf"))
+    scores = scores.masked_fill(blocked, float("-inf"))
+    end = scores[:, eos:eos + 1]
+    end.masked_fill_(frame < settings["min_new_tokens"], float("-inf"))  # the floor holds the end code back
     token = draw(scores, settings["do_sample"], settings["temperature"], settings["top_k"], settings["top_p"],
                  candidates)
     going = unfinished & (frame < settings["max_frames"]).view(-1)
