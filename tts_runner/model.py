@@ -72,6 +72,7 @@ class ChunkRequest:
     language: str        # the library's language name
     instruct: str | None
     max_frames: int | None = None  # frame budget: the chunk ends here if it has not ended before
+    seed: int | None = None        # the chunk's random stream (fast and graph: its own, whatever the batch)
 
 
 class Model:
@@ -86,6 +87,7 @@ class Model:
         self.lock = threading.Lock()
         self._floor = 2
         self._budgets: list[int] | None = None  # per-row frame budgets of the call in progress
+        self._seeds: list[int] | None = None    # per-row seeds of the call in progress
         self._sync_every = sync_every
         talker = tts.model.talker
         self.graph: GraphEngine | None = None
@@ -99,24 +101,25 @@ class Model:
         tokenizer.decode = functools.partial(self._decode_by_length, tokenizer.decode)
 
     @contextlib.contextmanager
-    def using(self, engine: str | None = None, floor: int | None = None,
-              budgets: list[int] | None = None) -> Iterator[Model]:
+    def using(self, engine: str | None = None, floor: int | None = None, budgets: list[int] | None = None,
+              seeds: list[int] | None = None) -> Iterator[Model]:
         """Calls inside run on `engine` (None: the current one), with the end-of-speech `floor`
-        (None: the current one) and per-row frame `budgets`; what was given is restored after,
-        a fallback inside included when `engine` was given. For the model's own calls and for code
-        that calls the library directly (benchmarks, tests)."""
-        saved_engine, saved_floor, saved_budgets = (self.engine, self.graph), self._floor, self._budgets
+        (None: the current one), per-row frame `budgets` and per-row `seeds` (None: drawn from
+        torch's generator); what was given is restored after, a fallback inside included when
+        `engine` was given. For the model's own calls and for code that calls the library directly
+        (benchmarks, tests)."""
+        saved = (self.engine, self.graph), self._floor, (self._budgets, self._seeds)
         self.engine = engine or self.engine
         self._floor = self._floor if floor is None else floor
-        self._budgets = budgets
+        self._budgets, self._seeds = budgets, seeds
         try:
             yield self
         finally:
-            self._budgets = saved_budgets
+            self._budgets, self._seeds = saved[2]
             if floor is not None:
-                self._floor = saved_floor
+                self._floor = saved[1]
             if engine is not None:
-                self.engine, self.graph = saved_engine
+                self.engine, self.graph = saved[0]
 
     def _fall_back(self, engine: str, exc: BaseException) -> None:
         log.warning("The %s engine failed for %s (%s: %s); using %s from now on", engine, self.name,
@@ -157,11 +160,11 @@ class Model:
     def _talker_generate(self, talker: torch.nn.Module, stock, *args, **kwargs):
         """What qwen-tts calls as talker.generate: our floor and budgets, then the engine."""
         kwargs["min_new_tokens"] = max(int(kwargs.get("min_new_tokens") or 0), self._floor)
-        budgets = self._budgets if not args else None
+        budgets, seeds = (self._budgets, self._seeds) if not args else (None, None)
         if self.engine == "graph" and self.graph is not None and not args:
             shape = kwargs["inputs_embeds"].shape
             if self.graph.fits(shape[0], shape[1], int(kwargs["max_new_tokens"])):
-                result = self._attempt("graph", lambda: self.graph.generate(**kwargs, max_frames=budgets))
+                result = self._attempt("graph", lambda: self.graph.generate(**kwargs, max_frames=budgets, seed=seeds))
                 if result is not None:
                     return result
             else:
@@ -170,17 +173,21 @@ class Model:
                          kwargs["max_new_tokens"], self.graph.buckets[-1], self.graph.max_len)
         if self.engine in ("fast", "graph"):
             result = self._attempt("fast", lambda: fast.generate(talker, *args, sync_every=self._sync_every,
-                                                                 max_frames=budgets, **kwargs))
+                                                                 max_frames=budgets, seed=seeds, **kwargs))
             if result is not None:
                 return result
         # HF's generate pads with the end code when no pad id is given, and says so on every call.
         kwargs.setdefault("pad_token_id", kwargs.get("eos_token_id"))
-        if budgets is None:
-            return stock(*args, **kwargs)
-        # HF generate has no per-row budget: run to the largest, then end each row at its own.
-        kwargs["max_new_tokens"] = min(int(kwargs["max_new_tokens"]), max(budgets) + 1)
-        result = stock(*args, **kwargs)
-        _end_rows_at(result.hidden_states, budgets, talker.config.codec_eos_token_id)
+        if budgets is not None:  # HF generate has no per-row budget: run to the largest, end each row at its own
+            kwargs["max_new_tokens"] = min(int(kwargs["max_new_tokens"]), max(budgets) + 1)
+        # HF samples from torch's one generator: seeded by the first row, the batch is reproducible
+        # as a whole, but a row's draws depend on the rows beside it (unlike fast and graph)
+        with torch.random.fork_rng(devices=[talker.codec_head.weight.device] if talker.codec_head.weight.is_cuda else []):
+            if seeds is not None:
+                torch.manual_seed(seeds[0])
+            result = stock(*args, **kwargs)
+        if budgets is not None:
+            _end_rows_at(result.hidden_states, budgets, talker.config.codec_eos_token_id)
         return result
 
     @staticmethod
@@ -211,7 +218,8 @@ class Model:
         budgets = [r.max_frames for r in requests]
         budgets = ([kwargs["max_new_tokens"] if b is None else max(1, int(b)) for b in budgets]
                    if any(b is not None for b in budgets) else None)
-        with self.lock, torch.inference_mode(), self.using(floor=floor, budgets=budgets):
+        seeds = [r.seed if r.seed is not None else int(torch.randint(2**31, ())) for r in requests]
+        with self.lock, torch.inference_mode(), self.using(floor=floor, budgets=budgets, seeds=seeds):
             try:
                 if self.kind == "voice_design":
                     wavs, sr = self.tts.generate_voice_design(

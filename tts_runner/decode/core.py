@@ -103,9 +103,9 @@ class Predictor:
         self.cos, self.sin = model.rotary_emb(like.new_zeros(1, slots, model.config.hidden_size), self.positions[None])
 
     def __call__(self, hidden: torch.Tensor, first_embed: torch.Tensor, settings: RowSettings,
-                 candidates: int | None = None) -> torch.Tensor:
-        """[B, 1, H] talker hidden state and [B, 1, H] embedding of code 0 -> [B, 15] codes 1..15
-        (`candidates`: see sampling.draw)."""
+                 frame: torch.Tensor | int, candidates: int | None = None) -> torch.Tensor:
+        """[B, 1, H] talker hidden state and [B, 1, H] embedding of code 0 of frame `frame` -> [B, 15]
+        codes 1..15 (`candidates`: see sampling.draw)."""
         p = self.predictor
         cache = self.cache.rows(hidden.shape[0])
         x = p.small_to_mtp_projection(torch.cat((hidden, first_embed), dim=1))
@@ -117,7 +117,7 @@ class Predictor:
             at, mask = self.positions[start:end], self.masks[start:end][None, None]
             for i, layer in enumerate(self.layers):
                 x = layer_step(layer, x, rope, cache, i, at, mask)
-            code = draw_subcode(head(p.model.norm(x[:, -1])), settings, candidates)
+            code = draw_subcode(head(p.model.norm(x[:, -1])), settings, frame, group + 1, candidates)
             codes.append(code)
             if group + 1 < len(p.lm_head):
                 x = p.small_to_mtp_projection(self.embeddings[group](code[:, None]))

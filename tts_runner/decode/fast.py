@@ -66,7 +66,7 @@ def generate(talker: torch.nn.Module, inputs_embeds: torch.Tensor, attention_mas
         if step > 0:
             # the previous frame's first code -> its other 15 codes -> the talker's next input
             first = token[:, None]
-            rest = predictor(hidden, codec_embedding(first), row_settings, predictor_k)
+            rest = predictor(hidden, codec_embedding(first), row_settings, step - 1, predictor_k)
             text = trailing_text_hidden[:, step - 1:step] if step - 1 < trailing_text_hidden.shape[1] else tts_pad_embed
             frame = frame_embedding(codec_embedding, predictor.embeddings, first, rest) + text
             mask = torch.cat((mask, mask.new_ones(mask.shape[0], 1)), dim=1)

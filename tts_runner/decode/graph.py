@@ -143,7 +143,7 @@ class GraphEngine:
     def _frame(self, s: State) -> None:
         """Frame t: codes 1..15 for the last code, the frame's talker step, the next code."""
         first = s.token[:, None]
-        rest = self.predictor(s.hidden, self.codec_embedding(first), s.settings)
+        rest = self.predictor(s.hidden, self.codec_embedding(first), s.settings, self.frame - 1)
         s.codes.index_copy_(1, self.frame - 1, torch.cat((first, rest), dim=1)[:, None])
         x = frame_embedding(self.codec_embedding, self.predictor.embeddings, first, rest)
         x = x + s.text.index_select(1, self.frame - 1)

@@ -5,6 +5,10 @@ greedy and sampled rows, temperatures, floors and budgets), and with no host rou
 graph loop can capture it. The steps and their order are Hugging Face's for qwen-tts's calls:
 repetition penalty, the end-of-speech floor (`min_new_tokens`) and suppressed codes (talker only),
 then temperature, top-k, and top-p over what top-k kept.
+
+Randomness is per row: each row has a seed, and the uniform numbers behind its draws are a hash of
+(seed, frame, sub-step, code), so a row draws the same codes whatever else shares its batch, with
+no generator state to carry (and nothing for a CUDA graph to capture but integer arithmetic).
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ SETTINGS: dict[str, tuple[torch.dtype, float | int | bool | None]] = {
     "subtalker_top_p": (torch.float32, 1.0),
     "min_new_tokens": (torch.long, 2),  # the end-of-speech floor, in frames
     "max_frames": (torch.long, None),   # the frame budget: the row ends there (None: max_new_tokens)
+    "seed": (torch.long, None),         # the row's random stream (None: drawn from torch's generator)
 }
+SEED_RANGE = 2**31
 
 
 class RowSettings:
@@ -48,8 +54,10 @@ class RowSettings:
         tensors = {}
         for name, (dtype, default) in SETTINGS.items():
             value = kwargs.get(name, default)
-            if value is None:  # max_frames: the call's own cap
+            if value is None and name == "max_frames":  # the call's own cap
                 value = kwargs["max_new_tokens"]
+            elif value is None and name == "seed":  # reproducible under torch.manual_seed
+                value = torch.randint(SEED_RANGE, (int(fill.max()) + 1,)).tolist()
             values = value if isinstance(value, (list, tuple)) else [value]
             column = torch.tensor([float(v) for v in values], dtype=torch.float64, device=fill.device)
             column = column.expand(int(fill.max()) + 1) if column.numel() == 1 else column
@@ -83,21 +91,40 @@ def warp(scores: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, t
     return warped.masked_fill(~torch.zeros_like(keep).scatter(1, order, keep), float("-inf"))
 
 
+_MASK32 = 0xFFFFFFFF
+
+
+def _hash32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer mixer (int64 tensors holding values below 2**32; products stay below 2**63)."""
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & _MASK32
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & _MASK32
+    return (x >> 16) ^ x
+
+
+def uniform(seeds: torch.Tensor, frame: torch.Tensor | int, substep: int, codes: torch.Tensor) -> torch.Tensor:
+    """Uniform numbers in (0, 1), one per (row, code) of `codes` ([B, N] code ids): a hash of the
+    row's seed ([B, 1]), the frame, the sub-step (0 the talker, 1..15 the code predictor) and the code."""
+    h = _hash32(_hash32(_hash32(seeds & _MASK32) ^ frame) ^ substep)
+    bits = _hash32(h ^ codes)
+    return ((bits.float() + 0.5) * 2.0**-32).clamp_(max=1.0 - 2.0**-24)
+
+
 def draw(scores: torch.Tensor, do_sample: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
-         top_p: torch.Tensor, candidates: int | None = None) -> torch.Tensor:
+         top_p: torch.Tensor, seeds: torch.Tensor, frame: torch.Tensor | int, substep: int,
+         candidates: int | None = None) -> torch.Tensor:
     """One code per row: greedy rows take the argmax of the scores, sampling rows draw from the
-    warped distribution by an exponential race (the argmax of p / Exp(1) is a draw from p), which
-    needs no host round trip. `candidates` (at least every sampling row's top_k; None: all codes)
-    warps and draws over only that many best codes, which is the same draw for less work."""
+    warped distribution by an exponential race (the argmax of p / Exp(1) is a draw from p), with the
+    row's own uniform numbers (see `uniform`) and no host round trip. `candidates` (at least every
+    sampling row's top_k; None: all codes) warps and draws over only that many best codes: the same
+    draw, for less work."""
     greedy = scores.argmax(dim=-1)
-    index = None
     if candidates is not None and candidates < scores.shape[-1]:
         scores, index = scores.topk(candidates, dim=-1)
+    else:
+        index = torch.arange(scores.shape[-1], device=scores.device).expand_as(scores)
     probs = warp(scores, temperature, top_k, top_p).softmax(dim=-1)
-    race = torch.empty_like(probs).exponential_().clamp_min_(1e-20)
-    drawn = (probs / race).argmax(dim=-1)
-    if index is not None:
-        drawn = index.gather(1, drawn[:, None]).squeeze(1)
+    race = -uniform(seeds, frame, substep, index).log()  # Exp(1) per code
+    drawn = index.gather(1, (probs / race).argmax(dim=-1, keepdim=True)).squeeze(1)
     return torch.where(do_sample.squeeze(1), drawn, greedy)
 
 
@@ -113,10 +140,11 @@ def candidates(settings: dict, top_k: str = "top_k", do_sample: str = "do_sample
     return None if min(sampled) <= 0 else max(sampled)
 
 
-def draw_subcode(scores: torch.Tensor, settings: RowSettings, candidates: int | None = None) -> torch.Tensor:
-    """A code predictor code (codebooks 1..15): the subtalker settings, nothing else."""
+def draw_subcode(scores: torch.Tensor, settings: RowSettings, frame: torch.Tensor | int, group: int,
+                 candidates: int | None = None) -> torch.Tensor:
+    """Code predictor code `group` (1..15) of frame `frame`: the subtalker settings, nothing else."""
     return draw(scores.float(), settings["subtalker_dosample"], settings["subtalker_temperature"],
-                settings["subtalker_top_k"], settings["subtalker_top_p"], candidates)
+                settings["subtalker_top_k"], settings["subtalker_top_p"], settings["seed"], frame, group, candidates)
 
 
 def next_code(scores: torch.Tensor, settings: RowSettings, frame: torch.Tensor | int, seen: torch.Tensor,
@@ -132,6 +160,6 @@ def next_code(scores: torch.Tensor, settings: RowSettings, frame: torch.Tensor |
     end = scores[:, eos:eos + 1]
     end.masked_fill_(frame < settings["min_new_tokens"], float("-inf"))  # the floor holds the end code back
     token = draw(scores, settings["do_sample"], settings["temperature"], settings["top_k"], settings["top_p"],
-                 candidates)
+                 settings["seed"], frame, 0, candidates)
     going = unfinished & (frame < settings["max_frames"]).view(-1)
     return torch.where(going, token, eos)
