@@ -9,10 +9,11 @@ from omegaconf import OmegaConf
 from tests.helpers.config import FAST
 from tests.helpers.decode import GREEDY, SPEAKERS, TEXTS, codes
 from tts_runner import config as config_mod
+from tts_runner.decode import fast
 from tts_runner.decode.graph import GraphEngine
 from tts_runner.errors import ModelError
 from tts_runner.model import ChunkRequest
-from tts_runner.model_store import ModelStore, resolve_engine, resolve_graph
+from tts_runner.model_store import ModelStore, resolve_engine, resolve_graph, resolve_sync_every
 
 # Buckets 1, 2, 4: a batch of 3 runs in bucket 4 with one spare slot, and shrinks as items end.
 GRAPH = ["runtime.engine=graph", "runtime.graph.buckets=[1,2,4]", "runtime.graph.max_len=160"]
@@ -210,3 +211,30 @@ def test_other_engines_are_not_warned_about_graph_buckets(tiny_env, caplog):
     with caplog.at_level(logging.WARNING, logger="tts_runner.model_store"):
         ModelStore(cfg.models, cfg.runtime, max_batch=16)
     assert "graph bucket" not in caplog.text
+
+
+@pytest.mark.parametrize("engine", ["fast", "graph"])
+def test_greedy_equality_holds_with_a_host_check_every_8_frames(tiny_env, engine, monkeypatch):
+    """As on CUDA: rows that end are noticed (and dropped, or moved down a bucket) only every 8 frames."""
+    cfg = config_mod.load(FAST + GRAPH + ["runtime.sync_every=8"])
+    model = ModelStore(cfg.models, cfg.runtime).get("1.7B-CustomVoice")
+    settings = dict(GREEDY, max_new_tokens=60, min_new_tokens=6)
+    stock = codes(model, "stock", TEXTS, SPEAKERS, **settings)
+    checks = []
+    loop = fast.generate
+
+    def spy(*args, sync_every, **kwargs):
+        checks.append(sync_every)
+        return loop(*args, sync_every=sync_every, **kwargs)
+
+    monkeypatch.setattr(fast, "generate", spy)
+    other = codes(model, engine, TEXTS, SPEAKERS, **settings)
+    assert checks == [8] if engine == "fast" else model.graph.sync_every == 8
+    assert len({c.shape[0] for c in stock}) > 1 and any(c.shape[0] % 8 for c in stock)  # ends between checks
+    assert all(torch.equal(a, b) for a, b in zip(stock, other, strict=True))
+
+
+@pytest.mark.parametrize("value, device, expected", [("auto", "cuda:0", 8), ("auto", "cpu", 1), (8, "cpu", 8),
+                                                     (3, "cuda:0", 3)])
+def test_sync_every_is_auto_or_as_given(value, device, expected):
+    assert resolve_sync_every(value, device) == expected

@@ -8,9 +8,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from tests.helpers.config import FAST
+from tts_runner import config as config_mod
 from tts_runner import payload as payload_mod
 from tts_runner.errors import GenerationError, InputError
 from tts_runner.model import SAMPLES_PER_FRAME
+from tts_runner.model_store import ModelStore
 from tts_runner.runner import generate_all, make_batches, plan, synthesize
 
 SENTENCES = [f"Sentence number {i} says something {'rather ' * (i % 5)}different." for i in range(12)]
@@ -83,20 +86,29 @@ def test_batched_output_matches_the_job_in_order_count_and_voice(cfg, model, bat
     segments = [{"text": s, "voice": voices[i % 3]} for i, s in enumerate(SENTENCES)]
     spec = job(cfg, segments=segments)
     spec.batching.max_batch_size = batch_size
+    spec.sampling.min_new_tokens = 2  # chunks end where the model ends them
+    spec.sampling.max_new_tokens = 40
+    spec.batching.min_seconds_per_char = 0
     chunks, n = plan(spec.input, model, spec.voices, 120)
     sampling = OmegaConf.to_container(spec.sampling, resolve=True)
-    with model_calls(model) as calls:
-        results, sr, stats = generate_all(model, chunks, n, sampling, spec.batching)
+    steps = []  # the talker scores the next code once per step it runs, whatever the engine
+    hook = model.tts.model.talker.codec_head.register_forward_hook(lambda *args: steps.append(1))
+    try:
+        with model_calls(model) as calls:
+            results, sr, stats = generate_all(model, chunks, n, sampling, spec.batching)
+    finally:
+        hook.remove()
     assert sorted(results) == [c.index for c in chunks]
     assert len(calls) == -(-len(chunks) // batch_size) and max(map(len, calls)) == min(batch_size, len(chunks))
     # every chunk was generated with its own segment's voice
     seen = {text: speaker for call in calls for text, speaker in call}
     expected = {"male_1": "ryan", "female_1": "vivian", "male_2": "aiden"}
     assert all(seen[c.request.text] == expected[voices[c.segment % 3]] for c in chunks)
-    # durations are whole codec frames, as many as the model generated (15 at max_new_tokens 16)
-    assert all(w.size == 15 * SAMPLES_PER_FRAME for w in results.values())
+    # durations are whole codec frames, as many as the model generated (at most 39 at max_new_tokens 40)
+    frames = [w.size // SAMPLES_PER_FRAME for w in results.values()]
+    assert all(w.size % SAMPLES_PER_FRAME == 0 for w in results.values()) and 0 < min(frames) < max(frames) <= 39
     assert stats.model_seconds > 0 and stats.retries == 0
-    assert stats.frame_steps == len(calls) * 16  # 15 frames and the step that ended them, per call
+    assert stats.frame_steps == len(steps)
 
 
 def test_a_chunk_that_raises_twice_succeeds_on_the_third_try(cfg, model):
@@ -209,3 +221,23 @@ def test_too_short_for_the_text_is_retried(cfg, model):
     with model_calls(model, fault) as calls:
         out = synthesize(spec, model)
     assert len(calls) == 2 and out.stats.retries == 1 and out.duration_seconds == 1.2
+
+
+def test_frame_steps_are_the_steps_the_engine_ran(tiny_env):
+    """With a host check every 8 frames, a call runs on past its last chunk's end to the next check:
+    the steps it ran, not its longest chunk's length, are what the bench divides by."""
+    cfg = config_mod.load(FAST + ["runtime.engine=fast", "runtime.sync_every=8"])
+    model = ModelStore(cfg.models, cfg.runtime).get("1.7B-CustomVoice")
+    spec = job(cfg, segments=[{"text": s} for s in SENTENCES])
+    spec.sampling.min_new_tokens, spec.sampling.max_new_tokens, spec.batching.max_batch_size = 2, 40, 4
+    spec.batching.min_seconds_per_char = 0
+    chunks, n = plan(spec.input, model, spec.voices, 120)
+    steps = []
+    hook = model.tts.model.talker.codec_head.register_forward_hook(lambda *args: steps.append(1))
+    try:
+        results, _, stats = generate_all(model, chunks, n, OmegaConf.to_container(spec.sampling), spec.batching)
+    finally:
+        hook.remove()
+    longest = sum(max(results[c.index].size for c in batch) // SAMPLES_PER_FRAME + 1
+                  for batch in make_batches(chunks, 4, spec.batching.max_batch_chars))
+    assert stats.frame_steps == len(steps) > longest

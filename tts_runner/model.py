@@ -88,6 +88,7 @@ class Model:
         self._floor = 2
         self._budgets: list[int] | None = None  # per-row frame budgets of the call in progress
         self._seeds: list[int] | None = None    # per-row seeds of the call in progress
+        self._steps = 0                         # talker steps the call in progress ran
         self._sync_every = sync_every
         talker = tts.model.talker
         self.graph: GraphEngine | None = None
@@ -158,7 +159,13 @@ class Model:
         return seconds
 
     def _talker_generate(self, talker: torch.nn.Module, stock, *args, **kwargs):
-        """What qwen-tts calls as talker.generate: our floor and budgets, then the engine."""
+        """What qwen-tts calls as talker.generate: our floor, budgets and seeds, then the engine;
+        counts the steps it ran (one per entry of the result's hidden states, prefill included)."""
+        result = self._run_engine(talker, stock, *args, **kwargs)
+        self._steps += len(result.hidden_states)
+        return result
+
+    def _run_engine(self, talker: torch.nn.Module, stock, *args, **kwargs):
         kwargs["min_new_tokens"] = max(int(kwargs.get("min_new_tokens") or 0), self._floor)
         budgets, seeds = (self._budgets, self._seeds) if not args else (None, None)
         if self.engine == "graph" and self.graph is not None and not args:
@@ -211,8 +218,10 @@ class Model:
     def languages(self) -> list[str]:
         return list(self.tts.get_supported_languages() or [])
 
-    def generate(self, requests: list[ChunkRequest], sampling: dict) -> tuple[list[np.ndarray], int]:
-        """Waveforms (float32, mono) for `requests`, in order, and their sample rate."""
+    def generate(self, requests: list[ChunkRequest], sampling: dict,
+                 on_steps: Callable[[int], None] | None = None) -> tuple[list[np.ndarray], int]:
+        """Waveforms (float32, mono) for `requests`, in order, and their sample rate. `on_steps`
+        hears how many talker steps the call ran."""
         kwargs = _sampling_kwargs(sampling)
         floor = max(2, min(int(sampling.get("min_new_tokens", 2)), kwargs["max_new_tokens"]))
         budgets = [r.max_frames for r in requests]
@@ -220,6 +229,7 @@ class Model:
                    if any(b is not None for b in budgets) else None)
         seeds = [r.seed if r.seed is not None else int(torch.randint(2**31, ())) for r in requests]
         with self.lock, torch.inference_mode(), self.using(floor=floor, budgets=budgets, seeds=seeds):
+            self._steps = 0
             try:
                 if self.kind == "voice_design":
                     wavs, sr = self.tts.generate_voice_design(
@@ -235,6 +245,8 @@ class Model:
                     raise DeviceFailure(f"The GPU failed ({type(exc).__name__}: {exc}); this worker stops "
                                         "and a fresh one takes its place. Send the job again.") from exc
                 raise
+            if on_steps:
+                on_steps(self._steps)
         return [np.asarray(w, dtype=np.float32).reshape(-1) for w in wavs], int(sr)
 
 

@@ -61,6 +61,15 @@ def resolve_engine(engine: str, device: str) -> str:
     return engine
 
 
+def resolve_sync_every(value, device: str) -> int:
+    """auto -> 8 on CUDA (a host check stalls the GPU's queue), 1 on the CPU (it costs nothing); or as given."""
+    if value in (None, "", "auto"):
+        return 8 if device.startswith("cuda") else 1
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1024:
+        raise ModelError(f"runtime.sync_every={value!r} must be auto or an integer from 1 to 1024.")
+    return value
+
+
 def resolve_graph(graph: DictConfig | None, max_batch: int | None = None) -> dict:
     """runtime.graph as GraphDecoder arguments, checked. With the job runner's largest batch
     (batching.max_batch_size), buckets above the smallest one that holds it are dropped: they
@@ -138,8 +147,7 @@ class ModelStore:
         tts.model.eval()
         model = Model(tts, kind=self.models.variants[variant].kind, name=variant,
                       engine=self.engine, graph=self.graph,
-                      # a host check costs nothing on the CPU; on CUDA it stalls the queue
-                      sync_every=int(self.runtime.sync_every) if self.device.startswith("cuda") else 1)
+                      sync_every=resolve_sync_every(self.runtime.get("sync_every"), self.device))
         model.capture_graphs()  # the graph engine on CUDA; part of cold start, logged with its time
         log.info("Loaded %s from %s on %s (%s, %s engine) in %.2f s", variant, path, self.device,
                  str(self.dtype).removeprefix("torch."), model.engine, time.perf_counter() - started)

@@ -88,8 +88,8 @@ def to_overrides(payload: dict) -> dict:
         if key in params:
             overrides["input"][key] = params.pop(key)
     for key, value in params.items():
-        if key in ("top_k", "subtalker_top_k", "max_new_tokens", "min_new_tokens"):
-            value = int(value)
+        if key in ("top_k", "subtalker_top_k", "max_new_tokens", "min_new_tokens", "seed"):
+            value = None if value is None else int(value)
         elif not isinstance(value, bool):
             value = float(value)
         overrides["sampling"][key] = value

@@ -14,8 +14,10 @@ its segment and chunk. A DeviceFailure (the GPU's context may be broken) ends th
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable
@@ -58,7 +60,14 @@ class GenerateStats:
     calls: int = 0
     retries: int = 0
     splits: int = 0
-    frame_steps: int = 0  # talker steps run: per call, its longest item's frames + 1
+    frame_steps: int = 0  # talker steps the engine ran (prefill included), as it reports them
+
+
+def chunk_seed(job_seed: int, index: int, attempt: int) -> int:
+    """The seed of one attempt at one chunk: a function of the job's seed and the chunk's place in
+    the job alone, so a chunk draws the same whichever batch it lands in, and each retry draws anew."""
+    digest = hashlib.blake2b(f"{job_seed}:{index}:{attempt}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little") & 0x7FFFFFFF
 
 
 @dataclass
@@ -71,6 +80,7 @@ class JobAudio:
     num_chunks: int
     wall_seconds: float
     stats: GenerateStats
+    seed: int
 
 
 def plan(job: DictConfig, model: Model, voices: DictConfig, max_chars: int) -> tuple[list[Chunk], int]:
@@ -135,12 +145,19 @@ def generate_all(
     stats = GenerateStats()
     results: dict[int, np.ndarray] = {}
     sample_rate = SAMPLE_RATE
+    job_seed = sampling.get("seed")
+
+    def count_steps(steps: int) -> None:
+        stats.frame_steps += steps
+
     pending = deque(make_batches(chunks, batching.max_batch_size, batching.max_batch_chars))
     while pending:
         batch = pending.popleft()
         started = time.perf_counter()
         try:
-            wavs, sample_rate = model.generate([c.request for c in batch], sampling)
+            requests = [c.request if job_seed is None else replace(c.request, seed=chunk_seed(job_seed, c.index, c.attempts))
+                        for c in batch]
+            wavs, sample_rate = model.generate(requests, sampling, on_steps=count_steps)
         except DeviceFailure:
             raise  # nothing may run on this device again
         except Exception as exc:  # noqa: BLE001 - any other failure of a batch is retried smaller
@@ -158,7 +175,6 @@ def generate_all(
         finally:
             stats.model_seconds += time.perf_counter() - started
             stats.calls += 1
-        stats.frame_steps += max((w.size for w in wavs), default=0) // SAMPLES_PER_FRAME + 1
         if len(wavs) != len(batch):
             raise GenerationError(f"The model returned {len(wavs)} waveforms for a batch of {len(batch)}.")
         retry: list[Chunk] = []
@@ -209,6 +225,8 @@ def synthesize(cfg: DictConfig, model: Model, progress: Progress | None = None) 
     started = time.perf_counter()
     chunks, num_segments = plan(cfg.input, model, cfg.voices, cfg.chunking.max_chars)
     sampling = OmegaConf.to_container(cfg.sampling, resolve=True)
+    if sampling.get("seed") is None:
+        sampling["seed"] = secrets.randbelow(2**31)  # returned in the metadata, so the job can be repeated
     for chunk in chunks:
         budget = frame_budget(chunk.request.text, cfg.batching.get("frame_budget"), int(sampling["max_new_tokens"]))
         chunk.request = replace(chunk.request, max_frames=budget)
@@ -223,7 +241,7 @@ def synthesize(cfg: DictConfig, model: Model, progress: Progress | None = None) 
     data = audio.encode(samples, sample_rate, cfg.input.output_format)
     duration = audio.duration_seconds(data, cfg.input.output_format)
     return JobAudio(data, cfg.input.output_format, sample_rate, duration, num_segments, len(chunks),
-                    round(time.perf_counter() - started, 3), stats)
+                    round(time.perf_counter() - started, 3), stats, sampling["seed"])
 
 
 def run_job(cfg: DictConfig, model: Model, job_id: str, out_dir: Path | None = None,
@@ -239,6 +257,7 @@ def run_job(cfg: DictConfig, model: Model, job_id: str, out_dir: Path | None = N
         "num_chunks": job.num_chunks,
         "generation_time_seconds": job.wall_seconds,
         "model": model.name,
+        "seed": job.seed,
     }
     return response, job
 

@@ -48,7 +48,7 @@ class TinySizes:
     talker_intermediate: int = 128
     text_hidden: int = 64
     predictor_hidden: int = 32
-    predictor_layers: int = 1
+    predictor_layers: int = 2  # two or more, so a wrong causal mask in the predictor shows (one layer hides it)
     predictor_heads: int = 2
     predictor_kv_heads: int = 1
     predictor_head_dim: int = 16
