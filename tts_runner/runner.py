@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import secrets
+import random
 import time
 from collections import deque
 from collections.abc import Callable
@@ -226,7 +226,7 @@ def synthesize(cfg: DictConfig, model: Model, progress: Progress | None = None) 
     chunks, num_segments = plan(cfg.input, model, cfg.voices, cfg.chunking.max_chars)
     sampling = OmegaConf.to_container(cfg.sampling, resolve=True)
     if sampling.get("seed") is None:
-        sampling["seed"] = secrets.randbelow(2**31)  # returned in the metadata, so the job can be repeated
+        sampling["seed"] = random.randrange(2**31)  # returned in the metadata, so the job can be repeated
     for chunk in chunks:
         budget = frame_budget(chunk.request.text, cfg.batching.get("frame_budget"), int(sampling["max_new_tokens"]))
         chunk.request = replace(chunk.request, max_frames=budget)

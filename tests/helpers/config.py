@@ -3,3 +3,7 @@
 # Small enough for a 2-core CI machine, and exact: with the end-of-speech floor at max_new_tokens
 # every chunk is 15 frames (1.2 s) long. Tests of speech-like lengths set their own values.
 FAST = ["sampling.max_new_tokens=16", "sampling.min_new_tokens=16"]
+
+# Short chunks that end where the model ends them (the end code is sampled): for job-level tests
+# that do not count frames.
+NATURAL = ["sampling.max_new_tokens=16", "sampling.min_new_tokens=2", "batching.min_seconds_per_char=0"]
