@@ -1,7 +1,6 @@
 """The job graph under batching: order, voices, retries and splitting, with faults injected
 at the model boundary (the real tiny model underneath)."""
 
-import contextlib
 
 import numpy as np
 import pytest
@@ -9,6 +8,7 @@ import torch
 from omegaconf import OmegaConf
 
 from tests.helpers.config import FAST
+from tests.helpers.faults import model_calls
 from tests.helpers.media import agrees
 from tts_runner import config as config_mod
 from tts_runner import payload as payload_mod
@@ -22,29 +22,6 @@ SENTENCES = [f"Sentence number {i} says something {'rather ' * (i % 5)}different
 
 def job(cfg, **overrides):
     return payload_mod.merge(cfg, overrides)
-
-
-@contextlib.contextmanager
-def model_calls(model, fault=None):
-    """Record every batch the model sees; `fault(call_number, texts)` may raise or return
-    replacement waveforms (None: keep the model's)."""
-    calls = []
-    real = model.tts.generate_custom_voice
-
-    def wrapper(text, speaker, language, instruct, **kwargs):
-        calls.append(list(zip(text, speaker, strict=False)))
-        wavs, sr = real(text=text, speaker=speaker, language=language, instruct=instruct, **kwargs)
-        if fault:
-            replaced = fault(len(calls), text, wavs)
-            if replaced is not None:
-                wavs = replaced
-        return wavs, sr
-
-    model.tts.generate_custom_voice = wrapper
-    try:
-        yield calls
-    finally:
-        del model.tts.generate_custom_voice
 
 
 def test_plan_spans_segments_and_voices(cfg, model):

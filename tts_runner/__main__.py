@@ -20,7 +20,7 @@ from tts_runner import payload as payload_mod
 from tts_runner.errors import TTSError
 from tts_runner.model_store import ModelStore
 from tts_runner.redact import protect, redact
-from tts_runner.runner import run_job
+from tts_runner.runner import check_config, run_job
 
 log = logging.getLogger("tts_runner")
 _STORES: dict[str, ModelStore] = {}  # one per process: multirun jobs reuse loaded models
@@ -36,6 +36,7 @@ def resolve_job(cfg: DictConfig, cli_overrides: list[str]) -> DictConfig:
         cfg = payload_mod.merge(cfg, spec)
         cfg.input.name = name
     cfg = config_mod.apply_pins(cfg, pins)
+    check_config(cfg)
     payload_mod.validate(payload_mod.from_config(cfg), validator, cfg.limits.max_total_chars)
     return cfg
 

@@ -1,4 +1,6 @@
-"""Assembly and encoding: chunks -> segment (crossfaded) -> job (joined) -> WAV or MP3 bytes."""
+"""Assembly and encoding: chunks (trimmed) -> segment (crossfaded, loudness-matched) -> job (joined)
+-> resampled -> WAV, MP3, FLAC, Ogg Opus or raw PCM bytes. Reads the `audio` config group and
+`chunking.crossfade_ms` / `segment_gap_ms`."""
 
 from __future__ import annotations
 
@@ -13,8 +15,98 @@ import soundfile as sf
 
 from tts_runner.errors import SinkError
 
-FORMATS = ("wav", "mp3")
-MP3_BITRATE = "128k"
+FORMATS = ("wav", "mp3", "flac", "opus", "pcm")
+OPUS_RATES = (8000, 12000, 16000, 24000, 48000)  # the rates Opus codes
+MP3_MAX_KBPS_BELOW_32K = 160  # MPEG-2 layer III (16 to 24 kHz) stops at 160 kbps; 320 needs 32 kHz or more
+WINDOW_MS = 10  # trimming looks at the level of 10 ms windows
+
+
+def trim_silence(samples: np.ndarray, sample_rate: int, threshold_db: float, keep_ms: float) -> np.ndarray:
+    """Cut leading and trailing silence: everything before the first and after the last 10 ms window
+    whose RMS level reaches `threshold_db` (dBFS), keeping `keep_ms` beside the sound. Audio with no
+    window that loud is returned as it is."""
+    window = max(1, int(sample_rate * WINDOW_MS / 1000))
+    n = samples.size // window
+    if n == 0:
+        return samples
+    rms = np.sqrt(np.mean(np.square(samples[: n * window].reshape(n, window), dtype=np.float64), axis=1))
+    loud = np.nonzero(rms >= 10 ** (threshold_db / 20))[0]
+    if loud.size == 0:
+        return samples
+    keep = int(sample_rate * keep_ms / 1000)
+    start = max(0, loud[0] * window - keep)
+    end = min(samples.size, (loud[-1] + 1) * window + keep)
+    return samples[start:end]
+
+
+def _peaks(samples: np.ndarray) -> np.ndarray:
+    """Each sample's true-peak magnitude: the largest of its four 4x-oversampled values (ITU-R
+    BS.1770 annex 2), so peaks between samples count."""
+    from scipy.signal import resample_poly
+
+    up = np.abs(resample_poly(samples.astype(np.float64), 4, 1))
+    return up[: samples.size * 4].reshape(samples.size, 4).max(axis=1)
+
+
+def true_peak(samples: np.ndarray) -> float:
+    return float(_peaks(samples).max(initial=0.0))
+
+
+def limit(samples: np.ndarray, sample_rate: int, ceiling: float, lookahead_ms: float = 5.0) -> np.ndarray:
+    """A look-ahead peak limiter: the gain each sample needs to stay under `ceiling`, spread over
+    +-lookahead_ms by a minimum filter and smoothed by a moving average half as wide, so the gain
+    falls before a peak and recovers after it without clicks; a last static trim catches what
+    the smoothing let through between samples."""
+    from scipy.ndimage import minimum_filter1d, uniform_filter1d
+
+    need = np.minimum(1.0, ceiling / np.maximum(_peaks(samples), 1e-12))
+    if need.min() >= 1.0:
+        return samples
+    reach = max(1, int(sample_rate * lookahead_ms / 1000))
+    gain = uniform_filter1d(minimum_filter1d(need, size=2 * reach + 1), size=reach + 1)
+    out = samples * gain
+    over = true_peak(out) / ceiling
+    return (out / over if over > 1 else out).astype(np.float32)
+
+
+def match_loudness(samples: np.ndarray, sample_rate: int, target_lufs: float | None,
+                   ceiling_dbtp: float) -> np.ndarray:
+    """Bring audio to `target_lufs` integrated loudness (ITU-R BS.1770 / EBU R128, measured by
+    pyloudnorm) with its true peak at or under `ceiling_dbtp`: a gain, then the limiter where the
+    gain pushes peaks over the ceiling, then the gain corrected once for what the limiter took.
+    Audio shorter than one 400 ms measuring block, or silent, is returned as it is; so is
+    everything when the target is None."""
+    if target_lufs is None or samples.size < int(0.4 * sample_rate):
+        return samples
+    import pyloudnorm
+
+    meter = pyloudnorm.Meter(sample_rate)
+    loudness = meter.integrated_loudness(samples.astype(np.float64))
+    if not np.isfinite(loudness):
+        return samples
+    ceiling = 10 ** (ceiling_dbtp / 20)
+    gain = 10 ** ((target_lufs - loudness) / 20)
+    for _ in range(2):
+        out = samples * gain
+        # the limiter (and its oversampling) only where a peak may cross the ceiling: true peaks of
+        # speech sit at most a few tenths of a dB above its sample peaks
+        if float(np.abs(out).max()) <= ceiling * 10 ** (-2 / 20):
+            return out.astype(np.float32)
+        out = limit(out, sample_rate, ceiling)
+        reached = meter.integrated_loudness(out.astype(np.float64))
+        if not np.isfinite(reached) or abs(reached - target_lufs) < 0.2:
+            break
+        gain *= 10 ** ((target_lufs - reached) / 20)
+    return out.astype(np.float32)
+
+
+def resample(samples: np.ndarray, rate: int, to: int) -> np.ndarray:
+    """A real resampler (soxr, very high quality) when the rates differ."""
+    if rate == to:
+        return samples
+    import soxr
+
+    return soxr.resample(samples, rate, to, quality="VHQ").astype(np.float32)
 
 
 def crossfade_concat(pieces: list[np.ndarray], sample_rate: int, crossfade_ms: float) -> np.ndarray:
@@ -39,20 +131,35 @@ def crossfade_concat(pieces: list[np.ndarray], sample_rate: int, crossfade_ms: f
     return out
 
 
-def join_segments(segments: list[np.ndarray], sample_rate: int, gap_ms: float) -> np.ndarray:
-    """Concatenate segments in order with `gap_ms` of silence between them."""
+def join_segments(segments: list[np.ndarray], sample_rate: int, gap_ms: float) -> tuple[np.ndarray, list[tuple]]:
+    """Concatenate segments in order with `gap_ms` of silence between them. Returns the audio and
+    each segment's (start, end) in seconds."""
     gap = np.zeros(int(round(sample_rate * gap_ms / 1000.0)), dtype=np.float32)
     parts: list[np.ndarray] = []
+    spans, at = [], 0
     for i, segment in enumerate(segments):
         if i:
             parts.append(gap)
+            at += gap.size
         parts.append(np.asarray(segment, dtype=np.float32))
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+        spans.append((round(at / sample_rate, 3), round((at + segment.size) / sample_rate, 3)))
+        at += segment.size
+    return (np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)), spans
 
 
-def encode(audio: np.ndarray, sample_rate: int, fmt: str) -> bytes:
-    """WAV: 16-bit PCM mono. MP3: through pydub and ffmpeg, mono at MP3_BITRATE."""
+def encode(audio: np.ndarray, sample_rate: int, fmt: str, mp3_bitrate: int = 128) -> bytes:
+    """Mono 16-bit audio as WAV, FLAC, Ogg Opus, raw PCM (little-endian) or MP3 (ffmpeg, at
+    `mp3_bitrate` kbps). Opus takes 8, 12, 16, 24 or 48 kHz."""
     pcm = np.clip(np.nan_to_num(audio), -1.0, 1.0)
+    if fmt == "pcm":
+        return (np.round(pcm * 32767)).astype("<i2").tobytes()
+    if fmt in ("flac", "opus"):
+        out = io.BytesIO()
+        if fmt == "opus" and sample_rate not in OPUS_RATES:
+            raise ValueError(f"Opus codes {', '.join(map(str, OPUS_RATES))} Hz, not {sample_rate}")
+        sf.write(out, pcm, sample_rate, format="FLAC" if fmt == "flac" else "OGG",
+                 subtype="PCM_16" if fmt == "flac" else "OPUS")
+        return out.getvalue()
     buf = io.BytesIO()
     sf.write(buf, pcm, sample_rate, format="WAV", subtype="PCM_16")
     if fmt == "wav":
@@ -64,7 +171,7 @@ def encode(audio: np.ndarray, sample_rate: int, fmt: str) -> bytes:
         AudioSegment.converter = ffmpeg_path()
         segment = AudioSegment.from_wav(io.BytesIO(buf.getvalue()))
         out = io.BytesIO()
-        segment.export(out, format="mp3", bitrate=MP3_BITRATE)
+        segment.export(out, format="mp3", bitrate=f"{int(mp3_bitrate)}k")
         return out.getvalue()
     raise ValueError(f"unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
 
@@ -84,9 +191,12 @@ def decode(data: bytes, fmt: str) -> tuple[np.ndarray, int]:
     return samples, sample_rate
 
 
-def duration_seconds(data: bytes, fmt: str) -> float:
+def duration_seconds(data: bytes, fmt: str, sample_rate: int) -> float:
     """Duration of the encoded file's audio, read by libsndfile (for MP3 it honours the encoder's
-    delay and padding written in the file, as a gapless player does)."""
+    delay and padding written in the file, as a gapless player does); raw PCM has no header, so
+    its length is counted at `sample_rate`."""
+    if fmt == "pcm":
+        return round(len(data) / 2 / sample_rate, 3)
     info = sf.info(io.BytesIO(data))
     return round(info.frames / info.samplerate, 3)
 

@@ -73,6 +73,7 @@ class ChunkRequest:
     instruct: str | None
     max_frames: int | None = None  # frame budget: the chunk ends here if it has not ended before
     seed: int | None = None        # the chunk's random stream (fast and graph: its own, whatever the batch)
+    floor: int | None = None       # its own end-of-speech floor in frames (None: the call's min_new_tokens)
 
 
 class Model:
@@ -102,12 +103,13 @@ class Model:
         tokenizer.decode = functools.partial(self._decode_by_length, tokenizer.decode)
 
     @contextlib.contextmanager
-    def using(self, engine: str | None = None, floor: int | None = None, budgets: list[int] | None = None,
+    def using(self, engine: str | None = None, floor: int | list[int] | None = None, budgets: list[int] | None = None,
               seeds: list[int] | None = None) -> Iterator[Model]:
         """Calls inside run on `engine` (None: the current one), with the end-of-speech `floor`
-        (None: the current one), per-row frame `budgets` and per-row `seeds` (None: drawn from
-        torch's generator); what was given is restored after, a fallback inside included when
-        `engine` was given. For the model's own calls and for code that calls the library directly
+        (None: the current one; a list: one per row, which stock can only hold the batch to the
+        highest of), per-row frame `budgets` and per-row `seeds` (None: drawn from torch's
+        generator); what was given is restored after, a fallback inside included when `engine`
+        was given. For the model's own calls and for code that calls the library directly
         (benchmarks, tests)."""
         saved = (self.engine, self.graph), self._floor, (self._budgets, self._seeds)
         self.engine = engine or self.engine
@@ -166,12 +168,15 @@ class Model:
         return result
 
     def _run_engine(self, talker: torch.nn.Module, stock, *args, **kwargs):
-        kwargs["min_new_tokens"] = max(int(kwargs.get("min_new_tokens") or 0), self._floor)
+        floor = self._floor if isinstance(self._floor, int) else None
+        kwargs["min_new_tokens"] = max(int(kwargs.get("min_new_tokens") or 0), floor or max(self._floor))
+        rows = {} if floor is not None or args else {"min_new_tokens": list(self._floor)}  # per-row floors
         budgets, seeds = (self._budgets, self._seeds) if not args else (None, None)
         if self.engine == "graph" and self.graph is not None and not args:
             shape = kwargs["inputs_embeds"].shape
             if self.graph.fits(shape[0], shape[1], int(kwargs["max_new_tokens"])):
-                result = self._attempt("graph", lambda: self.graph.generate(**kwargs, max_frames=budgets, seed=seeds))
+                result = self._attempt("graph", lambda: self.graph.generate(
+                    **{**kwargs, **rows}, max_frames=budgets, seed=seeds))
                 if result is not None:
                     return result
             else:
@@ -180,7 +185,7 @@ class Model:
                          kwargs["max_new_tokens"], self.graph.buckets[-1], self.graph.max_len)
         if self.engine in ("fast", "graph"):
             result = self._attempt("fast", lambda: fast.generate(talker, *args, sync_every=self._sync_every,
-                                                                 max_frames=budgets, seed=seeds, **kwargs))
+                                                                 max_frames=budgets, seed=seeds, **{**kwargs, **rows}))
             if result is not None:
                 return result
         # HF's generate pads with the end code when no pad id is given, and says so on every call.
@@ -223,7 +228,9 @@ class Model:
         """Waveforms (float32, mono) for `requests`, in order, and their sample rate. `on_steps`
         hears how many talker steps the call ran."""
         kwargs = _sampling_kwargs(sampling)
-        floor = max(2, min(int(sampling.get("min_new_tokens", 2)), kwargs["max_new_tokens"]))
+        floors = [max(2, min(int(sampling.get("min_new_tokens", 2) if r.floor is None else r.floor),
+                             kwargs["max_new_tokens"])) for r in requests]
+        floor = floors[0] if len(set(floors)) == 1 else floors
         budgets = [r.max_frames for r in requests]
         budgets = ([kwargs["max_new_tokens"] if b is None else max(1, int(b)) for b in budgets]
                    if any(b is not None for b in budgets) else None)

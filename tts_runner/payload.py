@@ -18,6 +18,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, relevance
 from omegaconf import DictConfig, OmegaConf
 
+from tts_runner.audio import MP3_MAX_KBPS_BELOW_32K, OPUS_RATES
 from tts_runner.errors import InputError
 
 SCHEMA_PATH = Path(__file__).with_name("payload.schema.json")
@@ -29,6 +30,8 @@ MAX_DEPTH = 8  # a valid payload nests 3 levels (input.segments[i].text)
 # params.* fields that are not sampling settings
 _INPUT_PARAMS = ("language", "instruct")
 _INPUT_FIELDS = ("text", "segments", "voice", "model", "output_format")
+# payload fields that set the `audio` config group
+_AUDIO_FIELDS = ("sample_rate", "mp3_bitrate", "loudness_lufs")
 
 
 def build_validator(cfg: DictConfig) -> Draft202012Validator:
@@ -68,6 +71,13 @@ def validate(payload: Any, validator: Draft202012Validator, max_total_chars: int
     if error is not None:
         raise InputError(f"Invalid input at {error.json_path}: {_describe(error)}")
     texts = [payload["text"]] if has_text else [s["text"] for s in payload["segments"]]
+    rate = payload.get("sample_rate", 24000)
+    if payload.get("output_format") == "opus" and rate not in OPUS_RATES:
+        raise InputError(f"Invalid input at $.sample_rate: output_format 'opus' takes "
+                         f"{', '.join(map(str, OPUS_RATES))} Hz; got {rate}.")
+    if payload.get("output_format") == "mp3" and rate < 32000 and payload.get("mp3_bitrate", 0) > MP3_MAX_KBPS_BELOW_32K:
+        raise InputError(f"Invalid input at $.mp3_bitrate: MP3 at {rate} Hz goes up to {MP3_MAX_KBPS_BELOW_32K} kbps; "
+                         f"got {payload['mp3_bitrate']} (ask for sample_rate 44100 or 48000 for more).")
     total = sum(len(t) for t in texts)
     if total > max_total_chars:
         raise InputError(
@@ -78,12 +88,15 @@ def validate(payload: Any, validator: Draft202012Validator, max_total_chars: int
 
 
 def to_overrides(payload: dict) -> dict:
-    """Map a validated payload onto the config's shape: input.* and sampling.*."""
+    """Map a validated payload onto the config's shape: input.*, audio.* and sampling.*."""
     params = dict(payload.get("params") or {})
-    overrides: dict[str, dict] = {"input": {}, "sampling": {}}
+    overrides: dict[str, dict] = {"input": {}, "sampling": {}, "audio": {}}
     for key in _INPUT_FIELDS:
         if key in payload:
             overrides["input"][key] = payload[key]
+    for key in _AUDIO_FIELDS:
+        if key in payload:
+            overrides["audio"][key] = payload[key]
     for key in _INPUT_PARAMS:
         if key in params:
             overrides["input"][key] = params.pop(key)
@@ -108,6 +121,8 @@ def from_config(cfg: DictConfig) -> dict:
     params = {k: v for k, v in OmegaConf.to_container(cfg.sampling, resolve=True).items() if v is not None}
     params.update({k: job[k] for k in _INPUT_PARAMS if job.get(k) is not None})
     payload["params"] = params
+    audio = OmegaConf.to_container(cfg.audio, resolve=True)
+    payload.update({k: audio[k] for k in _AUDIO_FIELDS if k != "loudness_lufs" or audio[k] is not None})
     return payload
 
 

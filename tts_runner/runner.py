@@ -60,6 +60,7 @@ class GenerateStats:
     calls: int = 0
     retries: int = 0
     splits: int = 0
+    runaways: int = 0  # chunk attempts that reached their frame budget without ending
     frame_steps: int = 0  # talker steps the engine ran (prefill included), as it reports them
 
 
@@ -81,6 +82,7 @@ class JobAudio:
     wall_seconds: float
     stats: GenerateStats
     seed: int
+    segments: list[dict]  # each segment's start and end in the file, seconds, and its speaker
 
 
 def plan(job: DictConfig, model: Model, voices: DictConfig, max_chars: int) -> tuple[list[Chunk], int]:
@@ -107,13 +109,48 @@ def plan(job: DictConfig, model: Model, voices: DictConfig, max_chars: int) -> t
     return chunks, len(segments)
 
 
-def frame_budget(text: str, budget: DictConfig | None, max_new_tokens: int) -> int | None:
-    """The most frames a chunk of `text` may run to under `batching.frame_budget` (None: no budget)."""
+FRAMES_PER_SECOND = SAMPLE_RATE / SAMPLES_PER_FRAME  # 12.5
+
+
+def check_config(cfg: DictConfig) -> None:
+    """The settings of `batching` and `audio` that no payload carries: each bad one is one clear
+    error at start-up (the worker) or before anything runs (the command line)."""
+    def number(path: str, value, low: float, high: float, nullable: bool = False) -> None:
+        if value is None and nullable:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            allowed = f"a number from {low} to {high}" + (" or null" if nullable else "")
+            raise InputError(f"Invalid setting {path}={value!r}: use {allowed}.")
+
+    batching, post = cfg.batching, cfg.audio
+    if batching.runaway not in ("retry", "keep"):
+        raise InputError(f"Invalid setting batching.runaway={batching.runaway!r}: use retry or keep.")
+    budget = batching.frame_budget
+    number("batching.frame_budget.seconds_per_char", budget.seconds_per_char, 0.001, 10, nullable=True)
+    number("batching.frame_budget.factor", budget.factor, 0.1, 100)
+    number("batching.frame_budget.margin_seconds", budget.margin_seconds, 0, 600)
+    number("audio.trim.threshold_db", post.trim.threshold_db, -120, 0, nullable=True)
+    number("audio.trim.keep_ms", post.trim.keep_ms, 0, 1000)
+    number("audio.true_peak_dbtp", post.true_peak_dbtp, -20, 0)
+
+
+def frame_budget(text: str, budget: DictConfig | None, max_new_tokens: int, floor: int = 0) -> int | None:
+    """The most frames a chunk of `text` may run to under `batching.frame_budget` (None: no budget):
+    factor x seconds_per_char x characters + margin_seconds, and at least the floor plus the margin
+    (so the model can always end after the floor), never above max_new_tokens - 1."""
     if not budget or budget.get("seconds_per_char") is None:
         return None
     seconds = budget.factor * budget.seconds_per_char * len(text) + budget.margin_seconds
-    frames = math.ceil(seconds * SAMPLE_RATE / SAMPLES_PER_FRAME - 1e-9)
+    frames = max(math.ceil(seconds * FRAMES_PER_SECOND - 1e-9), floor + math.ceil(budget.margin_seconds * FRAMES_PER_SECOND))
     return max(1, min(frames, max_new_tokens - 1))
+
+
+def ran_away(chunk: Chunk, wav: np.ndarray, floor: int) -> bool:
+    """Did the chunk reach its frame budget without ending? Not when the floor left it no frame to
+    end on (a floor at the budget forces the length)."""
+    budget = chunk.request.max_frames
+    floor = floor if chunk.request.floor is None else chunk.request.floor
+    return budget is not None and budget > floor and wav.size // SAMPLES_PER_FRAME >= budget
 
 
 def make_batches(chunks: list[Chunk], max_batch_size: int, max_batch_chars: int) -> list[list[Chunk]]:
@@ -180,6 +217,11 @@ def generate_all(
         retry: list[Chunk] = []
         for chunk, wav in zip(batch, wavs, strict=False):
             problem = check_audio(wav, chunk.request.text, sample_rate, sampling, batching, chunk.request.max_frames)
+            if problem is None and ran_away(chunk, wav, int(sampling.get("min_new_tokens", 0))):
+                stats.runaways += 1
+                if batching.runaway == "retry":
+                    problem = (f"speech did not end within {chunk.request.max_frames / FRAMES_PER_SECOND:.1f} s "
+                               f"for {len(chunk.request.text)} characters")
             if problem is None:
                 results[chunk.index] = wav
             else:
@@ -210,13 +252,19 @@ def check_audio(wav: np.ndarray, text: str, sample_rate: int, sampling: dict, ba
     return None
 
 
-def assemble(chunks: list[Chunk], results: dict[int, np.ndarray], num_segments: int,
-             sample_rate: int, chunking: DictConfig) -> np.ndarray:
-    """Crossfade chunks within each segment, then join the segments in order."""
+def assemble(chunks: list[Chunk], results: dict[int, np.ndarray], num_segments: int, sample_rate: int,
+             chunking: DictConfig, post: DictConfig) -> tuple[np.ndarray, list[tuple]]:
+    """Trim each chunk's silent edges, crossfade the chunks of each segment, bring each segment to
+    the target loudness, join the segments in order. Returns the audio and each segment's (start,
+    end) in seconds."""
     by_segment: list[list[np.ndarray]] = [[] for _ in range(num_segments)]
     for chunk in sorted(chunks, key=lambda c: c.index):
-        by_segment[chunk.segment].append(results[chunk.index])
-    segments = [audio.crossfade_concat(p, sample_rate, chunking.crossfade_ms) for p in by_segment]
+        wav = results[chunk.index]
+        if post.trim.threshold_db is not None:
+            wav = audio.trim_silence(wav, sample_rate, post.trim.threshold_db, post.trim.keep_ms)
+        by_segment[chunk.segment].append(wav)
+    segments = [audio.match_loudness(audio.crossfade_concat(p, sample_rate, chunking.crossfade_ms), sample_rate,
+                                     post.loudness_lufs, post.true_peak_dbtp) for p in by_segment]
     return audio.join_segments(segments, sample_rate, chunking.segment_gap_ms)
 
 
@@ -228,7 +276,8 @@ def synthesize(cfg: DictConfig, model: Model, progress: Progress | None = None) 
     if sampling.get("seed") is None:
         sampling["seed"] = random.randrange(2**31)  # returned in the metadata, so the job can be repeated
     for chunk in chunks:
-        budget = frame_budget(chunk.request.text, cfg.batching.get("frame_budget"), int(sampling["max_new_tokens"]))
+        budget = frame_budget(chunk.request.text, cfg.batching.get("frame_budget"), int(sampling["max_new_tokens"]),
+                              int(sampling.get("min_new_tokens") or 0))
         chunk.request = replace(chunk.request, max_frames=budget)
     with tqdm(total=len(chunks), desc="chunks", unit="chunk", mininterval=1.0, leave=False) as bar:
         def report(done: int, total: int) -> None:
@@ -237,11 +286,15 @@ def synthesize(cfg: DictConfig, model: Model, progress: Progress | None = None) 
                 progress(done, total)
 
         results, sample_rate, stats = generate_all(model, chunks, num_segments, sampling, cfg.batching, report)
-    samples = assemble(chunks, results, num_segments, sample_rate, cfg.chunking)
-    data = audio.encode(samples, sample_rate, cfg.input.output_format)
-    duration = audio.duration_seconds(data, cfg.input.output_format)
-    return JobAudio(data, cfg.input.output_format, sample_rate, duration, num_segments, len(chunks),
-                    round(time.perf_counter() - started, 3), stats, sampling["seed"])
+    samples, spans = assemble(chunks, results, num_segments, sample_rate, cfg.chunking, cfg.audio)
+    rate = int(cfg.audio.sample_rate)
+    samples = audio.resample(samples, sample_rate, rate)
+    data = audio.encode(samples, rate, cfg.input.output_format, cfg.audio.mp3_bitrate)
+    duration = audio.duration_seconds(data, cfg.input.output_format, rate)
+    speakers = {c.segment: c.request.speaker for c in chunks}
+    where = [{"start": start, "end": end, "speaker": speakers.get(i)} for i, (start, end) in enumerate(spans)]
+    return JobAudio(data, cfg.input.output_format, rate, duration, num_segments, len(chunks),
+                    round(time.perf_counter() - started, 3), stats, sampling["seed"], where)
 
 
 def run_job(cfg: DictConfig, model: Model, job_id: str, out_dir: Path | None = None,
@@ -258,6 +311,8 @@ def run_job(cfg: DictConfig, model: Model, job_id: str, out_dir: Path | None = N
         "generation_time_seconds": job.wall_seconds,
         "model": model.name,
         "seed": job.seed,
+        "runaways": job.stats.runaways,
+        "segments": job.segments,
     }
     return response, job
 

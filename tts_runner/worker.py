@@ -24,7 +24,7 @@ from tts_runner import payload as payload_mod
 from tts_runner.errors import DeviceFailure, TTSError
 from tts_runner.model_store import ModelStore
 from tts_runner.redact import protect, redact
-from tts_runner.runner import run_job
+from tts_runner.runner import check_config, run_job
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ class Worker:
             return
         started = time.perf_counter()
         try:
+            check_config(cfg)
             self.validator = payload_mod.build_validator(cfg)
             defaults = {**payload_mod.from_config(cfg), "text": "start-up check"}
             defaults.pop("segments", None)
@@ -90,6 +91,9 @@ class Worker:
                 raise DeviceFailure(f"This worker is unhealthy and about to be replaced: {self.device_failure}")
             payload = payload_mod.validate(job.get("input"), self.validator, self.cfg.limits.max_total_chars)
             cfg = payload_mod.merge(self.cfg, payload)
+            # the payload with the worker's own settings around it (an opus request against an
+            # operator's 44.1 kHz output, say) must make sense as a whole
+            payload_mod.validate(payload_mod.from_config(cfg), self.validator, self.cfg.limits.max_total_chars)
             model = self.store.get(cfg.input.model)
             response, _ = run_job(cfg, model, str(job.get("id", "local")), progress=self._progress(job))
             return redact(response, self.secrets)
