@@ -125,6 +125,18 @@ def integrated(samples: np.ndarray, rate: int = 24000) -> float:
     return pyloudnorm.Meter(rate).integrated_loudness(samples.astype(np.float64))
 
 
+@pytest.mark.parametrize("rate", [16000, 24000, 48000])
+def test_our_loudness_is_pyloudnorms(rate):
+    rng = np.random.default_rng(rate)
+    for seconds, level in [(0.45, 0.1), (3.3, 0.02), (7.0, 0.3)]:
+        x = (level * rng.standard_normal(int(seconds * rate)) * np.abs(np.sin(np.linspace(0, 30, int(seconds * rate)))))
+        assert audio.loudness(x.astype(np.float32), rate) == pytest.approx(integrated(x, rate), abs=0.01)
+    x = np.zeros(rate)
+    x[: rate // 10] = 0.5  # one loud tenth, then silence: the gates at work
+    assert audio.loudness(x, rate) == pytest.approx(integrated(x, rate), abs=0.01)
+    assert audio.loudness(np.zeros(rate), rate) == float("-inf") and audio.loudness(np.ones(100), rate) == float("-inf")
+
+
 def test_two_voices_12_db_apart_end_at_the_same_loudness():
     rng = np.random.default_rng(0)
     speech = lambda level: (level * rng.standard_normal(24000 * 3) * np.abs(np.sin(np.linspace(0, 40, 24000 * 3))))  # noqa: E731
@@ -133,6 +145,16 @@ def test_two_voices_12_db_apart_end_at_the_same_loudness():
     out = [integrated(audio.match_loudness(x, 24000, -16.0, -1.0)) for x in (quiet, loud)]
     assert abs(out[0] - out[1]) < 1 and all(abs(v + 16) < 1 for v in out)
     assert audio.match_loudness(quiet, 24000, None, -1.0) is quiet  # null: levels left as made
+
+
+def test_true_peak_is_that_of_4x_oversampling():
+    from scipy.signal import resample_poly
+
+    rng = np.random.default_rng(4)
+    for level in (0.05, 0.2, 0.5):
+        x = (level * rng.standard_normal(24000)).astype(np.float32)
+        reference = np.abs(resample_poly(x.astype(np.float64), 4, 1)).max()
+        assert audio.true_peak(x) == pytest.approx(reference, rel=0.01) and audio.true_peak(x) >= np.abs(x).max()
 
 
 def test_peaky_audio_reaches_the_target_under_the_true_peak_ceiling():

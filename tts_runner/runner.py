@@ -1,4 +1,6 @@
 """The job graph: plan chunks -> generate (batched, with retries) -> assemble -> encode.
+Each segment is assembled (trimmed, crossfaded, loudness-matched) on a worker thread as soon as
+its last chunk is generated, while the model goes on with the next batch.
 
 Reads `input`, `sampling`, `voices`, `chunking` and `batching` of a resolved config. The
 generate step takes every chunk of the job, from every segment and voice, sorts them by
@@ -21,6 +23,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -177,8 +180,10 @@ def generate_all(
     sampling: dict,
     batching: DictConfig,
     progress: Progress | None = None,
+    on_result: Callable[[Chunk, np.ndarray], None] | None = None,
 ) -> tuple[dict[int, np.ndarray], int, GenerateStats]:
-    """Audio for every chunk, keyed by chunk index, plus the sample rate and statistics."""
+    """Audio for every chunk, keyed by chunk index, plus the sample rate and statistics;
+    `on_result` hears each chunk's accepted audio as soon as it has it."""
     stats = GenerateStats()
     results: dict[int, np.ndarray] = {}
     sample_rate = SAMPLE_RATE
@@ -224,6 +229,8 @@ def generate_all(
                                f"for {len(chunk.request.text)} characters")
             if problem is None:
                 results[chunk.index] = wav
+                if on_result:
+                    on_result(chunk, wav)
             else:
                 _count_failure(chunk, problem, batching.retries, num_segments, stats)
                 retry.append(chunk)
@@ -252,20 +259,47 @@ def check_audio(wav: np.ndarray, text: str, sample_rate: int, sampling: dict, ba
     return None
 
 
-def assemble(chunks: list[Chunk], results: dict[int, np.ndarray], num_segments: int, sample_rate: int,
-             chunking: DictConfig, post: DictConfig) -> tuple[np.ndarray, list[tuple]]:
-    """Trim each chunk's silent edges, crossfade the chunks of each segment, bring each segment to
-    the target loudness, join the segments in order. Returns the audio and each segment's (start,
-    end) in seconds."""
-    by_segment: list[list[np.ndarray]] = [[] for _ in range(num_segments)]
-    for chunk in sorted(chunks, key=lambda c: c.index):
-        wav = results[chunk.index]
-        if post.trim.threshold_db is not None:
-            wav = audio.trim_silence(wav, sample_rate, post.trim.threshold_db, post.trim.keep_ms)
-        by_segment[chunk.segment].append(wav)
-    segments = [audio.match_loudness(audio.crossfade_concat(p, sample_rate, chunking.crossfade_ms), sample_rate,
-                                     post.loudness_lufs, post.true_peak_dbtp) for p in by_segment]
-    return audio.join_segments(segments, sample_rate, chunking.segment_gap_ms)
+class Assembler:
+    """Each segment's audio, built as soon as its last chunk is generated, on a worker thread, so
+    post-processing overlaps generation (on a GPU the host is idle while a captured frame replays):
+    every chunk's silent edges trimmed, the segment's chunks crossfaded, the segment brought to the
+    target loudness. `finish()` joins the segments in order."""
+
+    def __init__(self, chunks: list[Chunk], num_segments: int, sample_rate: int, chunking: DictConfig,
+                 post: DictConfig):
+        self.sample_rate, self.chunking, self.post = sample_rate, chunking, post
+        self.waiting = [0] * num_segments  # chunks still to come, per segment
+        for chunk in chunks:
+            self.waiting[chunk.segment] += 1
+        self.parts: list[dict[int, np.ndarray]] = [{} for _ in range(num_segments)]
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="assemble")
+        self.segments: list = [None] * num_segments
+
+    def add(self, chunk: Chunk, wav: np.ndarray) -> None:
+        self.parts[chunk.segment][chunk.position] = wav
+        self.waiting[chunk.segment] -= 1
+        if self.waiting[chunk.segment] == 0:
+            parts = [wav for _, wav in sorted(self.parts[chunk.segment].items())]
+            self.segments[chunk.segment] = self.pool.submit(self._segment, parts)
+            self.parts[chunk.segment] = {}
+
+    def _segment(self, parts: list[np.ndarray]) -> np.ndarray:
+        trim, rate = self.post.trim, self.sample_rate
+        if trim.threshold_db is not None:
+            parts = [audio.trim_silence(wav, rate, trim.threshold_db, trim.keep_ms) for wav in parts]
+        joined = audio.crossfade_concat(parts, rate, self.chunking.crossfade_ms)
+        return audio.match_loudness(joined, rate, self.post.loudness_lufs, self.post.true_peak_dbtp)
+
+    def finish(self) -> tuple[np.ndarray, list[tuple]]:
+        """The job's audio and each segment's (start, end) in seconds."""
+        try:
+            segments = [future.result() for future in self.segments]
+        finally:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+        return audio.join_segments(segments, self.sample_rate, self.chunking.segment_gap_ms)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def synthesize(cfg: DictConfig, model: Model, progress: Progress | None = None) -> JobAudio:
@@ -285,8 +319,16 @@ def synthesize(cfg: DictConfig, model: Model, progress: Progress | None = None) 
             if progress:
                 progress(done, total)
 
-        results, sample_rate, stats = generate_all(model, chunks, num_segments, sampling, cfg.batching, report)
-    samples, spans = assemble(chunks, results, num_segments, sample_rate, cfg.chunking, cfg.audio)
+        assembler = Assembler(chunks, num_segments, SAMPLE_RATE, cfg.chunking, cfg.audio)
+        try:
+            _, sample_rate, stats = generate_all(model, chunks, num_segments, sampling, cfg.batching, report,
+                                                 assembler.add)
+        except BaseException:
+            assembler.close()
+            raise
+    if sample_rate != SAMPLE_RATE:
+        raise GenerationError(f"The model made audio at {sample_rate} Hz; tts-runner expects {SAMPLE_RATE}.")
+    samples, spans = assembler.finish()
     rate = int(cfg.audio.sample_rate)
     samples = audio.resample(samples, sample_rate, rate)
     data = audio.encode(samples, rate, cfg.input.output_format, cfg.audio.mp3_bitrate)

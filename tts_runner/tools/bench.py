@@ -35,12 +35,13 @@ rows, each with the device's name and the job it belongs to (agreement goes to F
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -49,7 +50,7 @@ from tts_runner import config as config_mod
 from tts_runner import payload as payload_mod
 from tts_runner.model import ChunkRequest, Model
 from tts_runner.model_store import ModelStore
-from tts_runner.runner import run_job
+from tts_runner.runner import chunk_seed, run_job
 
 
 @dataclass
@@ -182,6 +183,42 @@ def run(args: argparse.Namespace, cfg, store: ModelStore, model: Model, job: dic
         if args.out:
             print(f"  audio file: {response['audio_path']}", flush=True)
     return rows
+
+
+@contextlib.contextmanager
+def forced_runaway(model: Model, job_seed: int, index: int, max_new_tokens: int):
+    """Fault injection through the model's public generate(): the first attempt at chunk `index`
+    gets an end-of-speech floor at max_new_tokens, so its speech cannot end (as a runaway chunk's
+    does not); later attempts (other seeds) are left alone."""
+    target = chunk_seed(job_seed, index, 0)
+    generate = model.generate
+
+    def generate_with_a_runaway(requests, sampling, **kwargs):
+        requests = [replace(r, floor=max_new_tokens) if r.seed == target else r for r in requests]
+        return generate(requests, sampling, **kwargs)
+
+    model.generate = generate_with_a_runaway
+    try:
+        yield
+    finally:
+        del model.generate  # the class's method again
+
+
+def runaway(args: argparse.Namespace, cfg, store: ModelStore, model: Model, job: dict, label: str,
+            done: list[Row]) -> None:
+    """The job with one chunk whose speech never ends on its first attempt, with the runaway guard
+    (its frame budget stops it, the other rows go on, it is retried with a fresh seed) and without
+    (the batch steps to max_new_tokens and the babble stays in the audio), side by side."""
+    engine, batch = args.engines[0], args.batch_sizes[0]
+    job = {**job, "params": {**job.get("params", {}), "seed": args.seed}}
+    index = len(job["segments"]) // 2
+    print(f"\nforced runaway: chunk {index + 1} of the job's {len(job['segments'])}, first attempt", flush=True)
+    for guard, overrides in (("guard", {}), ("no-guard", {"seconds_per_char": None})):
+        guarded = payload_mod.merge(cfg, {})
+        guarded.batching.frame_budget.update(overrides)
+        with forced_runaway(model, args.seed, index, args.max_new_tokens):
+            row, = run(args, guarded, store, model, job, f"{label}-forced-runaway-{guard}", [(engine, batch)], done)
+        print(f"  {guard}: {row.wall_s} s for {row.audio_s} s of audio, {row.ms_per_step} ms per step", flush=True)
 
 
 def spread(job: dict, n: int) -> dict:
@@ -362,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also: the job's first N lines at batch 1 through stock and every engine listed")
     parser.add_argument("--stock-sample", type=int, default=0, metavar="N",
                         help="also: the seed's path (stock, batch 1) on N chunks spread over the job")
+    parser.add_argument("--runaway", action="store_true",
+                        help="also: the job with one chunk whose speech never ends (first attempt), with and "
+                             "without the runaway guard (first engine and batch size)")
     parser.add_argument("--profile", type=int, default=0, metavar="BUCKET",
                         help="also: time the captured graph frame at this bucket and list its kernels (CUDA)")
     parser.add_argument("--seed", type=int, default=0)
@@ -396,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
         run(args, cfg, store, model, one, "one-stream", [(e, 1) for e in engines], rows)
     main_rows = run(args, cfg, store, model, job, label, [(e, b) for e in args.engines for b in args.batch_sizes],
                     rows)
+    if args.runaway:
+        runaway(args, cfg, store, model, job, label, rows)
     if args.stock_sample:
         sample = run(args, cfg, store, model, spread(job, args.stock_sample), "stock-sequential-sample",
                      [("stock", 1)], rows)
