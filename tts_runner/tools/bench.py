@@ -69,6 +69,8 @@ class Row:
     model_calls: int
     chunks: int
     capture_s: float = 0.0  # graph rows on CUDA: the capture at load (cold start), not in wall_s
+    frame_steps: int = 0    # talker steps the engine ran, all calls together
+    runaways: int = 0       # chunk attempts that reached their frame budget without ending
 
 
 CHARS_PER_SECOND = 15  # read speech: ~150 words a minute
@@ -175,7 +177,8 @@ def run(args: argparse.Namespace, cfg, store: ModelStore, model: Model, job: dic
                         round(audio / wall, 2), round((audio / wall) / base, 2), round(peak_memory_gib(store.device), 2),
                         round(100 * (wall - result.stats.model_seconds) / wall, 2),
                         round(1000 * result.stats.model_seconds / max(1, result.stats.frame_steps), 1),
-                        result.stats.calls, result.num_chunks, round(capture, 2)))
+                        result.stats.calls, result.num_chunks, round(capture, 2), result.stats.frame_steps,
+                        result.stats.runaways))
         print(format_row(rows[-1]), flush=True)
         done.append(rows[-1])
         if args.json:
@@ -218,7 +221,8 @@ def runaway(args: argparse.Namespace, cfg, store: ModelStore, model: Model, job:
         guarded.batching.frame_budget.update(overrides)
         with forced_runaway(model, args.seed, index, args.max_new_tokens):
             row, = run(args, guarded, store, model, job, f"{label}-forced-runaway-{guard}", [(engine, batch)], done)
-        print(f"  {guard}: {row.wall_s} s for {row.audio_s} s of audio, {row.ms_per_step} ms per step", flush=True)
+        print(f"  {guard}: {row.wall_s} s for {row.audio_s} s of audio, {row.frame_steps} talker steps "
+              f"({row.ms_per_step} ms each), {row.runaways} runaway(s), {row.model_calls} model calls", flush=True)
 
 
 def spread(job: dict, n: int) -> dict:
