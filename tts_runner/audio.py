@@ -262,16 +262,6 @@ def decode(data: bytes, fmt: str) -> tuple[np.ndarray, int]:
     return samples, sample_rate
 
 
-def duration_seconds(data: bytes, fmt: str, sample_rate: int) -> float:
-    """Duration of the encoded file's audio, read by libsndfile (for MP3 it honours the encoder's
-    delay and padding written in the file, as a gapless player does); raw PCM has no header, so
-    its length is counted at `sample_rate`."""
-    if fmt == "pcm":
-        return round(len(data) / 2 / sample_rate, 3)
-    info = sf.info(io.BytesIO(data))
-    return round(info.frames / info.samplerate, 3)
-
-
 @functools.cache
 def ffmpeg_path() -> str:
     """ffmpeg from PATH, else the binary the imageio-ffmpeg package bundles."""
