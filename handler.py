@@ -7,10 +7,16 @@ encoding, uploads) while model calls stay serialized.
 """
 
 import asyncio
+import os
 
-import runpod
+# The RunPod SDK logs at DEBUG unless told otherwise, and at DEBUG and INFO it prints every job's
+# whole result: megabytes of base64 per job. Its warnings and errors are enough; what a job did
+# (id, duration, metadata) is logged by the worker itself. RUNPOD_LOG_LEVEL=INFO brings it back.
+os.environ.setdefault("RUNPOD_LOG_LEVEL", "WARN")
 
-from tts_runner.worker import Worker
+import runpod  # noqa: E402  (reads the level at import)
+
+from tts_runner.worker import Worker  # noqa: E402
 
 WORKER = Worker.from_env()
 

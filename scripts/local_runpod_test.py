@@ -2,8 +2,10 @@
 
 In-process (loads the model here, as a warm worker would):
     python scripts/local_runpod_test.py --text "Hello there." --voice female_1 --save hello.wav
-Against a running local API (`python handler.py --rp_serve_api`):
+Against a running local API (`python handler.py --rp_serve_api`): /runsync, or with --async
+/run and then /status/<id> until the job is done, as a RunPod client polls:
     python scripts/local_runpod_test.py --url http://127.0.0.1:8000 --payload test_input.json
+    python scripts/local_runpod_test.py --url http://127.0.0.1:8000 --async --text "Hello there."
 Segments as JSON, inline or in a file:
     python scripts/local_runpod_test.py --segments '[{"text": "Hi.", "voice": "male_1"}]' --format mp3
 """
@@ -47,14 +49,38 @@ def run_local(payload: dict) -> dict:
     return worker.handle({"id": "local-test", **payload})
 
 
-def run_remote(url: str, payload: dict) -> dict:
-    request = urllib.request.Request(f"{url.rstrip('/')}/runsync", data=json.dumps(payload).encode(),
-                                      headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=3600) as response:
-        answer = json.load(response)
+def post(url: str, body: dict | None = None, timeout: float = 3600) -> dict:
+    """The local API answers POST only (RunPod's hosted API also takes GET for /status)."""
+    request = urllib.request.Request(url, data=json.dumps(body or {}).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.load(response)
+
+
+def outcome(answer: dict) -> dict:
     if answer.get("status") == "FAILED":
         return {"error": answer.get("error")}
     return answer.get("output", answer)
+
+
+def run_remote(url: str, payload: dict) -> dict:
+    return outcome(post(f"{url.rstrip('/')}/runsync", payload))
+
+
+def run_async(url: str, payload: dict, poll_seconds: float = 0.5, timeout: float = 3600) -> dict:
+    """POST /run, then POST /status/<id> until the job is COMPLETED or FAILED."""
+    base = url.rstrip("/")
+    job_id = post(f"{base}/run", payload)["id"]
+    print(f"job {job_id} queued", flush=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        answer = post(f"{base}/status/{job_id}")
+        status = answer.get("status")
+        if status in ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"):
+            print(f"job {job_id} {status.lower()}", flush=True)
+            return outcome(answer)
+        time.sleep(poll_seconds)
+    raise SystemExit(f"job {job_id} did not finish within {timeout:.0f} s")
 
 
 def save_audio(result: dict, path: Path) -> None:
@@ -74,14 +100,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--voice", help="voice for the text, or default voice for segments")
     parser.add_argument("--segments", help="JSON list of {text, voice}, inline or a file")
     parser.add_argument("--payload", help="a JSON file: a whole payload {\"input\": {...}} or just the input")
-    parser.add_argument("--format", choices=["wav", "mp3"], help="output_format")
+    parser.add_argument("--format", choices=["wav", "mp3", "flac", "opus", "pcm"], help="output_format")
     parser.add_argument("--save", type=Path, help="write the audio here")
     parser.add_argument("--url", help="base URL of a local RunPod API (else run in-process)")
+    parser.add_argument("--async", dest="asynchronous", action="store_true",
+                        help="with --url: POST /run and poll POST /status/<id> instead of /runsync")
     args = parser.parse_args(argv)
+    if args.asynchronous and not args.url:
+        parser.error("--async needs --url")
 
     payload = build_payload(args)
     started = time.perf_counter()
-    result = run_remote(args.url, payload) if args.url else run_local(payload)
+    if args.url:
+        result = (run_async if args.asynchronous else run_remote)(args.url, payload)
+    else:
+        result = run_local(payload)
     elapsed = time.perf_counter() - started
     shown = {k: (f"<{len(v)} base64 characters>" if k == "audio_base64" else v) for k, v in result.items()}
     print(json.dumps(shown, indent=2))

@@ -4,20 +4,25 @@ import json
 import os
 import subprocess
 import sys
+import time
+
+import pytest
+import yaml
 
 from tests.helpers.media import agrees
-from tests.helpers.servers import REPO
+from tests.helpers.servers import REPO, free_port
 
 
-def run_cli(args, cwd, model_dir):
+def run_cli(args, cwd, model_dir, env=None):
     env = {**os.environ, "QWEN_TTS_MODEL_DIR": str(model_dir), "QWEN_TTS_DEVICE": "cpu",
-           "PYTHONPATH": str(REPO)}
+           "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run([sys.executable, "-m", "tts_runner", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
 def test_podcast_job_writes_a_playable_file_and_its_record(tmp_path, model_dir):
-    proc = run_cli(["+job=jobs/podcast.yaml", "sampling.max_new_tokens=12", "hydra.run.dir=out"],
+    proc = run_cli(["+job=jobs/podcast.yaml", "sampling.max_new_tokens=12", "sampling.min_new_tokens=12",
+                    "hydra.run.dir=out"],
                    tmp_path, model_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     audio_file = tmp_path / "out" / "podcast.mp3"
@@ -41,7 +46,7 @@ def test_multirun_writes_one_file_per_setting(tmp_path, model_dir):
 def test_bad_cli_values_are_one_clear_error(tmp_path, model_dir):
     proc = run_cli(["+job=hello", "input.voice=../../etc/passwd"], tmp_path, model_dir)
     assert proc.returncode == 2
-    assert "Invalid input at $.voice: '../../etc/passwd' is not a voice name" in proc.stdout + proc.stderr
+    assert "Invalid setting input.voice: '../../etc/passwd' is not a voice name" in proc.stdout + proc.stderr
     proc = run_cli(["+job=nonexistent"], tmp_path, model_dir)
     assert proc.returncode == 2 and "Job spec 'nonexistent' not found" in proc.stdout + proc.stderr
 
@@ -68,4 +73,58 @@ def test_handler_runs_a_test_input_like_the_runpod_sdk(tmp_path, model_dir):
     proc = run_script(["handler.py", "--test_input", '{"input": {"text": "Testing the handler."}}'], REPO, model_dir)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
-    assert "Job result" in out and '"duration_seconds": 1.2' in out.replace("'", '"')
+    assert "Job local_test done" in out and '"duration_seconds": 1.2' in out
+    assert "audio_base64" not in out  # the SDK's own log of the whole result (megabytes) stays quiet
+
+
+def test_help_is_ours_quick_and_quiet(tmp_path, model_dir):
+    started = time.perf_counter()
+    proc = run_cli(["--help"], tmp_path, model_dir)
+    assert proc.returncode == 0 and time.perf_counter() - started < 3
+    assert "hello" in proc.stdout and "podcast" in proc.stdout  # the jobs
+    assert "sink       auto, base64, file, s3" in proc.stdout  # the config groups and their options
+    assert "python -m tts_runner +job=podcast" in proc.stdout
+    assert "powered by Hydra" not in proc.stdout and "flash-attn" not in proc.stdout + proc.stderr
+
+
+def test_cfg_job_and_the_saved_config_show_the_job_that_runs(tmp_path, model_dir):
+    proc = run_cli(["+job=jobs/podcast.yaml", "sampling.temperature=0.5", "--cfg", "job"], tmp_path, model_dir)
+    assert proc.returncode == 0, proc.stderr
+    shown = yaml.safe_load(proc.stdout)
+    assert len(shown["input"]["segments"]) == 14 and shown["input"]["name"] == "podcast"
+    assert shown["sampling"]["temperature"] == 0.5 and "hydra" not in shown
+    proc = run_cli(["+job=jobs/podcast.yaml", "sampling.max_new_tokens=8", "sampling.min_new_tokens=8",
+                    "hydra.run.dir=out"], tmp_path, model_dir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    saved = yaml.safe_load((tmp_path / "out" / ".hydra" / "config.yaml").read_text())
+    assert len(saved["input"]["segments"]) == 14 and saved["input"]["output_format"] == "mp3"
+    assert "flash-attn" not in proc.stdout + proc.stderr and "SoX" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["sampling.temperature=-1"], "Invalid setting sampling.temperature: must be > 0 and <= 2, got -1."),
+    (["sampling.min_new_tokens=100", "sampling.max_new_tokens=16"],
+     "Invalid setting sampling.min_new_tokens: the end-of-speech floor, 100 frames, is above max_new_tokens, 16"),
+    (["audio.sample_rate=44100", "input.output_format=opus"],
+     "Invalid setting audio.sample_rate: output_format 'opus' takes"),
+    (["sink=s3"], "The s3 sink needs S3_BUCKET, S3_ACCESS_KEY and S3_SECRET_KEY to be set."),
+])
+def test_what_can_be_checked_is_checked_before_any_model_loads(tmp_path, model_dir, args, message):
+    started = time.perf_counter()
+    proc = run_cli(["+job=podcast", *args], tmp_path, model_dir)
+    assert proc.returncode == 2 and message in proc.stdout + proc.stderr
+    assert time.perf_counter() - started < 5  # no model was loaded (that takes longer), no chunk made
+    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*.wav"))
+    assert not any(p.is_dir() for p in (tmp_path / "outputs").glob("*/*"))  # the failed run left no folder
+
+
+def test_a_sink_that_fails_after_generation_keeps_the_audio_and_says_where(tmp_path, model_dir):
+    env = {"S3_BUCKET": "b", "S3_ACCESS_KEY": "AKIAEXAMPLE", "S3_SECRET_KEY": "not-a-secret-1234",
+           "S3_ENDPOINT": f"http://127.0.0.1:{free_port()}"}  # nothing listens there
+    proc = run_cli(["+job=hello", "sink=s3", "sink.upload_attempts=1", "sampling.max_new_tokens=8",
+                    "sampling.min_new_tokens=8", "hydra.run.dir=out"], tmp_path, model_dir, env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "S3 upload to bucket 'b'" in out
+    kept = tmp_path / "out" / "hello.wav"
+    assert f"The audio is kept at {kept}." in out and kept.stat().st_size > 1000
+    assert "not-a-secret-1234" not in out

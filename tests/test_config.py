@@ -72,7 +72,7 @@ def test_cli_values_pass_the_same_validation():
     from tts_runner.errors import InputError
 
     cli = ["+job=hello", "sampling.temperature=-1"]
-    with pytest.raises(InputError, match=r"\$.params.temperature: must be > 0"):
+    with pytest.raises(InputError, match=r"^Invalid setting sampling.temperature: must be > 0"):
         resolve_job(config_mod.load(cli, config_name="cli"), cli)
 
 

@@ -102,3 +102,18 @@ def test_readme_examples_over_http_as_presigned_s3_urls(tmp_path, model_dir):
             assert answer["error"] == f"S3 upload to bucket 'tts-bucket' at {endpoint} failed: NoSuchBucket: The specified bucket does not exist"
             log = Path(tmp_path / "api.log").read_text()
             assert credentials["S3_SECRET_KEY"] not in log and credentials["S3_SECRET_KEY"] not in json.dumps(answer)
+
+
+def test_the_local_client_script_polls_run_and_status(api, tmp_path):
+    """scripts/local_runpod_test.py --async: POST /run, then POST /status/<id> until done."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "local_runpod_test.py"), "--url",
+                           f"http://127.0.0.1:{api.port}", "--async", "--text", "Polled until done.", "--format",
+                           "flac", "--save", str(tmp_path / "polled.flac")], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(r"job \S+ queued", proc.stdout) and re.search(r"job \S+ completed", proc.stdout)
+    metadata = json.loads(proc.stdout[proc.stdout.index("{"):proc.stdout.index("round trip")])["metadata"]
+    assert agrees((tmp_path / "polled.flac").read_bytes(), "flac", metadata["duration_seconds"])

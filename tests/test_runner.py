@@ -217,3 +217,17 @@ def test_frame_steps_are_the_steps_the_engine_ran(tiny_env):
     longest = sum(max(results[c.index].size for c in batch) // SAMPLES_PER_FRAME + 1
                   for batch in make_batches(chunks, 4, spec.batching.max_batch_chars))
     assert stats.frame_steps == len(steps) > longest
+
+
+@pytest.mark.parametrize("engine", ["stock", "fast", "graph"])
+def test_progress_moves_during_a_batch(tiny_env, engine):
+    """One batch of three chunks: seconds of audio made are reported while it runs, not only after."""
+    cfg = config_mod.load(FAST + [f"runtime.engine={engine}", "runtime.graph.buckets=[1,2,4]", "runtime.graph.max_len=160"])
+    model = ModelStore(cfg.models, cfg.runtime).get("1.7B-CustomVoice")
+    spec = job(cfg, segments=[{"text": s} for s in SENTENCES[:3]])
+    seen = []
+    out = synthesize(spec, model, progress=lambda done, total, seconds: seen.append((done, total, seconds)))
+    during = [s for done, _, s in seen if done == 0]
+    assert len(during) >= 10 and during == sorted(during) and 0 < during[-1]  # moving inside the one batch
+    assert seen[-1][:2] == (3, 3) and seen[-1][2] == pytest.approx(3 * 1.2)
+    assert out.stats.calls == 1

@@ -50,5 +50,35 @@ def test_unreachable_endpoint_is_a_clear_error(tiny_env):
     endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     with environment(S3_BUCKET="b", S3_ACCESS_KEY="AKIAEXAMPLE", S3_SECRET_KEY=SECRET, S3_ENDPOINT=endpoint):
         out = Worker.from_env(FAST).handle({"id": "down", "input": {"text": "Hello?"}})
-    assert out["error"].startswith(f"S3 upload to bucket 'b' at {endpoint} failed: EndpointConnectionError")
+    assert out["error"].startswith(f"S3 upload to bucket 'b' at {endpoint} failed after 4 attempts: "
+                                   "EndpointConnectionError")  # tried again after 0.5, 1 and 2 s
     assert SECRET not in repr(out)
+
+
+def test_an_upload_is_tried_again_until_the_store_answers(tiny_env, caplog):
+    """The S3 server (moto, in this process, its bucket already made) starts listening only a second
+    into the job: the first attempts find nothing there, a later one (after 0.5, 1, 2 s pauses)
+    succeeds, and the job is answered with a URL that serves the audio."""
+    import threading
+
+    import requests
+    from moto.backends import get_backend
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    get_backend("s3")["123456789012"]["global"].create_bucket("late", "us-east-1")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    late = threading.Timer(1.0, server.start)
+    with environment(S3_BUCKET="late", S3_ACCESS_KEY="AKIAEXAMPLE", S3_SECRET_KEY=SECRET,
+                     S3_ENDPOINT=f"http://127.0.0.1:{port}"):
+        worker = Worker.from_env(FAST + ["sink.upload_attempts=6"])
+        late.start()
+        try:
+            with caplog.at_level("WARNING", logger="tts_runner.sinks"):
+                out = worker.handle({"id": "late", "input": {"text": "Delivered in the end."}})
+            assert "audio_url" in out, out
+            assert requests.get(out["audio_url"], timeout=10).content[:4] == b"RIFF"
+        finally:
+            late.join()
+            server.stop()
+    assert "S3 upload to bucket 'late'" in caplog.text and "trying again" in caplog.text

@@ -45,7 +45,8 @@ def test_missing_model_folder_is_kept_and_returned_to_every_job(tmp_path, tiny_e
     broken = Worker.from_env(FAST)
     expected = (f"The worker failed to start: Model '1.7B-CustomVoice' not found: {tmp_path}/empty/"
                 "Qwen3-TTS-12Hz-1.7B-CustomVoice has no config.json. Put the Qwen3-TTS-12Hz-1.7B-CustomVoice "
-                f"folder under QWEN_TTS_MODEL_DIR (now {tmp_path}/empty).")
+                f"folder under QWEN_TTS_MODEL_DIR (now {tmp_path}/empty). Without weights, build random-weight "
+                "test models: python -m tts_runner.tools.tiny_model DIR.")
     for i in range(2):
         assert broken.handle({"id": str(i), "input": {"text": "Hi."}})["error"] == expected
 

@@ -15,6 +15,12 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from tts_runner.errors import InputError
+
+
+class SettingError(InputError):
+    """A configuration value (conf/, environment, command line) is out of range."""
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
@@ -40,3 +46,25 @@ def apply_pins(cfg: DictConfig, pins: dict[str, Any]) -> DictConfig:
     for key, value in pins.items():
         OmegaConf.update(cfg, key, value, merge=False, force_add=True)
     return cfg
+
+
+def check(cfg: DictConfig) -> None:
+    """The settings of `batching` and `audio` that no payload carries: each bad one is one clear
+    error at start-up (the worker) or before anything runs (the command line)."""
+    def number(path: str, value, low: float, high: float, nullable: bool = False) -> None:
+        if value is None and nullable:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            allowed = f"a number from {low} to {high}" + (" or null" if nullable else "")
+            raise SettingError(f"Invalid setting {path}={value!r}: use {allowed}.")
+
+    batching, post = cfg.batching, cfg.audio
+    if batching.runaway not in ("retry", "keep"):
+        raise SettingError(f"Invalid setting batching.runaway={batching.runaway!r}: use retry or keep.")
+    budget = batching.frame_budget
+    number("batching.frame_budget.seconds_per_char", budget.seconds_per_char, 0.001, 10, nullable=True)
+    number("batching.frame_budget.factor", budget.factor, 0.1, 100)
+    number("batching.frame_budget.margin_seconds", budget.margin_seconds, 0, 600)
+    number("audio.trim.threshold_db", post.trim.threshold_db, -120, 0, nullable=True)
+    number("audio.trim.keep_ms", post.trim.keep_ms, 0, 1000)
+    number("audio.true_peak_dbtp", post.true_peak_dbtp, -20, 0)

@@ -25,3 +25,12 @@ class SinkError(TTSError):
 class DeviceFailure(TTSError):
     """The GPU failed in a way that may have broken its CUDA context (not out of memory): the
     worker answers with it, reports itself unhealthy and exits, so a fresh one replaces it."""
+
+
+class PayloadError(InputError):
+    """A field of the payload (or job spec) is invalid: `path` is its JSON path ($.params.top_k),
+    `detail` what is wrong and what is allowed. The command line names the config key instead."""
+
+    def __init__(self, path: str, detail: str):
+        super().__init__(f"Invalid input at {path}: {detail}")
+        self.path, self.detail = path, detail

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 
 from tts_runner.decode import fast
 from tts_runner.decode.graph import GraphEngine
@@ -41,7 +42,6 @@ SAMPLES_PER_FRAME = 1920  # one codec frame = 80 ms at 24 kHz
 SAMPLE_RATE = 24000
 DECODE_GROUP = 16          # items per speech-tokenizer call
 DECODE_SPREAD = 1.25       # longest / shortest item in one call
-ENGINES = ("fast", "graph", "stock")
 FALLBACK = {"graph": "fast", "fast": "stock"}
 
 
@@ -90,6 +90,7 @@ class Model:
         self._budgets: list[int] | None = None  # per-row frame budgets of the call in progress
         self._seeds: list[int] | None = None    # per-row seeds of the call in progress
         self._steps = 0                         # talker steps the call in progress ran
+        self._progress: Callable[[int, int], None] | None = None  # hears (frames, rows going) during a call
         self._sync_every = sync_every
         talker = tts.model.talker
         self.graph: GraphEngine | None = None
@@ -171,6 +172,7 @@ class Model:
         floor = self._floor if isinstance(self._floor, int) else None
         kwargs["min_new_tokens"] = max(int(kwargs.get("min_new_tokens") or 0), floor or max(self._floor))
         rows = {} if floor is not None or args else {"min_new_tokens": list(self._floor)}  # per-row floors
+        rows["progress"] = self._progress
         budgets, seeds = (self._budgets, self._seeds) if not args else (None, None)
         if self.engine == "graph" and self.graph is not None and not args:
             shape = kwargs["inputs_embeds"].shape
@@ -190,6 +192,8 @@ class Model:
                 return result
         # HF's generate pads with the end code when no pad id is given, and says so on every call.
         kwargs.setdefault("pad_token_id", kwargs.get("eos_token_id"))
+        if self._progress:
+            kwargs["stopping_criteria"] = StoppingCriteriaList([_Progress(self._progress)])
         if budgets is not None:  # HF generate has no per-row budget: run to the largest, end each row at its own
             kwargs["max_new_tokens"] = min(int(kwargs["max_new_tokens"]), max(budgets) + 1)
         # HF samples from torch's one generator: seeded by the first row, the batch is reproducible
@@ -223,10 +227,11 @@ class Model:
     def languages(self) -> list[str]:
         return list(self.tts.get_supported_languages() or [])
 
-    def generate(self, requests: list[ChunkRequest], sampling: dict,
-                 on_steps: Callable[[int], None] | None = None) -> tuple[list[np.ndarray], int]:
+    def generate(self, requests: list[ChunkRequest], sampling: dict, on_steps: Callable[[int], None] | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> tuple[list[np.ndarray], int]:
         """Waveforms (float32, mono) for `requests`, in order, and their sample rate. `on_steps`
-        hears how many talker steps the call ran."""
+        hears how many talker steps the call ran; `progress`, while it runs, (frames stepped, rows
+        still going) at each host check (each step for stock)."""
         kwargs = _sampling_kwargs(sampling)
         floors = [max(2, min(int(sampling.get("min_new_tokens", 2) if r.floor is None else r.floor),
                              kwargs["max_new_tokens"])) for r in requests]
@@ -236,7 +241,7 @@ class Model:
                    if any(b is not None for b in budgets) else None)
         seeds = [r.seed if r.seed is not None else int(torch.randint(2**31, ())) for r in requests]
         with self.lock, torch.inference_mode(), self.using(floor=floor, budgets=budgets, seeds=seeds):
-            self._steps = 0
+            self._steps, self._progress = 0, progress
             try:
                 if self.kind == "voice_design":
                     wavs, sr = self.tts.generate_voice_design(
@@ -252,9 +257,23 @@ class Model:
                     raise DeviceFailure(f"The GPU failed ({type(exc).__name__}: {exc}); this worker stops "
                                         "and a fresh one takes its place. Send the job again.") from exc
                 raise
+            finally:
+                self._progress = None
             if on_steps:
                 on_steps(self._steps)
         return [np.asarray(w, dtype=np.float32).reshape(-1) for w in wavs], int(sr)
+
+
+class _Progress(StoppingCriteria):
+    """Hugging Face asks its stopping criteria once a step: tell the caller how far the stock
+    engine has come (every row counts as going: HF does not say which have ended). Never stops."""
+
+    def __init__(self, progress: Callable[[int, int], None]):
+        self.progress = progress
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        self.progress(input_ids.shape[1], input_ids.shape[0])
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 def _end_rows_at(steps: list, budgets: list[int], eos: int) -> None:

@@ -1,7 +1,8 @@
 """Model variants: find their folders, load them once per process, keep them cached.
 
 Reads the `models` and `runtime` config groups. A job names a variant (`1.7B-CustomVoice`); only
-configured names resolve, so a payload can never become a path.
+configured names resolve, so a payload can never become a path. torch and the model code are
+imported when a model loads, so a command that only checks a job (`check_model_folder`) stays quick.
 """
 
 from __future__ import annotations
@@ -10,12 +11,16 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from omegaconf import DictConfig, ListConfig
 
 from tts_runner.errors import InputError, ModelError
-from tts_runner.model import ENGINES, ChunkRequest, Model
+
+if TYPE_CHECKING:
+    import torch
+
+    from tts_runner.model import Model
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +30,31 @@ logging.getLogger("qwen_tts").setLevel(logging.WARNING)
 # A model folder holding this file has random weights (tts_runner.tools.tiny_model writes it).
 RANDOM_MARKER = "RANDOM_WEIGHTS"
 
-_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+_DTYPES = ("bfloat16", "float16", "float32")
+ENGINES = ("fast", "graph", "stock")
+
+
+def model_folder(models: DictConfig, variant: str) -> Path:
+    if variant not in models.variants:
+        raise InputError(f"Unknown model '{variant}'. Available: {', '.join(sorted(models.variants))}.")
+    return Path(models.dir) / models.variants[variant].folder
+
+
+def check_model_folder(models: DictConfig, variant: str) -> None:
+    """A clear error when the variant's folder is not where QWEN_TTS_MODEL_DIR says (no loading)."""
+    path = model_folder(models, variant)
+    if not (path / "config.json").is_file():
+        raise ModelError(
+            f"Model '{variant}' not found: {path} has no config.json. Put the "
+            f"{models.variants[variant].folder} folder under QWEN_TTS_MODEL_DIR (now {models.dir}). "
+            "Without weights, build random-weight test models: python -m tts_runner.tools.tiny_model DIR."
+        )
 
 
 def resolve_device(device: str) -> str:
     """auto -> cuda:0 when CUDA is available, else cpu; anything else as given."""
+    import torch
+
     if device in (None, "", "auto"):
         if torch.cuda.is_available():
             return "cuda:0"
@@ -43,11 +68,13 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    import torch
+
     if dtype in (None, "", "auto"):
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     if dtype not in _DTYPES:
         raise ModelError(f"runtime.dtype={dtype!r} is not supported; use auto, {', '.join(_DTYPES)}.")
-    return _DTYPES[dtype]
+    return getattr(torch, dtype)
 
 
 def resolve_engine(engine: str, device: str) -> str:
@@ -110,9 +137,7 @@ class ModelStore:
         return sorted(self.models.variants)
 
     def folder(self, variant: str) -> Path:
-        if variant not in self.models.variants:
-            raise InputError(f"Unknown model '{variant}'. Available: {', '.join(self.variant_names)}.")
-        return Path(self.models.dir) / self.models.variants[variant].folder
+        return model_folder(self.models, variant)
 
     def get(self, variant: str) -> Model:
         with self._lock:
@@ -124,17 +149,14 @@ class ModelStore:
         return sorted(self._models)
 
     def _load(self, variant: str) -> Model:
+        check_model_folder(self.models, variant)
         path = self.folder(variant)
-        if not (path / "config.json").is_file():
-            raise ModelError(
-                f"Model '{variant}' not found: {path} has no config.json. Put the "
-                f"{self.models.variants[variant].folder} folder under QWEN_TTS_MODEL_DIR "
-                f"(now {self.models.dir})."
-            )
         if (path / RANDOM_MARKER).exists():
             log.warning("Model %s at %s has RANDOM weights (built by tts_runner.tools.tiny_model): "
                         "its audio is noise. Use it for tests only.", variant, path)
         from qwen_tts import Qwen3TTSModel
+
+        from tts_runner.model import Model
 
         attention = self.runtime.attention
         kwargs = dict(device_map=self.device, dtype=self.dtype,
@@ -158,6 +180,8 @@ class ModelStore:
     @staticmethod
     def _warm_up(model: Model) -> None:
         """One short generation, so the first job does not pay for lazy initialisation."""
+        from tts_runner.model import ChunkRequest
+
         started = time.perf_counter()
         speaker = model.speakers[0] if model.speakers else None
         request = ChunkRequest("Warm up.", speaker, "english" if "english" in model.languages else "auto",

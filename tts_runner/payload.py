@@ -19,7 +19,7 @@ from jsonschema.exceptions import ValidationError, relevance
 from omegaconf import DictConfig, OmegaConf
 
 from tts_runner.audio import MP3_MAX_KBPS_BELOW_32K, OPUS_RATES
-from tts_runner.errors import InputError
+from tts_runner.errors import InputError, PayloadError
 
 SCHEMA_PATH = Path(__file__).with_name("payload.schema.json")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -56,35 +56,50 @@ def build_validator(cfg: DictConfig) -> Draft202012Validator:
 def validate(payload: Any, validator: Draft202012Validator, max_total_chars: int) -> dict:
     """Check one job input; return it unchanged or raise InputError with one clear message."""
     if not isinstance(payload, dict):
-        raise InputError(
-            f"Invalid input at $: the job input must be a JSON object with 'text' or 'segments', "
-            f"got {_json_type(payload)}."
-        )
+        raise PayloadError("$", f"the job input must be a JSON object with 'text' or 'segments', "
+                                f"got {_json_type(payload)}.")
     _check_structure(payload, "$")
     has_text, has_segments = payload.get("text") is not None, payload.get("segments") is not None
     if has_text == has_segments:
-        raise InputError(
-            "Invalid input at $: give exactly one of 'text' (a string) or 'segments' "
-            f"(a list of {{text, voice}}); got {'both' if has_text else 'neither'}."
-        )
+        raise PayloadError("$", "give exactly one of 'text' (a string) or 'segments' "
+                                f"(a list of {{text, voice}}); got {'both' if has_text else 'neither'}.")
     error = min(validator.iter_errors(payload), key=_priority, default=None)
     if error is not None:
-        raise InputError(f"Invalid input at {error.json_path}: {_describe(error)}")
+        raise PayloadError(error.json_path, _describe(error))
     texts = [payload["text"]] if has_text else [s["text"] for s in payload["segments"]]
     rate = payload.get("sample_rate", 24000)
     if payload.get("output_format") == "opus" and rate not in OPUS_RATES:
-        raise InputError(f"Invalid input at $.sample_rate: output_format 'opus' takes "
-                         f"{', '.join(map(str, OPUS_RATES))} Hz; got {rate}.")
+        raise PayloadError("$.sample_rate", f"output_format 'opus' takes {', '.join(map(str, OPUS_RATES))} Hz; "
+                                            f"got {rate}.")
     if payload.get("output_format") == "mp3" and rate < 32000 and payload.get("mp3_bitrate", 0) > MP3_MAX_KBPS_BELOW_32K:
-        raise InputError(f"Invalid input at $.mp3_bitrate: MP3 at {rate} Hz goes up to {MP3_MAX_KBPS_BELOW_32K} kbps; "
-                         f"got {payload['mp3_bitrate']} (ask for sample_rate 44100 or 48000 for more).")
+        raise PayloadError("$.mp3_bitrate", f"MP3 at {rate} Hz goes up to {MP3_MAX_KBPS_BELOW_32K} kbps; got "
+                                            f"{payload['mp3_bitrate']} (ask for sample_rate 44100 or 48000 for more).")
+    params = payload.get("params") or {}
+    floor, cap = params.get("min_new_tokens"), params.get("max_new_tokens")
+    if floor is not None and cap is not None and floor > cap:
+        raise PayloadError("$.params.min_new_tokens", f"the end-of-speech floor, {floor} frames, is above "
+                                                      f"max_new_tokens, {cap}: no chunk could end before its cap. "
+                                                      "Lower min_new_tokens (the default floor is "
+                                                      "QWEN_TTS_MIN_NEW_TOKENS) or raise max_new_tokens.")
     total = sum(len(t) for t in texts)
     if total > max_total_chars:
-        raise InputError(
-            f"Invalid input at $: the job has {total} characters of text; the limit is "
-            f"{max_total_chars} per job. Split it into several jobs."
-        )
+        raise PayloadError("$", f"the job has {total} characters of text; the limit is {max_total_chars} per "
+                                "job. Split it into several jobs.")
     return payload
+
+
+def config_key(path: str) -> str | None:
+    """The config key behind a payload path ($.params.top_k -> sampling.top_k), for messages on the
+    command line, where the user typed config keys; None for the payload as a whole ($)."""
+    if path == "$":
+        return None
+    key = path.removeprefix("$.")
+    if key.startswith("params."):
+        name = key.removeprefix("params.")
+        return f"input.{name}" if name.split(".")[0] in _INPUT_PARAMS else f"sampling.{name}"
+    if key.split(".")[0].split("[")[0] in _AUDIO_FIELDS:
+        return f"audio.{key}"
+    return f"input.{key}"
 
 
 def to_overrides(payload: dict) -> dict:
@@ -243,9 +258,9 @@ def _check_structure(root: Any, root_path: str) -> None:
     while stack:
         node, path, depth = stack.pop()
         if isinstance(node, float) and not math.isfinite(node):
-            raise InputError(f"Invalid input at {path}: must be a finite number, got {node}.")
+            raise PayloadError(path, f"must be a finite number, got {node}.")
         if isinstance(node, (dict, list)) and depth >= MAX_DEPTH:
-            raise InputError(f"Invalid input at {_short(path, 80)}: nested more than {MAX_DEPTH} levels deep.")
+            raise PayloadError(_short(path, 80), f"nested more than {MAX_DEPTH} levels deep.")
         if isinstance(node, dict):
             stack.extend((v, f"{path}.{k}", depth + 1) for k, v in node.items())
         elif isinstance(node, list):

@@ -34,13 +34,15 @@ from tqdm import tqdm
 
 from tts_runner import audio, sinks
 from tts_runner.chunking import split_text
-from tts_runner.errors import DeviceFailure, GenerationError, InputError
+from tts_runner.errors import DeviceFailure, GenerationError, InputError, SinkError
 from tts_runner.model import SAMPLE_RATE, SAMPLES_PER_FRAME, ChunkRequest, Model
 from tts_runner.voices import resolve_language, resolve_voice
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int, int], None]
+# progress(chunks done, chunks in all, seconds of audio made so far): after each batch, and during
+# one at every host check of the engine (the seconds then estimated from the frames stepped)
+Progress = Callable[[int, int, float], None]
 
 
 @dataclass
@@ -113,28 +115,7 @@ def plan(job: DictConfig, model: Model, voices: DictConfig, max_chars: int) -> t
 
 
 FRAMES_PER_SECOND = SAMPLE_RATE / SAMPLES_PER_FRAME  # 12.5
-
-
-def check_config(cfg: DictConfig) -> None:
-    """The settings of `batching` and `audio` that no payload carries: each bad one is one clear
-    error at start-up (the worker) or before anything runs (the command line)."""
-    def number(path: str, value, low: float, high: float, nullable: bool = False) -> None:
-        if value is None and nullable:
-            return
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-            allowed = f"a number from {low} to {high}" + (" or null" if nullable else "")
-            raise InputError(f"Invalid setting {path}={value!r}: use {allowed}.")
-
-    batching, post = cfg.batching, cfg.audio
-    if batching.runaway not in ("retry", "keep"):
-        raise InputError(f"Invalid setting batching.runaway={batching.runaway!r}: use retry or keep.")
-    budget = batching.frame_budget
-    number("batching.frame_budget.seconds_per_char", budget.seconds_per_char, 0.001, 10, nullable=True)
-    number("batching.frame_budget.factor", budget.factor, 0.1, 100)
-    number("batching.frame_budget.margin_seconds", budget.margin_seconds, 0, 600)
-    number("audio.trim.threshold_db", post.trim.threshold_db, -120, 0, nullable=True)
-    number("audio.trim.keep_ms", post.trim.keep_ms, 0, 1000)
-    number("audio.true_peak_dbtp", post.true_peak_dbtp, -20, 0)
+READ_CHARS_PER_SECOND = 15  # read speech, for the progress bar's expected total
 
 
 def frame_budget(text: str, budget: DictConfig | None, max_new_tokens: int, floor: int = 0) -> int | None:
@@ -192,6 +173,15 @@ def generate_all(
     def count_steps(steps: int) -> None:
         stats.frame_steps += steps
 
+    made = 0.0  # seconds of accepted audio
+    batch_state = {"frames": 0, "seconds": 0.0}
+
+    def during_batch(frames: int, going: int) -> None:
+        batch_state["seconds"] += (frames - batch_state["frames"]) * going / FRAMES_PER_SECOND
+        batch_state["frames"] = frames
+        if progress:
+            progress(len(results), len(chunks), made + batch_state["seconds"])
+
     pending = deque(make_batches(chunks, batching.max_batch_size, batching.max_batch_chars))
     while pending:
         batch = pending.popleft()
@@ -199,7 +189,8 @@ def generate_all(
         try:
             requests = [c.request if job_seed is None else replace(c.request, seed=chunk_seed(job_seed, c.index, c.attempts))
                         for c in batch]
-            wavs, sample_rate = model.generate(requests, sampling, on_steps=count_steps)
+            batch_state.update(frames=0, seconds=0.0)
+            wavs, sample_rate = model.generate(requests, sampling, on_steps=count_steps, progress=during_batch)
         except DeviceFailure:
             raise  # nothing may run on this device again
         except Exception as exc:  # noqa: BLE001 - any other failure of a batch is retried smaller
@@ -229,6 +220,7 @@ def generate_all(
                                f"for {len(chunk.request.text)} characters")
             if problem is None:
                 results[chunk.index] = wav
+                made += wav.size / sample_rate
                 if on_result:
                     on_result(chunk, wav)
             else:
@@ -237,7 +229,7 @@ def generate_all(
         if retry:
             pending.extend(make_batches(retry, batching.max_batch_size, batching.max_batch_chars))
         if progress:
-            progress(len(results), len(chunks))
+            progress(len(results), len(chunks), made)
     return results, sample_rate, stats
 
 
@@ -313,11 +305,15 @@ def synthesize(cfg: DictConfig, model: Model, progress: Progress | None = None) 
         budget = frame_budget(chunk.request.text, cfg.batching.get("frame_budget"), int(sampling["max_new_tokens"]),
                               int(sampling.get("min_new_tokens") or 0))
         chunk.request = replace(chunk.request, max_frames=budget)
-    with tqdm(total=len(chunks), desc="chunks", unit="chunk", mininterval=1.0, leave=False) as bar:
-        def report(done: int, total: int) -> None:
-            bar.update(done - bar.n)
+    expected = round(sum(len(c.request.text) for c in chunks) / READ_CHARS_PER_SECOND)
+    with tqdm(total=expected, desc="audio", unit="s", mininterval=1.0, leave=False,
+              bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} s made {postfix}") as bar:
+        def report(done: int, total: int, seconds: float) -> None:
+            bar.n = min(seconds, expected)
+            bar.set_postfix_str(f"({done}/{total} chunk{'s' * (total != 1)})", refresh=False)
+            bar.refresh()
             if progress:
-                progress(done, total)
+                progress(done, total, seconds)
 
         assembler = Assembler(chunks, num_segments, SAMPLE_RATE, cfg.chunking, cfg.audio)
         try:
@@ -340,10 +336,19 @@ def synthesize(cfg: DictConfig, model: Model, progress: Progress | None = None) 
 
 
 def run_job(cfg: DictConfig, model: Model, job_id: str, out_dir: Path | None = None,
-            progress: Progress | None = None) -> tuple[dict, JobAudio]:
-    """The whole graph: synthesize, deliver to the sink; return the response and the audio."""
+            progress: Progress | None = None, keep: Path | None = None) -> tuple[dict, JobAudio]:
+    """The whole graph: synthesize, deliver to the sink; return the response and the audio. The
+    sink's settings are checked before anything is generated; if delivery fails after all, the
+    audio is written into `keep` (when given) and the error says where."""
+    sinks.check(cfg.sink)
     job = synthesize(cfg, model, progress)
-    response = sinks.deliver(job.data, job.format, cfg.sink, job_id, cfg.input.name, out_dir)
+    try:
+        response = sinks.deliver(job.data, job.format, cfg.sink, job_id, cfg.input.name, out_dir)
+    except SinkError as exc:
+        if keep is None:
+            raise
+        kept = sinks.write_file(job.data, job.format, keep, cfg.input.name)
+        raise SinkError(f"{exc} The audio is kept at {kept}.") from None
     response["metadata"] = {
         "duration_seconds": job.duration_seconds,
         "sample_rate": job.sample_rate,

@@ -1,22 +1,33 @@
 """Where the encoded audio goes: inline base64, an S3 presigned URL, or a file.
 
 Reads the `sink` config group. `auto` picks S3 when a bucket and both credentials are set, and
-base64 otherwise. Object keys are built here (prefix + job id + random suffix), never from user
-text. Error messages never contain credentials.
+base64 otherwise. `check()` says what is missing before any audio is made. An upload that fails for
+a reason that may pass (no connection, a timeout, a 5xx, throttling) is tried again, a bounded
+number of times with growing pauses; a refusal (bad credentials, no such bucket) is not. Object
+keys are built here (prefix + job id + random suffix), never from user text. Error messages never
+contain credentials.
 """
 
 from __future__ import annotations
 
 import base64
+import logging
 import re
 import secrets
+import time
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from tts_runner.errors import SinkError
 
-CONTENT_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg"}
+log = logging.getLogger(__name__)
+
+CONTENT_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg", "flac": "audio/flac", "opus": "audio/ogg",
+                 "pcm": "application/octet-stream"}
+KINDS = ("auto", "base64", "s3", "file")
+# S3 error codes worth another try: the service or the way to it, not the request, was at fault
+PASSING = {"RequestTimeout", "RequestTimeTooSkewed", "SlowDown", "ServiceUnavailable", "InternalError", "Throttling"}
 
 
 def resolve_kind(sink: DictConfig) -> str:
@@ -27,6 +38,14 @@ def resolve_kind(sink: DictConfig) -> str:
 
 def s3_configured(sink: DictConfig) -> bool:
     return all(sink.get(k) for k in ("bucket", "access_key", "secret_key"))
+
+
+def check(sink: DictConfig) -> None:
+    """What can be known before any audio is made: the kind exists, and S3 has what it needs."""
+    if sink.kind not in KINDS:
+        raise SinkError(f"Unknown sink kind '{sink.kind}'; use auto, base64, s3 or file.")
+    if sink.kind == "s3" and not s3_configured(sink):
+        raise SinkError("The s3 sink needs S3_BUCKET, S3_ACCESS_KEY and S3_SECRET_KEY to be set.")
 
 
 def deliver(data: bytes, fmt: str, sink: DictConfig, job_id: str, name: str = "tts",
@@ -74,23 +93,34 @@ def upload_s3(data: bytes, fmt: str, sink: DictConfig, job_id: str) -> str:
         region_name=sink.region or "us-east-1",
         aws_access_key_id=sink.access_key,
         aws_secret_access_key=sink.secret_key,
-        config=Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": 3},
-                      signature_version="s3v4"),
+        config=Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": 1},
+                      signature_version="s3v4"),  # the attempts are ours (upload_attempts), not botocore's
     )
     key = object_key(sink.prefix, job_id, fmt)
     where = f"bucket '{sink.bucket}'" + (f" at {sink.endpoint_url}" if sink.endpoint_url else "")
-    try:
-        client.put_object(Bucket=sink.bucket, Key=key, Body=data, ContentType=CONTENT_TYPES[fmt])
-        return client.generate_presigned_url(
-            "get_object", Params={"Bucket": sink.bucket, "Key": key},
-            ExpiresIn=int(sink.url_expiry_seconds),
-        )
-    except ClientError as exc:
-        err = exc.response.get("Error", {})
-        raise SinkError(f"S3 upload to {where} failed: {err.get('Code', 'error')}: "
-                        f"{err.get('Message', 'no message')}") from None
-    except BotoCoreError as exc:
-        raise SinkError(f"S3 upload to {where} failed: {type(exc).__name__}: {exc}") from None
+    attempts = max(1, int(sink.get("upload_attempts", 1)))
+    for attempt in range(1, attempts + 1):
+        try:
+            client.put_object(Bucket=sink.bucket, Key=key, Body=data, ContentType=CONTENT_TYPES[fmt])
+            return client.generate_presigned_url(
+                "get_object", Params={"Bucket": sink.bucket, "Key": key},
+                ExpiresIn=int(sink.url_expiry_seconds),
+            )
+        except ClientError as exc:
+            err = exc.response.get("Error", {})
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            problem = f"{err.get('Code', 'error')}: {err.get('Message', 'no message')}"
+            passing = err.get("Code") in PASSING or status >= 500
+        except BotoCoreError as exc:
+            problem, passing = f"{type(exc).__name__}: {exc}", True
+        if not passing or attempt == attempts:
+            break
+        pause = float(sink.get("upload_backoff_seconds", 0.5)) * 2 ** (attempt - 1)
+        log.warning("S3 upload to %s failed (attempt %d of %d: %s); trying again in %.1f s", where, attempt,
+                    attempts, problem, pause)
+        time.sleep(pause)
+    tried = f" after {attempt} attempts" if attempt > 1 else ""
+    raise SinkError(f"S3 upload to {where} failed{tried}: {problem}")
 
 
 def write_file(data: bytes, fmt: str, directory: Path, name: str) -> Path:

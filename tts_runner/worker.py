@@ -11,6 +11,7 @@ RunPod replaces the worker.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -24,7 +25,7 @@ from tts_runner import payload as payload_mod
 from tts_runner.errors import DeviceFailure, TTSError
 from tts_runner.model_store import ModelStore
 from tts_runner.redact import protect, redact
-from tts_runner.runner import check_config, run_job
+from tts_runner.runner import run_job
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class Worker:
             return
         started = time.perf_counter()
         try:
-            check_config(cfg)
+            config_mod.check(cfg)
             self.validator = payload_mod.build_validator(cfg)
             defaults = {**payload_mod.from_config(cfg), "text": "start-up check"}
             defaults.pop("segments", None)
@@ -96,10 +97,14 @@ class Worker:
             payload_mod.validate(payload_mod.from_config(cfg), self.validator, self.cfg.limits.max_total_chars)
             model = self.store.get(cfg.input.model)
             response, _ = run_job(cfg, model, str(job.get("id", "local")), progress=self._progress(job))
+            meta = {k: v for k, v in response["metadata"].items() if k != "segments"}
+            log.info("Job %s done: %s", job.get("id", "local"), json.dumps(meta))
             return redact(response, self.secrets)
         except Exception as exc:  # noqa: BLE001 - every failure becomes {error, traceback}
             if not isinstance(exc, TTSError):
                 log.exception("Job %s failed", job.get("id"))
+            else:
+                log.warning("Job %s failed: %s", job.get("id", "local"), redact(str(exc), self.secrets))
             answer = {"error": _message(exc), "traceback": traceback.format_exc()}
             if isinstance(exc, DeviceFailure):
                 self._fail_device(str(exc))
@@ -122,11 +127,11 @@ class Worker:
 
         last = [0.0]
 
-        def report(done: int, total: int) -> None:
+        def report(done: int, total: int, seconds: float) -> None:
             now = time.monotonic()
             if now - last[0] >= PROGRESS_EVERY_SECONDS or done == total:
                 last[0] = now
-                runpod.serverless.progress_update(job, f"{done}/{total} chunks")
+                runpod.serverless.progress_update(job, f"{done}/{total} chunks, {seconds:.0f} s of audio made")
 
         return report
 

@@ -8,3 +8,7 @@ Hugging Face `generate()` (the `stock` engine).
 - `fast`: the `fast` engine, a lean loop with a growing cache that drops ended rows;
 - `graph`: the `graph` engine, one fixed-shape frame over static buffers, captured as a CUDA graph.
 """
+
+from tts_runner.library import import_qwen_tts
+
+import_qwen_tts()  # before the submodules import from it: quietly

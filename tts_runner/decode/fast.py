@@ -19,6 +19,8 @@ path's exactly (tests/test_decode_exact.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from tts_runner.decode.core import Predictor, TalkerResult, frame_embedding, prefill
@@ -38,9 +40,10 @@ def _full_batch(hidden: torch.Tensor, codes: torch.Tensor, rows: torch.Tensor, b
 def generate(talker: torch.nn.Module, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
              trailing_text_hidden: torch.Tensor, tts_pad_embed: torch.Tensor, max_new_tokens: int,
              eos_token_id: int | None = None, suppress_tokens: list[int] | None = None, sync_every: int = 1,
-             **settings) -> TalkerResult:
+             progress: Callable[[int, int], None] | None = None, **settings) -> TalkerResult:
     """Drop-in for `talker.generate(...)` as qwen-tts calls it; `settings` are the sampling
-    arguments of sampling.SETTINGS (scalars, or one per row; others are ignored)."""
+    arguments of sampling.SETTINGS (scalars, or one per row; others are ignored). `progress` hears
+    (frames stepped, rows still going) at every host check."""
     device = inputs_embeds.device
     batch = inputs_embeds.shape[0]
     eos = talker.config.codec_eos_token_id if eos_token_id is None else eos_token_id
@@ -83,6 +86,8 @@ def generate(talker: torch.nn.Module, inputs_embeds: torch.Tensor, attention_mas
         unfinished = unfinished & (token != eos)
         if (step + 1) % sync_every == 0:
             alive = unfinished.nonzero().squeeze(1)
+            if progress:
+                progress(step + 1, alive.numel())
             if alive.numel() == 0:
                 break
             if alive.numel() < unfinished.numel():

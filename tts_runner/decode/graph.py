@@ -24,6 +24,7 @@ import dataclasses
 import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -234,8 +235,10 @@ class GraphEngine:
         if kwargs.get("suppress_tokens"):
             self.blocked[torch.tensor(kwargs["suppress_tokens"], device=self.blocked.device)] = True
 
-    def generate(self, inputs_embeds, attention_mask, trailing_text_hidden, tts_pad_embed, **kwargs) -> TalkerResult:
-        """Drop-in for `talker.generate(...)` as qwen-tts calls it (a call that `fits`)."""
+    def generate(self, inputs_embeds, attention_mask, trailing_text_hidden, tts_pad_embed,
+                 progress: Callable[[int, int], None] | None = None, **kwargs) -> TalkerResult:
+        """Drop-in for `talker.generate(...)` as qwen-tts calls it (a call that `fits`); `progress`
+        hears (frames stepped, rows still going) at every host check."""
         if self.state is None:
             self._allocate(inputs_embeds)
         batch = inputs_embeds.shape[0]
@@ -263,6 +266,8 @@ class GraphEngine:
             if frames % self.sync_every and frames < max_new - 1:
                 continue
             alive = self.views[b].unfinished.nonzero().view(-1).tolist()  # the host sync
+            if progress:
+                progress(frames + 1, len(alive))
             if not alive:
                 break
             smaller = self.bucket(len(alive))

@@ -20,7 +20,10 @@ from pathlib import Path
 
 import torch
 
+from tts_runner.library import import_qwen_tts
 from tts_runner.model_store import RANDOM_MARKER
+
+import_qwen_tts()
 
 SPECIAL_TOKENS = ["<|im_start|>", "<|im_end|>", "<|tts_pad|>", "<|tts_bos|>", "<|tts_eos|>"]
 SPEAKERS = ["vivian", "serena", "uncle_fu", "dylan", "eric", "ryan", "aiden", "ono_anna", "sohee"]
