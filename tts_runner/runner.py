@@ -306,12 +306,14 @@ def synthesize(cfg: DictConfig, model: Model, progress: Progress | None = None) 
                               int(sampling.get("min_new_tokens") or 0))
         chunk.request = replace(chunk.request, max_frames=budget)
     expected = round(sum(len(c.request.text) for c in chunks) / READ_CHARS_PER_SECOND)
-    with tqdm(total=expected, desc="audio", unit="s", mininterval=1.0, leave=False,
+    # on a terminal only (disable=None): a worker's log gets one line per job instead
+    with tqdm(total=max(1, expected), desc="audio", unit="s", mininterval=1.0, leave=False, disable=None,
               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} s made {postfix}") as bar:
         def report(done: int, total: int, seconds: float) -> None:
-            bar.n = min(seconds, expected)
+            if seconds > bar.total:  # the text's estimate was short
+                bar.total = math.ceil(seconds)
             bar.set_postfix_str(f"({done}/{total} chunk{'s' * (total != 1)})", refresh=False)
-            bar.refresh()
+            bar.update(seconds - bar.n)
             if progress:
                 progress(done, total, seconds)
 
