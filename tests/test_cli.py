@@ -53,7 +53,7 @@ def test_bad_cli_values_are_one_clear_error(tmp_path, model_dir):
 
 def run_script(args, cwd, model_dir, timeout=600):
     env = {**os.environ, "QWEN_TTS_MODEL_DIR": str(model_dir), "QWEN_TTS_DEVICE": "cpu",
-           "TTS_RUNNER_OVERRIDES": "sampling.max_new_tokens=16 sampling.min_new_tokens=16"}
+           "TTS_RUNNER_OVERRIDES": "sampling.max_new_tokens=16 sampling.min_new_tokens=16 audio.trim.threshold_db=null"}
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -128,3 +128,26 @@ def test_a_sink_that_fails_after_generation_keeps_the_audio_and_says_where(tmp_p
     kept = tmp_path / "out" / "hello.wav"
     assert f"The audio is kept at {kept}." in out and kept.stat().st_size > 1000
     assert "not-a-secret-1234" not in out
+
+
+def test_an_interview_in_a_saved_cloned_voice(tmp_path, model_dir):
+    proc = run_cli(["+job=interview", "sampling.max_new_tokens=8", "sampling.min_new_tokens=8", "hydra.run.dir=out"],
+                   tmp_path, model_dir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert [s["voice"] for s in record["metadata"]["segments"]] == ["clone:anna"] * 3
+    assert agrees((tmp_path / "out" / "interview.mp3").read_bytes(), "mp3", record["metadata"]["duration_seconds"])
+
+
+def test_a_missing_model_is_fetched_and_an_unreachable_hub_is_one_clear_error(tmp_path, model_dir):
+    empty = tmp_path / "models"
+    empty.mkdir()
+    proc = run_cli(["+job=hello"], tmp_path, model_dir,
+                   {"QWEN_TTS_MODEL_DIR": str(empty), "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+                    "HF_HUB_OFFLINE": "0"})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2
+    assert "fetching Qwen/Qwen3-TTS-12Hz-1.7B-CustomVoice from the Hugging Face Hub" in out  # it tried
+    assert (f"Model '1.7B-CustomVoice' not found at {empty}/Qwen3-TTS-12Hz-1.7B-CustomVoice, and fetching it from "
+            "the Hugging Face Hub (Qwen/Qwen3-TTS-12Hz-1.7B-CustomVoice) failed") in out
+    assert "python -m tts_runner.tools.tiny_model DIR" in out

@@ -38,11 +38,11 @@ def test_readme_examples_are_valid(check):
     ({"text": "   "}, "$.text: must contain some non-whitespace text"),
     ({"text": 5}, "$.text: must be of type string, got number"),
     ({"text": "a", "output_format": "ogg"}, "$.output_format: 'ogg' is not allowed; allowed: wav, mp3"),
-    ({"text": "a", "model": "../../etc/passwd"}, "$.model: '../../etc/passwd' is not allowed; allowed: 0.6B-CustomVoice, 1.7B-CustomVoice, 1.7B-VoiceDesign"),
+    ({"text": "a", "model": "../../etc/passwd"}, "$.model: '../../etc/passwd' is not allowed; allowed: 0.6B-Base, 0.6B-CustomVoice, 1.7B-Base, 1.7B-CustomVoice, 1.7B-VoiceDesign"),
     ({"text": "a", "voice": "/etc/passwd"}, "$.voice: '/etc/passwd' is not a voice name"),
     ({"text": "a", "voice": "..%2F..%2Fetc"}, "$.voice: '..%2F..%2Fetc' is not a voice name"),
     ({"text": "a", "extra": 1, "more": 2}, "$: unknown field(s) 'extra', 'more'; allowed: loudness_lufs, model, mp3_bitrate, output_format, params, "
-     "sample_rate, segments, text, voice"),
+     "ref_audio, ref_text, sample_rate, segments, text, voice"),
     ({"text": "a", "params": {"temp": 1}}, "$.params: unknown field(s) 'temp'; allowed:"),
     ({"text": "a", "params": {"temperature": 0}}, "$.params.temperature: must be > 0 and <= 2, got 0"),
     ({"text": "a", "params": {"top_p": 1.5}}, "$.params.top_p: must be > 0 and <= 1, got 1.5"),
@@ -125,5 +125,5 @@ def test_job_specs_load_by_name_and_by_path():
     assert name == "podcast" and len(spec["segments"]) >= 12
     assert {s["voice"] for s in spec["segments"]} == {"male_1", "female_1"}
     assert payload_mod.load_job_spec("jobs/hello.yaml")[0] == "hello"
-    with pytest.raises(InputError, match="Job spec 'nope' not found.*Known jobs: hello, podcast"):
+    with pytest.raises(InputError, match="Job spec 'nope' not found.*Known jobs: hello, interview, podcast"):
         payload_mod.load_job_spec("nope")

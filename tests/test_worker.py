@@ -25,8 +25,8 @@ def test_text_job_returns_wav_matching_its_metadata(worker):
 
 def test_voice_design_model_needs_instruct(worker):
     out = worker.handle({"id": "vd", "input": {"text": "Hi.", "model": "1.7B-VoiceDesign"}})
-    assert out["error"] == ("Invalid input at $.params.instruct: model '1.7B-VoiceDesign' designs a voice "
-                            "from params.instruct; describe the voice there.")
+    assert out["error"] == ("Invalid input at $.params.instruct: model '1.7B-VoiceDesign' designs a voice from an "
+                            "instruct (params.instruct for the job, or a segment's own); describe the voice there.")
     out = worker.handle({"id": "vd", "input": {"text": "Hi.", "model": "1.7B-VoiceDesign",
                                                "params": {"instruct": "A warm, low voice."}}})
     assert out["metadata"]["model"] == "1.7B-VoiceDesign" and out["metadata"]["duration_seconds"] == 1.2
@@ -45,8 +45,9 @@ def test_missing_model_folder_is_kept_and_returned_to_every_job(tmp_path, tiny_e
     broken = Worker.from_env(FAST)
     expected = (f"The worker failed to start: Model '1.7B-CustomVoice' not found: {tmp_path}/empty/"
                 "Qwen3-TTS-12Hz-1.7B-CustomVoice has no config.json. Put the Qwen3-TTS-12Hz-1.7B-CustomVoice "
-                f"folder under QWEN_TTS_MODEL_DIR (now {tmp_path}/empty). Without weights, build random-weight "
-                "test models: python -m tts_runner.tools.tiny_model DIR.")
+                f"folder under QWEN_TTS_MODEL_DIR (now {tmp_path}/empty), or let it be fetched from the Hugging Face "
+                "Hub (Qwen/Qwen3-TTS-12Hz-1.7B-CustomVoice) with QWEN_TTS_DOWNLOAD=true. Without weights, build "
+                "random-weight test models: python -m tts_runner.tools.tiny_model DIR.")
     for i in range(2):
         assert broken.handle({"id": str(i), "input": {"text": "Hi."}})["error"] == expected
 

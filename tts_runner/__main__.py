@@ -71,7 +71,7 @@ def main(cfg: DictConfig) -> None:
         max_batch = int(cfg.batching.max_batch_size)
         key = OmegaConf.to_yaml(cfg.models) + OmegaConf.to_yaml(cfg.runtime) + str(max_batch)
         if key not in _STORES:
-            _STORES[key] = ModelStore(cfg.models, cfg.runtime, max_batch=max_batch)
+            _STORES[key] = ModelStore(cfg.models, cfg.runtime, max_batch=max_batch, cloning=cfg.cloning)
         model = _STORES[key].get(cfg.input.model)
         response, _ = run_job(cfg, model, job_id=cfg.input.name, out_dir=out_dir, keep=out_dir)
     except TTSError as exc:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 
+from tts_runner.clones import PromptCache, Reference
 from tts_runner.decode import fast
 from tts_runner.decode.graph import GraphEngine
 from tts_runner.errors import DeviceFailure
@@ -74,13 +75,14 @@ class ChunkRequest:
     max_frames: int | None = None  # frame budget: the chunk ends here if it has not ended before
     seed: int | None = None        # the chunk's random stream (fast and graph: its own, whatever the batch)
     floor: int | None = None       # its own end-of-speech floor in frames (None: the call's min_new_tokens)
+    clone: Any = None              # Base models: the voice clone prompt (see Model.clone_prompt)
 
 
 class Model:
-    """A loaded Qwen3TTSModel of one kind (custom_voice | voice_design); calls are serialized."""
+    """A loaded Qwen3TTSModel of one kind (custom_voice | voice_design | base); calls are serialized."""
 
     def __init__(self, tts: Any, kind: str, name: str, engine: str = "stock", sync_every: int = 1,
-                 graph: dict | None = None):
+                 graph: dict | None = None, prompts: PromptCache | None = None):
         self.tts = tts
         self.kind = kind
         self.name = name
@@ -92,6 +94,7 @@ class Model:
         self._steps = 0                         # talker steps the call in progress ran
         self._progress: Callable[[int, int], None] | None = None  # hears (frames, rows going) during a call
         self._sync_every = sync_every
+        self.prompts = prompts or PromptCache(64, 256)  # Base models: clone prompts by reference
         talker = tts.model.talker
         self.graph: GraphEngine | None = None
         if engine == "graph":
@@ -219,6 +222,17 @@ class Model:
                 wavs[i] = wav
         return wavs, sample_rate
 
+    def clone_prompt(self, reference: Reference) -> Any:
+        """The Base model's prompt for cloning `reference` (its speaker embedding, and its codes and
+        transcript for in-context cloning when it has a transcript): made once per distinct
+        reference, then taken from the cache."""
+        def compute(ref: Reference) -> Any:
+            with self.lock, torch.inference_mode():
+                return self.tts.create_voice_clone_prompt(ref_audio=(ref.samples, 24000), ref_text=ref.text,
+                                                          x_vector_only_mode=ref.text is None)[0]
+
+        return self.prompts.get(reference, compute)
+
     @property
     def speakers(self) -> list[str]:
         return list(self.tts.get_supported_speakers() or [])
@@ -247,6 +261,10 @@ class Model:
                     wavs, sr = self.tts.generate_voice_design(
                         text=[r.text for r in requests], instruct=[r.instruct or "" for r in requests],
                         language=[r.language for r in requests], **kwargs)
+                elif self.kind == "base":
+                    wavs, sr = self.tts.generate_voice_clone(
+                        text=[r.text for r in requests], language=[r.language for r in requests],
+                        voice_clone_prompt=[r.clone for r in requests], **kwargs)
                 else:
                     wavs, sr = self.tts.generate_custom_voice(
                         text=[r.text for r in requests], speaker=[r.speaker for r in requests],

@@ -41,14 +41,39 @@ def model_folder(models: DictConfig, variant: str) -> Path:
 
 
 def check_model_folder(models: DictConfig, variant: str) -> None:
-    """A clear error when the variant's folder is not where QWEN_TTS_MODEL_DIR says (no loading)."""
+    """A clear error when the variant's folder is not where QWEN_TTS_MODEL_DIR says and may not be
+    fetched (no loading, no network)."""
     path = model_folder(models, variant)
-    if not (path / "config.json").is_file():
+    if not (path / "config.json").is_file() and not models.get("download"):
         raise ModelError(
             f"Model '{variant}' not found: {path} has no config.json. Put the "
-            f"{models.variants[variant].folder} folder under QWEN_TTS_MODEL_DIR (now {models.dir}). "
+            f"{models.variants[variant].folder} folder under QWEN_TTS_MODEL_DIR (now {models.dir}), or let it be "
+            f"fetched from the Hugging Face Hub ({models.variants[variant].repo}) with QWEN_TTS_DOWNLOAD=true. "
             "Without weights, build random-weight test models: python -m tts_runner.tools.tiny_model DIR."
         )
+
+
+def fetch_model(models: DictConfig, variant: str) -> Path:
+    """Download a missing variant's folder from the Hugging Face Hub into the model dir (resumable:
+    an interrupted download goes on where it stopped; progress bars on a terminal)."""
+    path = model_folder(models, variant)
+    repo = models.variants[variant].repo
+    log.warning("Model '%s' is not in %s: fetching %s from the Hugging Face Hub", variant, models.dir, repo)
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(repo_id=repo, local_dir=str(path))
+    except Exception as exc:  # noqa: BLE001 - offline, unreachable, unknown repo, disk full: all one message
+        reason = " ".join(str(exc).split())[:300].rstrip(".")
+        raise ModelError(
+            f"Model '{variant}' not found at {path}, and fetching it from the Hugging Face Hub ({repo}) failed: "
+            f"{type(exc).__name__}: {reason}. Put the {models.variants[variant].folder} folder under "
+            f"QWEN_TTS_MODEL_DIR (now {models.dir}) by hand, or build random-weight test models: "
+            "python -m tts_runner.tools.tiny_model DIR, then set QWEN_TTS_MODEL_DIR=DIR."
+        ) from None
+    if not (path / "config.json").is_file():
+        raise ModelError(f"Fetched {repo} into {path}, but it holds no config.json: not a Qwen3-TTS model folder.")
+    return path
 
 
 def resolve_device(device: str) -> str:
@@ -121,9 +146,11 @@ def resolve_graph(graph: DictConfig | None, max_batch: int | None = None) -> dic
 class ModelStore:
     """Loads each variant at most once and hands out its Model."""
 
-    def __init__(self, models: DictConfig, runtime: DictConfig, max_batch: int | None = None):
+    def __init__(self, models: DictConfig, runtime: DictConfig, max_batch: int | None = None,
+                 cloning: DictConfig | None = None):
         self.models = models
         self.runtime = runtime
+        self.cache = dict(cloning.cache) if cloning is not None else {"max_entries": 64, "max_megabytes": 256}
         self.device = resolve_device(runtime.device)
         self.dtype = resolve_dtype(runtime.dtype, self.device)
         self.engine = resolve_engine(runtime.engine, self.device)
@@ -151,6 +178,8 @@ class ModelStore:
     def _load(self, variant: str) -> Model:
         check_model_folder(self.models, variant)
         path = self.folder(variant)
+        if not (path / "config.json").is_file():
+            fetch_model(self.models, variant)
         if (path / RANDOM_MARKER).exists():
             log.warning("Model %s at %s has RANDOM weights (built by tts_runner.tools.tiny_model): "
                         "its audio is noise. Use it for tests only.", variant, path)
@@ -167,8 +196,11 @@ class ModelStore:
         except Exception as exc:  # noqa: BLE001 - a corrupt folder can fail in many ways
             raise ModelError(f"Model '{variant}' at {path} could not be loaded: {type(exc).__name__}: {exc}") from exc
         tts.model.eval()
+        from tts_runner.clones import PromptCache
+
         model = Model(tts, kind=self.models.variants[variant].kind, name=variant,
                       engine=self.engine, graph=self.graph,
+                      prompts=PromptCache(self.cache["max_entries"], self.cache["max_megabytes"]),
                       sync_every=resolve_sync_every(self.runtime.get("sync_every"), self.device))
         model.capture_graphs()  # the graph engine on CUDA; part of cold start, logged with its time
         log.info("Loaded %s from %s on %s (%s, %s engine) in %.2f s", variant, path, self.device,
@@ -180,11 +212,18 @@ class ModelStore:
     @staticmethod
     def _warm_up(model: Model) -> None:
         """One short generation, so the first job does not pay for lazy initialisation."""
+        import numpy as np
+
+        from tts_runner.clones import Reference
         from tts_runner.model import ChunkRequest
 
         started = time.perf_counter()
         speaker = model.speakers[0] if model.speakers else None
+        clone = None
+        if model.kind == "base":  # a two-second tone stands in for a voice: the speaker encoder warms up too
+            tone = (0.3 * np.sin(np.arange(48000) / 7.0)).astype(np.float32)
+            clone = model.clone_prompt(Reference(tone, None, "warm-up", "warm-up"))
         request = ChunkRequest("Warm up.", speaker, "english" if "english" in model.languages else "auto",
-                               "A calm voice." if model.kind == "voice_design" else None)
+                               "A calm voice." if model.kind == "voice_design" else None, clone=clone)
         model.generate([request], {"max_new_tokens": 4, "min_new_tokens": 2})
         log.info("Warmed up %s in %.2f s", model.name, time.perf_counter() - started)

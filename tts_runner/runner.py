@@ -32,7 +32,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from tts_runner import audio, sinks
+from tts_runner import audio, clones, sinks
 from tts_runner.chunking import split_text
 from tts_runner.errors import DeviceFailure, GenerationError, InputError, SinkError
 from tts_runner.model import SAMPLE_RATE, SAMPLES_PER_FRAME, ChunkRequest, Model
@@ -52,6 +52,7 @@ class Chunk:
     position: int     # 0-based position within its segment
     segment_chunks: int
     request: ChunkRequest
+    voice: str = ""   # where the voice comes from: preset:<speaker>, clone:<name>, reference:<hash>, design
     attempts: int = 0
 
     def where(self, num_segments: int) -> str:
@@ -90,28 +91,79 @@ class JobAudio:
     segments: list[dict]  # each segment's start and end in the file, seconds, and its speaker
 
 
-def plan(job: DictConfig, model: Model, voices: DictConfig, max_chars: int) -> tuple[list[Chunk], int]:
-    """Split the job's text into chunks; resolve voices and language. Returns (chunks, segments)."""
+def plan(job: DictConfig, model: Model, voices: DictConfig, max_chars: int,
+         cloning: DictConfig | None = None) -> tuple[list[Chunk], int]:
+    """Split the job's text into chunks; resolve voices (presets, designed voices, or the clone
+    prompts of the Base models) and language. Returns (chunks, segments)."""
     if job.text is not None:
-        segments = [{"text": job.text, "voice": job.voice, "path": "$.voice"}]
+        items = [{"text": job.text}]
     else:
-        segments = [{"text": s["text"], "voice": s.get("voice") or job.voice,
-                     "path": f"$.segments[{i}].voice" if s.get("voice") else "$.voice"}
-                    for i, s in enumerate(job.segments)]
+        items = [dict(s) for s in job.segments]
     language = resolve_language(job.language, voices.languages, model.languages)
-    instruct = job.instruct or None
-    if model.kind == "voice_design" and not instruct:
-        raise InputError(f"Invalid input at $.params.instruct: model '{model.name}' designs a voice from "
-                         "params.instruct; describe the voice there.")
     chunks: list[Chunk] = []
-    for s, segment in enumerate(segments):
-        speaker = None
+    clones = Clones(job, model, voices, cloning)
+    for s, item in enumerate(items):
+        at = "$" if job.text is not None else f"$.segments[{s}]"
+        voice = item.get("voice") or job.voice
+        voice_at = f"{at}.voice" if item.get("voice") else "$.voice"
+        instruct = item.get("instruct") or job.instruct or None
+        speaker, clone, source = None, None, "design"
+        if model.kind != "base" and (item.get("ref_audio") or job.get("ref_audio")):
+            where = f"{at}.ref_audio" if item.get("ref_audio") else "$.ref_audio"
+            raise InputError(f"Invalid input at {where}: model '{model.name}' does not clone voices; ref_audio is "
+                             "for the Base models (1.7B-Base, 0.6B-Base).")
         if model.kind == "custom_voice":
-            speaker = resolve_voice(segment["voice"], voices.aliases, model.speakers, segment["path"])
-        texts = split_text(segment["text"], max_chars)
+            speaker = resolve_voice(voice, voices.aliases, model.speakers, voice_at)
+            source = f"preset:{speaker}"
+        elif model.kind == "voice_design" and not instruct:
+            where = "$.params.instruct" if job.text is not None else f"{at}.instruct"
+            raise InputError(f"Invalid input at {where}: model '{model.name}' designs a voice from an instruct "
+                             "(params.instruct for the job, or a segment's own); describe the voice there.")
+        elif model.kind == "base":
+            clone, source = clones.prompt(item, at, voice, voice_at)
+        texts = split_text(item["text"], max_chars)
         for p, text in enumerate(texts):
-            chunks.append(Chunk(len(chunks), s, p, len(texts), ChunkRequest(text, speaker, language, instruct)))
-    return chunks, len(segments)
+            request = ChunkRequest(text, speaker, language, instruct, clone=clone)
+            chunks.append(Chunk(len(chunks), s, p, len(texts), request, voice=source))
+    return chunks, len(items)
+
+
+class Clones:
+    """The clone prompt of each segment of a job on a Base model: the segment's own reference, the
+    job's, or the saved voice its `voice` names; each distinct recording is read once per job."""
+
+    def __init__(self, job: DictConfig, model: Model, voices: DictConfig, cloning: DictConfig | None):
+        self.job, self.model, self.voices, self.cloning = job, model, voices, cloning
+        self.read: dict[str, clones.Reference] = {}
+
+    def prompt(self, item: dict, at: str, voice: str, voice_at: str) -> tuple:
+        if self.cloning is None:
+            raise InputError(f"model '{self.model.name}' clones voices, and no cloning settings were given.")
+        if item.get("ref_audio"):
+            ref = self._payload(item["ref_audio"], item.get("ref_text"), f"{at}.ref_audio")
+        elif self.job.get("ref_audio"):
+            ref = self._payload(self.job.ref_audio, self.job.get("ref_text"), "$.ref_audio")
+        elif voice in self.voices.get("clones", {}):
+            ref = self._saved(voice)
+        else:
+            saved = ", ".join(sorted(self.voices.get("clones", {}))) or "none configured"
+            raise InputError(f"Invalid input at {voice_at}: model '{self.model.name}' clones a voice: give ref_audio "
+                             f"(for the job, or this segment) or name a saved voice (voices.clones: {saved}).")
+        return self.model.clone_prompt(ref), ref.source
+
+    def _payload(self, value: str, text: str | None, where: str) -> clones.Reference:
+        key = hashlib.sha256(value.encode()).hexdigest() + "\0" + (text or "")
+        if key not in self.read:
+            self.read[key] = clones.reference(clones.payload_bytes(value, where, self.cloning), text, where, self.cloning)
+        return self.read[key]
+
+    def _saved(self, name: str) -> clones.Reference:
+        key = f"saved:{name}"
+        if key not in self.read:
+            saved = self.voices.clones[name]
+            data = clones.saved_bytes(name, saved, self.cloning)
+            self.read[key] = clones.reference(data, saved.get("text"), f"voices.clones.{name}.audio", self.cloning, name)
+        return self.read[key]
 
 
 FRAMES_PER_SECOND = SAMPLE_RATE / SAMPLES_PER_FRAME  # 12.5
@@ -297,7 +349,7 @@ class Assembler:
 def synthesize(cfg: DictConfig, model: Model, progress: Progress | None = None) -> JobAudio:
     """Run one resolved job on `model`; return the encoded audio and what it took."""
     started = time.perf_counter()
-    chunks, num_segments = plan(cfg.input, model, cfg.voices, cfg.chunking.max_chars)
+    chunks, num_segments = plan(cfg.input, model, cfg.voices, cfg.chunking.max_chars, cfg.get("cloning"))
     sampling = OmegaConf.to_container(cfg.sampling, resolve=True)
     if sampling.get("seed") is None:
         sampling["seed"] = random.randrange(2**31)  # returned in the metadata, so the job can be repeated
@@ -331,8 +383,9 @@ def synthesize(cfg: DictConfig, model: Model, progress: Progress | None = None) 
     samples = audio.resample(samples, sample_rate, rate)
     data = audio.encode(samples, rate, cfg.input.output_format, cfg.audio.mp3_bitrate)
     duration = round(samples.size / rate, 3)  # the audio we made, exactly (tests read the files back)
-    speakers = {c.segment: c.request.speaker for c in chunks}
-    where = [{"start": start, "end": end, "speaker": speakers.get(i)} for i, (start, end) in enumerate(spans)]
+    voices = {c.segment: (c.request.speaker, c.voice) for c in chunks}
+    where = [{"start": start, "end": end, "speaker": voices[i][0], "voice": voices[i][1]}
+             for i, (start, end) in enumerate(spans)]
     return JobAudio(data, cfg.input.output_format, rate, duration, num_segments, len(chunks),
                     round(time.perf_counter() - started, 3), stats, sampling["seed"], where)
 

@@ -61,7 +61,8 @@ class Worker:
                 payload_mod.validate(defaults, self.validator, cfg.limits.max_total_chars)
             except TTSError as exc:
                 raise TTSError(f"Invalid configuration (conf/ or environment): {exc}") from None
-            self.store = ModelStore(cfg.models, cfg.runtime, max_batch=int(cfg.batching.max_batch_size))
+            self.store = ModelStore(cfg.models, cfg.runtime, max_batch=int(cfg.batching.max_batch_size),
+                                    cloning=cfg.cloning)
             self.store.get(cfg.models.default)
         except Exception as exc:  # noqa: BLE001 - kept and reported to every job
             self.startup_error = redact(_message(exc), self.secrets)

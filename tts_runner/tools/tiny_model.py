@@ -18,6 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from tts_runner.library import import_qwen_tts
@@ -74,6 +75,8 @@ VARIANTS = {
     "Qwen3-TTS-12Hz-1.7B-CustomVoice": ("custom_voice", "1b7"),
     "Qwen3-TTS-12Hz-0.6B-CustomVoice": ("custom_voice", "0b6"),
     "Qwen3-TTS-12Hz-1.7B-VoiceDesign": ("voice_design", "1b7"),
+    "Qwen3-TTS-12Hz-1.7B-Base": ("base", "1b7"),
+    "Qwen3-TTS-12Hz-0.6B-Base": ("base", "0b6"),
 }
 
 
@@ -146,6 +149,7 @@ def _speech_tokenizer_config(sizes: TinySizes):
         hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
         head_dim=16, intermediate_size=64, codebook_dim=32, num_filters=8,
         upsample_groups=32, num_quantizers=16, num_semantic_quantizers=1, codebook_size=CODEBOOK,
+        vector_quantization_hidden_dimension=32,  # the codebook width: the encoder (voice cloning) quantizes into it
         sliding_window=16,
     )
     decoder = dict(codebook_size=CODEBOOK, num_quantizers=16)
@@ -200,7 +204,9 @@ def build_variant(out_dir: Path, folder: str, sizes: TinySizes = TinySizes(), se
     special = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     config = Qwen3TTSConfig(
         talker_config=_talker_config(sizes, len(tokenizer) + 8, tts_type),
-        speaker_encoder_config=dict(enc_dim=32, enc_channels=[16, 16, 16, 16, 48]),
+        # a Base model adds the speaker encoder's embedding to the talker's input: the same width
+        speaker_encoder_config=dict(enc_dim=sizes.talker_hidden if tts_type == "base" else 32,
+                                    enc_channels=[16, 16, 16, 16, 48]),
         tokenizer_type="qwen3_tts_tokenizer_12hz",
         tts_model_size=tts_size,
         tts_model_type=tts_type,
@@ -277,14 +283,17 @@ def _teach_to_stop(target: Path, beta: float) -> None:
     states: list[torch.Tensor] = []
     hook = talker.codec_head.register_forward_hook(lambda m, args, out: states.append(args[0][:, -1].detach()))
     speakers = list(tts.get_supported_speakers() or [])[:2] or None
+    texts = ["Calibration text number one.", "A second calibration sentence!"]
     with torch.inference_mode():
-        if speakers:
-            tts.generate_custom_voice(["Calibration text number one.", "A second calibration sentence!"],
-                                      speaker=speakers * (2 // len(speakers)), language="english",
+        if tts.model.tts_model_type == "base":
+            reference = (np.sin(np.arange(48000) / 7.0) * 0.3).astype(np.float32)  # 2 s at 24 kHz
+            tts.generate_voice_clone(texts, language="english", ref_audio=(reference, 24000),
+                                     x_vector_only_mode=True, max_new_tokens=40, do_sample=False)
+        elif speakers:
+            tts.generate_custom_voice(texts, speaker=speakers * (2 // len(speakers)), language="english",
                                       max_new_tokens=40, do_sample=False)
         else:
-            tts.generate_voice_design(["Calibration text number one.", "A second calibration sentence!"],
-                                      instruct="A calm voice.", language="english", max_new_tokens=40,
+            tts.generate_voice_design(texts, instruct="A calm voice.", language="english", max_new_tokens=40,
                                       do_sample=False)
     hook.remove()
     eos = talker.config.codec_eos_token_id
