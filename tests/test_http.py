@@ -34,7 +34,7 @@ def api(tmp_path_factory, model_dir):
         yield runsync
 
 
-@pytest.mark.parametrize("index", [0, 1])
+@pytest.mark.parametrize("index", [0, 1, 2])  # one text, a dialogue, a cloned voice
 def test_readme_examples_over_http_as_base64(api, index):
     payload = readme_payloads()[index]
     answer = api(payload["input"])
@@ -91,11 +91,11 @@ def test_readme_examples_over_http_as_presigned_s3_urls(tmp_path, model_dir):
                 fmt = payload["input"].get("output_format", "wav")
                 check_audio(fetched.content, fmt, output["metadata"], len(payload["input"].get("segments", [None])))
             keys = [o["Key"] for o in s3.list_objects_v2(Bucket="tts-bucket")["Contents"]]
-            assert len(keys) == 2 and all(k.startswith("tts-output/test-") for k in keys)
+            assert len(keys) == len(readme_payloads()) and all(k.startswith("tts-output/test-") for k in keys)
 
             # a missing bucket is a clear error without the secret, and nothing is reported as done
-            s3.delete_object(Bucket="tts-bucket", Key=keys[0])
-            s3.delete_object(Bucket="tts-bucket", Key=keys[1])
+            for key in keys:
+                s3.delete_object(Bucket="tts-bucket", Key=key)
             s3.delete_bucket(Bucket="tts-bucket")
             answer = runsync({"text": "Where does this go?"})
             assert answer["status"] == "FAILED"
@@ -117,3 +117,16 @@ def test_the_local_client_script_polls_run_and_status(api, tmp_path):
     assert re.search(r"job \S+ queued", proc.stdout) and re.search(r"job \S+ completed", proc.stdout)
     metadata = json.loads(proc.stdout[proc.stdout.index("{"):proc.stdout.index("round trip")])["metadata"]
     assert agrees((tmp_path / "polled.flac").read_bytes(), "flac", metadata["duration_seconds"])
+
+
+def test_a_voice_cloned_from_a_base64_reference_over_http(api):
+    reference = base64.b64encode((REPO / "jobs" / "voices" / "anna.wav").read_bytes()).decode()
+    answer = api({"model": "0.6B-Base", "output_format": "flac",
+                  "segments": [{"text": "A guest with a borrowed voice.", "ref_audio": reference,
+                                "ref_text": "Hello, I am Anna, and this is how I sound when I read the news."},
+                               {"text": "And the host, from the saved voice.", "voice": "anna"}]})
+    assert answer["status"] == "COMPLETED", answer
+    output = answer["output"]
+    check_audio(base64.b64decode(output["audio_base64"]), "flac", output["metadata"], 2)
+    voices = [s["voice"] for s in output["metadata"]["segments"]]
+    assert voices[0].startswith("reference:") and voices[1] == "clone:anna"

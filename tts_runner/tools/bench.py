@@ -418,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time the parts of one stock model call at each batch size")
     args = parser.parse_args(argv)
     if args.build:
-        from tts_runner.tools.tiny_model import STOP_BIAS, VARIANTS, TinySizes, build_all
+        from tts_runner.tools.tiny_model import VARIANTS, TinySizes, build_all
 
         if not args.model_dir:
             parser.error("--build needs --model-dir")
@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         sizes = TinySizes.real_1_7b() if args.real_size else TinySizes()
         started = time.perf_counter()
         # Fixed and text-sized lengths never stop early: skip the stop-bias calibration (a generation).
-        build_all(args.model_dir, folder, sizes, stop_bias=0.0 if args.fixed_length or args.text_sized else STOP_BIAS,
+        build_all(args.model_dir, folder, sizes, stop_bias=0.0 if args.fixed_length or args.text_sized else None,
                   dtype=torch.bfloat16 if args.real_size else torch.float32)
         print(f"built {folder[0]} ({'real' if args.real_size else 'tiny'} size) in {time.perf_counter() - started:.1f} s",
               flush=True)

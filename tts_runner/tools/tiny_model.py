@@ -35,6 +35,10 @@ LANGUAGES = [
 CODEBOOK = 2048  # speech-tokenizer codebook; talker codec ids >= this are control ids
 # Scale of the end-of-speech row of codec_head (see _teach_to_stop); 0 leaves it random.
 STOP_BIAS = 0.35
+# A cloned voice's hidden states (the speaker embedding, and in-context reference codes) sit further
+# from the calibration's mean direction: the Base models need a firmer push to end as soon (measured:
+# 0.35 left a saved voice's chunks running to 229 frames past a floor of 60; 0.6 ends them by 94).
+STOP_BIAS_BASE = 0.6
 # Decoder weight spread: 0.05 gives a peak near 3e-4, 0.1 saturates at +-1 (measured); this sits between.
 DECODER_WEIGHT_STD = 0.085
 
@@ -181,7 +185,7 @@ def _audible(speech_tokenizer: torch.nn.Module, generator: torch.Generator) -> N
 
 
 def build_variant(out_dir: Path, folder: str, sizes: TinySizes = TinySizes(), seed: int = 0,
-                  stop_bias: float = STOP_BIAS, dtype: torch.dtype = torch.float32) -> Path:
+                  stop_bias: float | None = None, dtype: torch.dtype = torch.float32) -> Path:
     """Write one random-weight model folder and return its path. `dtype` is the talker's weights'
     (bfloat16 halves the real size's 6.4 GB and its build time; the speech tokenizer stays float32)."""
     from qwen_tts.core.models import (
@@ -238,6 +242,8 @@ def build_variant(out_dir: Path, folder: str, sizes: TinySizes = TinySizes(), se
     speech.save_pretrained(speech_dir)
     EncodecFeatureExtractor(feature_size=1, sampling_rate=24000).save_pretrained(speech_dir)
 
+    if stop_bias is None:
+        stop_bias = STOP_BIAS_BASE if tts_type == "base" else STOP_BIAS
     if stop_bias > 0:
         _teach_to_stop(target, stop_bias)
     elif stop_bias < 0:
@@ -285,10 +291,12 @@ def _teach_to_stop(target: Path, beta: float) -> None:
     speakers = list(tts.get_supported_speakers() or [])[:2] or None
     texts = ["Calibration text number one.", "A second calibration sentence!"]
     with torch.inference_mode():
-        if tts.model.tts_model_type == "base":
+        if tts.model.tts_model_type == "base":  # both ways of cloning: the speaker embedding, and in context
             reference = (np.sin(np.arange(48000) / 7.0) * 0.3).astype(np.float32)  # 2 s at 24 kHz
             tts.generate_voice_clone(texts, language="english", ref_audio=(reference, 24000),
                                      x_vector_only_mode=True, max_new_tokens=40, do_sample=False)
+            tts.generate_voice_clone(texts, language="english", ref_audio=(reference, 24000),
+                                     ref_text="A reference recording.", max_new_tokens=40, do_sample=False)
         elif speakers:
             tts.generate_custom_voice(texts, speaker=speakers * (2 // len(speakers)), language="english",
                                       max_new_tokens=40, do_sample=False)
@@ -320,7 +328,7 @@ def _drop_rejected_speaker_encoder_keys(config_path: Path) -> None:
 
 
 def build_all(out_dir: Path, folders: list[str] | None = None, sizes: TinySizes = TinySizes(),
-              stop_bias: float = STOP_BIAS, dtype: torch.dtype = torch.float32) -> list[Path]:
+              stop_bias: float | None = None, dtype: torch.dtype = torch.float32) -> list[Path]:
     return [build_variant(out_dir, f, sizes, stop_bias=stop_bias, dtype=dtype) for f in (folders or list(VARIANTS))]
 
 
@@ -331,9 +339,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder to build (repeatable; default: all)")
     parser.add_argument("--real-size", action="store_true",
                         help="use the published 1.7B dimensions (several GB; for GPU benchmarks)")
-    parser.add_argument("--stop-bias", type=float, default=STOP_BIAS,
-                        help="end-of-speech bias: > 0 ends chunks soon after the floor; 0 leaves the end code's "
-                             "random weights (it rarely wins); < 0 makes it never win under top-k sampling")
+    parser.add_argument("--stop-bias", type=float, default=None,
+                        help=f"end-of-speech bias: > 0 ends chunks soon after the floor (default {STOP_BIAS}, "
+                             f"{STOP_BIAS_BASE} for the Base models); 0 leaves the end code's random weights (it "
+                             "rarely wins); < 0 makes it never win under top-k sampling")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                         help="the talker's weights (bfloat16 halves a real-size model and its build time)")
     args = parser.parse_args(argv)
