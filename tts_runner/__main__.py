@@ -69,9 +69,10 @@ def main(cfg: DictConfig) -> None:
         from tts_runner.runner import run_job
 
         max_batch = int(cfg.batching.max_batch_size)
-        key = OmegaConf.to_yaml(cfg.models) + OmegaConf.to_yaml(cfg.runtime) + str(max_batch)
+        key = OmegaConf.to_yaml(cfg.models) + OmegaConf.to_yaml(cfg.runtime) + OmegaConf.to_yaml(cfg.scheduler)
         if key not in _STORES:
-            _STORES[key] = ModelStore(cfg.models, cfg.runtime, max_batch=max_batch, cloning=cfg.cloning)
+            _STORES[key] = ModelStore(cfg.models, cfg.runtime, max_batch=max_batch, cloning=cfg.cloning,
+                                    scheduler=cfg.scheduler)
         model = _STORES[key].get(cfg.input.model)
         response, _ = run_job(cfg, model, job_id=cfg.input.name, out_dir=out_dir, keep=out_dir)
     except TTSError as exc:

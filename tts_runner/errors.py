@@ -27,6 +27,14 @@ class DeviceFailure(TTSError):
     worker answers with it, reports itself unhealthy and exits, so a fresh one replaces it."""
 
 
+class WorkerBusy(TTSError):
+    """The worker's queue is full: the job is refused at once (send it again, or elsewhere)."""
+
+
+class JobCancelled(TTSError):
+    """The job was cancelled (by RunPod, or its client) while it ran."""
+
+
 class PayloadError(InputError):
     """A field of the payload (or job spec) is invalid: `path` is its JSON path ($.params.top_k),
     `detail` what is wrong and what is allowed. The command line names the config key instead."""

@@ -36,6 +36,7 @@ from tts_runner.clones import PromptCache, Reference
 from tts_runner.decode import fast
 from tts_runner.decode.graph import GraphEngine
 from tts_runner.errors import DeviceFailure
+from tts_runner.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ SAMPLE_RATE = 24000
 DECODE_GROUP = 16          # items per speech-tokenizer call
 DECODE_SPREAD = 1.25       # longest / shortest item in one call
 FALLBACK = {"graph": "fast", "fast": "stock"}
+SCHEDULED = ("fast",)  # the engines whose loop the scheduler runs (stock keeps one batch per call)
 
 
 def length_groups(lengths: list[int], size: int = DECODE_GROUP, spread: float = DECODE_SPREAD) -> list[list[int]]:
@@ -82,7 +84,7 @@ class Model:
     """A loaded Qwen3TTSModel of one kind (custom_voice | voice_design | base); calls are serialized."""
 
     def __init__(self, tts: Any, kind: str, name: str, engine: str = "stock", sync_every: int = 1,
-                 graph: dict | None = None, prompts: PromptCache | None = None):
+                 graph: dict | None = None, prompts: PromptCache | None = None, serving: dict | None = None):
         self.tts = tts
         self.kind = kind
         self.name = name
@@ -105,6 +107,10 @@ class Model:
         talker.generate = functools.partial(self._talker_generate, talker, talker.generate)
         tokenizer = tts.model.speech_tokenizer
         tokenizer.decode = functools.partial(self._decode_by_length, tokenizer.decode)
+        self._capturing = False
+        self.scheduler: Scheduler | None = None
+        if serving and serving.get("enabled") and self.engine in SCHEDULED:
+            self.scheduler = Scheduler(self, serving["max_rows"], serving["queue_limit"], sync_every)
 
     @contextlib.contextmanager
     def using(self, engine: str | None = None, floor: int | list[int] | None = None, budgets: list[int] | None = None,
@@ -167,6 +173,8 @@ class Model:
     def _talker_generate(self, talker: torch.nn.Module, stock, *args, **kwargs):
         """What qwen-tts calls as talker.generate: our floor, budgets and seeds, then the engine;
         counts the steps it ran (one per entry of the result's hidden states, prefill included)."""
+        if self._capturing:
+            raise _Captured(kwargs)
         result = self._run_engine(talker, stock, *args, **kwargs)
         self._steps += len(result.hidden_states)
         return result
@@ -233,6 +241,72 @@ class Model:
 
         return self.prompts.get(reference, compute)
 
+    def _library_generate(self, requests: list[ChunkRequest], kwargs: dict) -> tuple[list, int]:
+        """The qwen-tts call that makes `requests` on this kind of model."""
+        if self.kind == "voice_design":
+            return self.tts.generate_voice_design(
+                text=[r.text for r in requests], instruct=[r.instruct or "" for r in requests],
+                language=[r.language for r in requests], **kwargs)
+        if self.kind == "base":
+            return self.tts.generate_voice_clone(
+                text=[r.text for r in requests], language=[r.language for r in requests],
+                voice_clone_prompt=[r.clone for r in requests], **kwargs)
+        return self.tts.generate_custom_voice(
+            text=[r.text for r in requests], speaker=[r.speaker for r in requests],
+            language=[r.language for r in requests], instruct=[r.instruct or "" for r in requests], **kwargs)
+
+    def capture(self, requests: list[ChunkRequest]) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor, list]:
+        """What qwen-tts would hand `talker.generate` for `requests`, without generating: per request
+        its prompt embeddings [P, H] (no padding) and its trailing text [T, H]; the pad embedding; the
+        suppressed codes. The library builds every prompt (tokenizer, speaker, instruct, clone); the
+        scheduler decodes them. Call with the lock held."""
+        self._capturing = True
+        try:
+            self._library_generate(requests, {"max_new_tokens": 2})
+        except _Captured as captured:
+            kwargs = captured.kwargs
+        else:
+            raise RuntimeError("qwen-tts returned without calling talker.generate")
+        finally:
+            self._capturing = False
+        embeds, mask = kwargs["inputs_embeds"], kwargs["attention_mask"]
+        trailing = kwargs["trailing_text_hidden"]
+        pads = (mask == 0).sum(dim=1).tolist()
+        prompts = [(embeds[i, pads[i]:], trailing[i]) for i in range(len(requests))]
+        return prompts, kwargs["tts_pad_embed"], list(kwargs.get("suppress_tokens") or [])
+
+    def to_audio(self, items: list[tuple[ChunkRequest, torch.Tensor]]) -> list[np.ndarray]:
+        """Codes ([F, 16] each) to waveforms, as qwen-tts does after talker.generate: a cloned voice's
+        reference codes go first, as context, and their share of the audio is cut off after. Needs no
+        lock: the decode loop never touches the speech tokenizer."""
+        wavs: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * len(items)
+        full, where = [], []
+        for i, (request, codes) in enumerate(items):
+            if codes.shape[0] == 0:
+                continue  # nothing to decode: the runner retries an empty chunk
+            ref = getattr(request.clone, "ref_code", None) if request.clone is not None else None
+            full.append(codes if ref is None else torch.cat((ref.to(codes.device), codes)))
+            where.append((i, 0 if ref is None else int(ref.shape[0])))
+        if not full:
+            return wavs
+        with torch.inference_mode():
+            decoded, _ = self.tts.model.speech_tokenizer.decode([{"audio_codes": c} for c in full])
+        for (i, ref_len), codes, wav in zip(where, full, decoded, strict=True):
+            wav = np.asarray(wav, dtype=np.float32).reshape(-1)
+            cut = int(ref_len / max(int(codes.shape[0]), 1) * wav.shape[0])
+            wavs[i] = wav[cut:]
+        return wavs
+
+    def row_settings(self, request: ChunkRequest, sampling: dict) -> dict:
+        """A request's sampling settings as one row of the decode loop holds them (sampling.SETTINGS):
+        its floor, and its frame budget capped as one call's max_new_tokens caps it."""
+        kwargs = _sampling_kwargs(sampling)
+        cap = kwargs.pop("max_new_tokens")
+        floor = sampling.get("min_new_tokens", 2) if request.floor is None else request.floor
+        budget = cap if request.max_frames is None else max(1, int(request.max_frames))
+        return {**kwargs, "min_new_tokens": max(2, min(int(floor or 2), cap)), "max_frames": min(budget, cap - 1),
+                "seed": request.seed if request.seed is not None else int(torch.randint(2**31, ()))}
+
     @property
     def speakers(self) -> list[str]:
         return list(self.tts.get_supported_speakers() or [])
@@ -257,19 +331,7 @@ class Model:
         with self.lock, torch.inference_mode(), self.using(floor=floor, budgets=budgets, seeds=seeds):
             self._steps, self._progress = 0, progress
             try:
-                if self.kind == "voice_design":
-                    wavs, sr = self.tts.generate_voice_design(
-                        text=[r.text for r in requests], instruct=[r.instruct or "" for r in requests],
-                        language=[r.language for r in requests], **kwargs)
-                elif self.kind == "base":
-                    wavs, sr = self.tts.generate_voice_clone(
-                        text=[r.text for r in requests], language=[r.language for r in requests],
-                        voice_clone_prompt=[r.clone for r in requests], **kwargs)
-                else:
-                    wavs, sr = self.tts.generate_custom_voice(
-                        text=[r.text for r in requests], speaker=[r.speaker for r in requests],
-                        language=[r.language for r in requests], instruct=[r.instruct or "" for r in requests],
-                        **kwargs)
+                wavs, sr = self._library_generate(requests, kwargs)
             except Exception as exc:
                 if device_broken(exc):
                     raise DeviceFailure(f"The GPU failed ({type(exc).__name__}: {exc}); this worker stops "
@@ -280,6 +342,14 @@ class Model:
             if on_steps:
                 on_steps(self._steps)
         return [np.asarray(w, dtype=np.float32).reshape(-1) for w in wavs], int(sr)
+
+
+class _Captured(Exception):  # noqa: N818 - not an error: how a capture leaves the library's call
+    """Raised from the talker.generate seam while capturing: carries the call's arguments."""
+
+    def __init__(self, kwargs: dict):
+        super().__init__("prompt captured")
+        self.kwargs = kwargs
 
 
 class _Progress(StoppingCriteria):

@@ -147,7 +147,7 @@ class ModelStore:
     """Loads each variant at most once and hands out its Model."""
 
     def __init__(self, models: DictConfig, runtime: DictConfig, max_batch: int | None = None,
-                 cloning: DictConfig | None = None):
+                 cloning: DictConfig | None = None, scheduler: DictConfig | None = None):
         self.models = models
         self.runtime = runtime
         self.cache = dict(cloning.cache) if cloning is not None else {"max_entries": 64, "max_megabytes": 256}
@@ -156,6 +156,7 @@ class ModelStore:
         self.engine = resolve_engine(runtime.engine, self.device)
         # Only the graph engine has buckets to size (and to warn about).
         self.graph = resolve_graph(runtime.get("graph"), max_batch if self.engine == "graph" else None)
+        self.serving = dict(scheduler) if scheduler is not None else None  # None: no scheduler
         self._models: dict[str, Model] = {}
         self._lock = threading.Lock()
 
@@ -200,7 +201,7 @@ class ModelStore:
 
         model = Model(tts, kind=self.models.variants[variant].kind, name=variant,
                       engine=self.engine, graph=self.graph,
-                      prompts=PromptCache(self.cache["max_entries"], self.cache["max_megabytes"]),
+                      prompts=PromptCache(self.cache["max_entries"], self.cache["max_megabytes"]), serving=self.serving,
                       sync_every=resolve_sync_every(self.runtime.get("sync_every"), self.device))
         model.capture_graphs()  # the graph engine on CUDA; part of cold start, logged with its time
         log.info("Loaded %s from %s on %s (%s, %s engine) in %.2f s", variant, path, self.device,

@@ -23,7 +23,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -34,8 +34,9 @@ from tqdm import tqdm
 
 from tts_runner import audio, clones, sinks
 from tts_runner.chunking import split_text
-from tts_runner.errors import DeviceFailure, GenerationError, InputError, SinkError
+from tts_runner.errors import DeviceFailure, GenerationError, InputError, JobCancelled, SinkError
 from tts_runner.model import SAMPLE_RATE, SAMPLES_PER_FRAME, ChunkRequest, Model
+from tts_runner.scheduler import Ticket
 from tts_runner.voices import resolve_language, resolve_voice
 
 log = logging.getLogger(__name__)
@@ -264,12 +265,7 @@ def generate_all(
             raise GenerationError(f"The model returned {len(wavs)} waveforms for a batch of {len(batch)}.")
         retry: list[Chunk] = []
         for chunk, wav in zip(batch, wavs, strict=False):
-            problem = check_audio(wav, chunk.request.text, sample_rate, sampling, batching, chunk.request.max_frames)
-            if problem is None and ran_away(chunk, wav, int(sampling.get("min_new_tokens", 0))):
-                stats.runaways += 1
-                if batching.runaway == "retry":
-                    problem = (f"speech did not end within {chunk.request.max_frames / FRAMES_PER_SECOND:.1f} s "
-                               f"for {len(chunk.request.text)} characters")
+            problem = judge(chunk, wav, sample_rate, sampling, batching, stats)
             if problem is None:
                 results[chunk.index] = wav
                 made += wav.size / sample_rate
@@ -283,6 +279,90 @@ def generate_all(
         if progress:
             progress(len(results), len(chunks), made)
     return results, sample_rate, stats
+
+
+def judge(chunk: Chunk, wav: np.ndarray, sample_rate: int, sampling: dict, batching: DictConfig,
+          stats: GenerateStats) -> str | None:
+    """Why a chunk's audio must be made again (check_audio, or a runaway under `runaway: retry`), or None."""
+    problem = check_audio(wav, chunk.request.text, sample_rate, sampling, batching, chunk.request.max_frames)
+    if problem is None and ran_away(chunk, wav, int(sampling.get("min_new_tokens", 0))):
+        stats.runaways += 1
+        if batching.runaway == "retry":
+            problem = (f"speech did not end within {chunk.request.max_frames / FRAMES_PER_SECOND:.1f} s "
+                       f"for {len(chunk.request.text)} characters")
+    return problem
+
+
+def generate_scheduled(
+    model: Model,
+    chunks: list[Chunk],
+    num_segments: int,
+    sampling: dict,
+    batching: DictConfig,
+    progress: Progress | None = None,
+    on_result: Callable[[Chunk, np.ndarray], None] | None = None,
+    ticket: Ticket | None = None,
+    listener: Callable[[Chunk], Callable | None] | None = None,
+) -> tuple[dict[int, np.ndarray], int, GenerateStats]:
+    """generate_all through the model's scheduler: every chunk is handed over at once (in job order),
+    shares rows with other jobs' chunks, and is judged and decoded here, on the job's thread, as its
+    codes come back; a chunk that fails is handed over again with its next seed. `listener(chunk)`
+    may give a callable that hears the chunk's codes so far while it runs (streaming)."""
+    scheduler = model.scheduler
+    ticket = ticket or Ticket("job")
+    stats = GenerateStats()
+    results: dict[int, np.ndarray] = {}
+    job_seed = sampling.get("seed")
+    made = 0.0
+    started = time.perf_counter()
+
+    def submit(batch: list[Chunk]) -> dict:
+        items = []
+        for chunk in batch:
+            request = chunk.request if job_seed is None else replace(
+                chunk.request, seed=chunk_seed(job_seed, chunk.index, chunk.attempts))
+            items.append((request, model.row_settings(request, sampling), listener(chunk) if listener else None))
+        futures = scheduler.submit(ticket, items)
+        return {future: (chunk, request) for future, chunk, (request, _, _) in zip(futures, batch, items, strict=True)}
+
+    waiting = submit(chunks)
+    try:
+        while waiting:
+            done, _ = wait(waiting, timeout=0.5, return_when=FIRST_COMPLETED)
+            if ticket.cancelled:
+                raise JobCancelled("The job was cancelled.")
+            ready, retry = [], []
+            for future in done:
+                chunk, request = waiting.pop(future)
+                try:
+                    ready.append((chunk, request, future.result()))
+                except DeviceFailure:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the round failed (out of memory, say): try the chunk again
+                    _count_failure(chunk, f"{type(exc).__name__}: {exc}", batching.retries, num_segments, stats)
+                    retry.append(chunk)
+            wavs = model.to_audio([(request, codes) for _, request, codes in ready])
+            for (chunk, _, codes), wav in zip(ready, wavs, strict=True):
+                stats.calls += 1
+                stats.frame_steps += codes.shape[0] + 1
+                problem = judge(chunk, wav, SAMPLE_RATE, sampling, batching, stats)
+                if problem is None:
+                    results[chunk.index] = wav
+                    made += wav.size / SAMPLE_RATE
+                    if on_result:
+                        on_result(chunk, wav)
+                else:
+                    _count_failure(chunk, problem, batching.retries, num_segments, stats)
+                    retry.append(chunk)
+            if retry:
+                waiting.update(submit(sorted(retry, key=lambda c: c.index)))
+            if progress and done:
+                progress(len(results), len(chunks), made)
+    except BaseException:
+        scheduler.cancel(ticket)  # the job is over: its other chunks give their rows back
+        raise
+    stats.model_seconds = time.perf_counter() - started
+    return results, SAMPLE_RATE, stats
 
 
 def check_audio(wav: np.ndarray, text: str, sample_rate: int, sampling: dict, batching: DictConfig,
@@ -346,8 +426,9 @@ class Assembler:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def synthesize(cfg: DictConfig, model: Model, progress: Progress | None = None) -> JobAudio:
-    """Run one resolved job on `model`; return the encoded audio and what it took."""
+def synthesize(cfg: DictConfig, model: Model, progress: Progress | None = None, ticket: Ticket | None = None) -> JobAudio:
+    """Run one resolved job on `model`; return the encoded audio and what it took. With a scheduler
+    (fast engine) the job's chunks share rows with other jobs; `ticket` lets the caller cancel it."""
     started = time.perf_counter()
     chunks, num_segments = plan(cfg.input, model, cfg.voices, cfg.chunking.max_chars, cfg.get("cloning"))
     sampling = OmegaConf.to_container(cfg.sampling, resolve=True)
@@ -371,8 +452,12 @@ def synthesize(cfg: DictConfig, model: Model, progress: Progress | None = None) 
 
         assembler = Assembler(chunks, num_segments, SAMPLE_RATE, cfg.chunking, cfg.audio)
         try:
-            _, sample_rate, stats = generate_all(model, chunks, num_segments, sampling, cfg.batching, report,
-                                                 assembler.add)
+            if model.scheduler is not None:
+                _, sample_rate, stats = generate_scheduled(model, chunks, num_segments, sampling, cfg.batching,
+                                                           report, assembler.add, ticket)
+            else:
+                _, sample_rate, stats = generate_all(model, chunks, num_segments, sampling, cfg.batching, report,
+                                                     assembler.add)
         except BaseException:
             assembler.close()
             raise
@@ -391,12 +476,13 @@ def synthesize(cfg: DictConfig, model: Model, progress: Progress | None = None) 
 
 
 def run_job(cfg: DictConfig, model: Model, job_id: str, out_dir: Path | None = None,
-            progress: Progress | None = None, keep: Path | None = None) -> tuple[dict, JobAudio]:
+            progress: Progress | None = None, keep: Path | None = None,
+            ticket: Ticket | None = None) -> tuple[dict, JobAudio]:
     """The whole graph: synthesize, deliver to the sink; return the response and the audio. The
     sink's settings are checked before anything is generated; if delivery fails after all, the
     audio is written into `keep` (when given) and the error says where."""
     sinks.check(cfg.sink)
-    job = synthesize(cfg, model, progress)
+    job = synthesize(cfg, model, progress, ticket)
     try:
         response = sinks.deliver(job.data, job.format, cfg.sink, job_id, cfg.input.name, out_dir)
     except SinkError as exc:

@@ -62,7 +62,8 @@ class Worker:
             except TTSError as exc:
                 raise TTSError(f"Invalid configuration (conf/ or environment): {exc}") from None
             self.store = ModelStore(cfg.models, cfg.runtime, max_batch=int(cfg.batching.max_batch_size),
-                                    cloning=cfg.cloning)
+                                    cloning=cfg.cloning,
+                                    scheduler=cfg.scheduler)
             self.store.get(cfg.models.default)
         except Exception as exc:  # noqa: BLE001 - kept and reported to every job
             self.startup_error = redact(_message(exc), self.secrets)

@@ -64,6 +64,11 @@ class RowSettings:
             tensors[name] = column.index_select(0, fill)[:, None].to(dtype)
         return cls(tensors)
 
+    @classmethod
+    def stack(cls, parts: list[RowSettings]) -> RowSettings:
+        """The rows of `parts`, one after another."""
+        return cls({name: torch.cat([p.tensors[name] for p in parts]) for name in parts[0].tensors})
+
     def load(self, other: RowSettings) -> None:
         """Copy `other` into the first rows."""
         for name, tensor in other.tensors.items():

@@ -1,0 +1,214 @@
+"""The scheduler of one loaded model: jobs hand it their chunks; it owns the decode loop.
+
+Iteration-level batching, as Orca and vLLM schedule language-model requests: one thread steps a
+running batch of rows (tts_runner/decode/running.py) and, every `sync_every` frames, at its host
+check, retires the rows that have ended (their codes go back to the job that asked) and admits
+waiting chunks into the free rows: qwen-tts builds their prompts, they are prefilled as a group and
+merged into the running batch. Every sampling setting is held per row, so jobs with different
+params share a batch.
+
+Fairness: free rows go round-robin over the jobs that have chunks waiting, in the order the jobs
+arrived (a job's own chunks in the order it gave them). A job alone gets every row (a per-job cap
+would leave rows idle while a podcast runs alone), and a job that arrives while a long one holds
+every row gets every other row that frees: a short request does not wait behind a podcast, and the
+podcast keeps the rest.
+
+Bounds: at most `max_rows` rows decode at once; at most `queue_limit` chunks wait, over all jobs, and
+a job that would go beyond is refused at once with WorkerBusy (never an out-of-memory later). A job
+that is cancelled loses its waiting chunks at once and its rows at the next host check. A failure in
+the loop fails the chunks it touched (the jobs retry them, as they retry a failed batch); out of
+memory also halves the rows; a failure that may have broken the GPU fails everything with
+DeviceFailure.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from tts_runner.errors import DeviceFailure, WorkerBusy
+
+if TYPE_CHECKING:
+    from tts_runner.decode.running import RunningBatch
+    from tts_runner.model import ChunkRequest, Model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One job's handle on the scheduler."""
+
+    name: str
+    cancelled: bool = False
+
+
+@dataclass(eq=False)
+class Pending:
+    """A chunk waiting for, or holding, a row. `listener` (streaming) hears the row's codes so far
+    at every host check while it runs."""
+
+    request: ChunkRequest
+    settings: dict
+    ticket: Ticket
+    listener: Callable[[torch.Tensor], None] | None = None
+    future: Future = field(default_factory=Future)
+
+
+class Scheduler:
+    def __init__(self, model: Model, max_rows: int, queue_limit: int, sync_every: int):
+        self.model, self.max_rows, self.queue_limit = model, int(max_rows), int(queue_limit)
+        self.rows = self.max_rows  # lowered after an out-of-memory
+        self.sync_every = max(1, int(sync_every))
+        self.cond = threading.Condition()
+        self.waiting: dict[Ticket, deque[Pending]] = {}  # insertion order = arrival order
+        self.count = 0  # chunks waiting
+        self.turn = 0   # where the round-robin goes on
+        self.batch: RunningBatch | None = None
+        self.broken: str | None = None
+        self.thread: threading.Thread | None = None
+        self.rounds = 0
+
+    # ---- the jobs' side --------------------------------------------------------------------------
+    def submit(self, ticket: Ticket, items: list[tuple[ChunkRequest, dict, Callable | None]]) -> list[Future]:
+        """Queue chunks of one job (request, row settings, listener); all or none: beyond the queue
+        limit, WorkerBusy."""
+        with self.cond:
+            if self.broken:
+                raise DeviceFailure(self.broken)
+            if self.count + len(items) > self.queue_limit:
+                raise WorkerBusy(
+                    f"Worker busy: {self.count} chunks are waiting for {self.model.name} and this job adds "
+                    f"{len(items)}, over the queue limit of {self.queue_limit} (scheduler.queue_limit). Send it again "
+                    "shortly, or to another worker.")
+            queue = self.waiting.setdefault(ticket, deque())
+            pending = [Pending(request, settings, ticket, listener) for request, settings, listener in items]
+            queue.extend(pending)
+            self.count += len(pending)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._loop, name=f"scheduler-{self.model.name}", daemon=True)
+                self.thread.start()
+            self.cond.notify()
+        return [p.future for p in pending]
+
+    def cancel(self, ticket: Ticket) -> None:
+        """Drop a job: its waiting chunks now, its rows at the next host check."""
+        with self.cond:
+            ticket.cancelled = True
+            for pending in self.waiting.pop(ticket, ()):
+                self.count -= 1
+                pending.future.cancel()
+
+    @property
+    def load(self) -> tuple[int, int]:
+        """(rows decoding, chunks waiting)."""
+        return (len(self.batch) if self.batch else 0), self.count
+
+    # ---- the loop --------------------------------------------------------------------------------
+    def _take(self, free: int) -> list[Pending]:
+        """Up to `free` waiting chunks, round-robin over the jobs in arrival order."""
+        taken: list[Pending] = []
+        while free > len(taken) and self.waiting:
+            jobs = list(self.waiting)
+            ticket = jobs[self.turn % len(jobs)]
+            queue = self.waiting[ticket]
+            taken.append(queue.popleft())
+            self.count -= 1
+            if queue:
+                self.turn += 1
+            else:
+                del self.waiting[ticket]  # the next job moves into this place in the turn
+        return taken
+
+    def _loop(self) -> None:
+        while True:
+            with self.cond:
+                while not self.count and not (self.batch and len(self.batch)):
+                    self.cond.wait()
+                free = self.rows - (len(self.batch) if self.batch else 0)
+                admit = self._take(free) if free > 0 else []
+            self._round(admit)
+
+    def _round(self, admit: list[Pending]) -> None:
+        """Admit, step `sync_every` frames, check: one round of the loop, under the model's lock."""
+        try:
+            with self.model.lock, torch.inference_mode():
+                if admit:
+                    self._admit(admit)
+                for _ in range(self.sync_every):
+                    if not self.batch or not len(self.batch):
+                        break
+                    self.batch.step()
+                self._check()
+        except Exception as exc:  # noqa: BLE001 - fail what the round touched, go on serving
+            self._fail(exc, admit)
+        self.rounds += 1
+
+    def _admit(self, pending: list[Pending]) -> None:
+        from tts_runner.decode.running import Row, RunningBatch
+
+        live = [p for p in pending if not p.ticket.cancelled]
+        for p in pending:
+            if p.ticket.cancelled:
+                p.future.cancel()
+        if not live:
+            return
+        prompts, pad, suppress = self.model.capture([p.request for p in live])
+        if self.batch is None:
+            like = self.model.tts.model.talker.codec_head.weight
+            self.batch = RunningBatch(self.model.tts.model.talker, pad, suppress, self.max_rows, like)
+        self.batch.admit([Row(prompt, text, p.settings, p) for (prompt, text), p in zip(prompts, live, strict=True)])
+
+    def _check(self) -> None:
+        """The host check: hand back the rows that ended, drop cancelled ones, feed listeners."""
+        batch = self.batch
+        if not batch or not len(batch):
+            return
+        ended = set(batch.finished())
+        gone = [i for i, row in enumerate(batch.rows) if i in ended or row.tag.ticket.cancelled]
+        results = {i: batch.codes(i) for i in gone if i in ended and not batch.rows[i].tag.ticket.cancelled}
+        for i, row in enumerate(batch.rows):
+            if row.tag.listener and i not in ended:
+                row.tag.listener(batch.codes(i))
+        for i, row in zip(gone, batch.remove(gone), strict=True):
+            if i in results:
+                row.tag.future.set_result(results[i])
+            else:
+                row.tag.future.cancel()
+
+    def _fail(self, exc: BaseException, admit: list[Pending]) -> None:
+        from tts_runner.model import device_broken
+
+        touched = [p for p in admit if not p.future.done()]
+        if self.batch:
+            touched += [row.tag for row in self.batch.rows if not row.tag.future.done()]
+        self.batch = None
+        if device_broken(exc):
+            self.broken = (f"The GPU failed ({type(exc).__name__}: {exc}); this worker stops and a fresh one takes "
+                           "its place. Send the job again.")
+            exc = DeviceFailure(self.broken)
+            with self.cond:  # nothing may run on this device again
+                for queue in self.waiting.values():
+                    touched += list(queue)
+                self.waiting.clear()
+                self.count = 0
+        elif isinstance(exc, torch.cuda.OutOfMemoryError):
+            self.rows = max(1, self.rows // 2)
+            log.warning("Out of memory with %d rows; %s now decodes at most %d rows at once", len(touched),
+                        self.model.name, self.rows)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        else:
+            log.warning("Decode round failed for %d chunks (%s: %s); their jobs retry them", len(touched),
+                        type(exc).__name__, exc)
+            log.debug("Decode round failure", exc_info=True)
+        for p in touched:
+            if not p.future.done():
+                p.future.set_exception(exc)
