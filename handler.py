@@ -1,9 +1,10 @@
 """RunPod serverless entry point: `python -u handler.py` (add --rp_serve_api for a local HTTP API).
 
 The worker composes conf/ with the environment, loads the default model and warms it up here,
-once per warm worker; each job is then answered by Worker.handle. The handler is async and runs
-each job in a thread, so with worker.concurrency > 1 jobs overlap their CPU work (chunking,
-encoding, uploads) while model calls stay serialized.
+once per warm worker; each job is then answered on its own thread, up to worker.concurrency at
+once, their chunks sharing the model's rows through its scheduler. A job RunPod stops (cancel,
+timeout) gives its rows back. With worker.streaming (TTS_RUNNER_STREAMING=true) the handler is a
+generator: a payload with "stream": true gets its audio in pieces as it is made.
 """
 
 import asyncio
@@ -16,18 +17,48 @@ os.environ.setdefault("RUNPOD_LOG_LEVEL", "WARN")
 
 import runpod  # noqa: E402  (reads the level at import)
 
+from tts_runner.scheduler import Ticket  # noqa: E402
 from tts_runner.worker import Worker  # noqa: E402
 
 WORKER = Worker.from_env()
+_DONE = object()
 
 
 async def handler(job: dict) -> dict:
-    return await asyncio.to_thread(WORKER.handle, job)
+    ticket = Ticket(str(job.get("id", "local")))
+    try:
+        return await asyncio.to_thread(WORKER.handle, job, ticket)
+    except asyncio.CancelledError:
+        WORKER.cancel(ticket)
+        raise
+
+
+async def stream_handler(job: dict):
+    """Worker.stream on a thread, its pieces handed over as they come."""
+    ticket = Ticket(str(job.get("id", "local")))
+    loop = asyncio.get_running_loop()
+    pieces: asyncio.Queue = asyncio.Queue()
+
+    def produce() -> None:
+        try:
+            for piece in WORKER.stream(job, ticket):
+                loop.call_soon_threadsafe(pieces.put_nowait, piece)
+        finally:
+            loop.call_soon_threadsafe(pieces.put_nowait, _DONE)
+
+    producer = loop.run_in_executor(None, produce)
+    try:
+        while (piece := await pieces.get()) is not _DONE:
+            yield piece
+        await producer
+    except (asyncio.CancelledError, GeneratorExit):
+        WORKER.cancel(ticket)
+        raise
 
 
 if __name__ == "__main__":
     runpod.serverless.start({
-        "handler": handler,
+        "handler": stream_handler if WORKER.cfg.worker.streaming else handler,
         "concurrency_modifier": WORKER.concurrency_modifier,
         "return_aggregate_stream": True,
     })

@@ -173,6 +173,10 @@ class ModelStore:
                 self._models[variant] = self._load(variant)
             return self._models[variant]
 
+    def loaded_models(self) -> list[Model]:
+        with self._lock:
+            return list(self._models.values())
+
     def loaded(self) -> list[str]:
         return sorted(self._models)
 

@@ -29,7 +29,7 @@ MAX_DEPTH = 8  # a valid payload nests 3 levels (input.segments[i].text)
 
 # params.* fields that are not sampling settings
 _INPUT_PARAMS = ("language", "instruct")
-_INPUT_FIELDS = ("text", "segments", "voice", "model", "output_format", "ref_audio", "ref_text")
+_INPUT_FIELDS = ("text", "segments", "voice", "model", "output_format", "ref_audio", "ref_text", "stream")
 # payload fields that set the `audio` config group
 _AUDIO_FIELDS = ("sample_rate", "mp3_bitrate", "loudness_lufs")
 

@@ -303,11 +303,13 @@ def generate_scheduled(
     on_result: Callable[[Chunk, np.ndarray], None] | None = None,
     ticket: Ticket | None = None,
     listener: Callable[[Chunk], Callable | None] | None = None,
+    on_retry: Callable[[Chunk, str, str], None] | None = None,
 ) -> tuple[dict[int, np.ndarray], int, GenerateStats]:
     """generate_all through the model's scheduler: every chunk is handed over at once (in job order),
     shares rows with other jobs' chunks, and is judged and decoded here, on the job's thread, as its
     codes come back; a chunk that fails is handed over again with its next seed. `listener(chunk)`
-    may give a callable that hears the chunk's codes so far while it runs (streaming)."""
+    may give a callable that hears the chunk's codes so far while it runs, and `on_retry(chunk, problem,
+    where)` hears of each chunk made again and may refuse it by raising (streaming)."""
     scheduler = model.scheduler
     ticket = ticket or Ticket("job")
     stats = GenerateStats()
@@ -325,6 +327,12 @@ def generate_scheduled(
         futures = scheduler.submit(ticket, items)
         return {future: (chunk, request) for future, chunk, (request, _, _) in zip(futures, batch, items, strict=True)}
 
+    def fail(chunk: Chunk, problem: str) -> Chunk:
+        _count_failure(chunk, problem, batching.retries, num_segments, stats)
+        if on_retry:
+            on_retry(chunk, problem, chunk.where(num_segments))
+        return chunk
+
     waiting = submit(chunks)
     try:
         while waiting:
@@ -339,8 +347,7 @@ def generate_scheduled(
                 except DeviceFailure:
                     raise
                 except Exception as exc:  # noqa: BLE001 - the round failed (out of memory, say): try the chunk again
-                    _count_failure(chunk, f"{type(exc).__name__}: {exc}", batching.retries, num_segments, stats)
-                    retry.append(chunk)
+                    retry.append(fail(chunk, f"{type(exc).__name__}: {exc}"))
             wavs = model.to_audio([(request, codes) for _, request, codes in ready])
             for (chunk, _, codes), wav in zip(ready, wavs, strict=True):
                 stats.calls += 1
@@ -352,8 +359,7 @@ def generate_scheduled(
                     if on_result:
                         on_result(chunk, wav)
                 else:
-                    _count_failure(chunk, problem, batching.retries, num_segments, stats)
-                    retry.append(chunk)
+                    retry.append(fail(chunk, problem))
             if retry:
                 waiting.update(submit(sorted(retry, key=lambda c: c.index)))
             if progress and done:
@@ -426,10 +432,9 @@ class Assembler:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def synthesize(cfg: DictConfig, model: Model, progress: Progress | None = None, ticket: Ticket | None = None) -> JobAudio:
-    """Run one resolved job on `model`; return the encoded audio and what it took. With a scheduler
-    (fast engine) the job's chunks share rows with other jobs; `ticket` lets the caller cancel it."""
-    started = time.perf_counter()
+def prepare(cfg: DictConfig, model: Model) -> tuple[list[Chunk], int, dict]:
+    """A resolved job's chunks (with their frame budgets), segment count and sampling settings
+    (the seed drawn when the job gave none)."""
     chunks, num_segments = plan(cfg.input, model, cfg.voices, cfg.chunking.max_chars, cfg.get("cloning"))
     sampling = OmegaConf.to_container(cfg.sampling, resolve=True)
     if sampling.get("seed") is None:
@@ -438,6 +443,14 @@ def synthesize(cfg: DictConfig, model: Model, progress: Progress | None = None, 
         budget = frame_budget(chunk.request.text, cfg.batching.get("frame_budget"), int(sampling["max_new_tokens"]),
                               int(sampling.get("min_new_tokens") or 0))
         chunk.request = replace(chunk.request, max_frames=budget)
+    return chunks, num_segments, sampling
+
+
+def synthesize(cfg: DictConfig, model: Model, progress: Progress | None = None, ticket: Ticket | None = None) -> JobAudio:
+    """Run one resolved job on `model`; return the encoded audio and what it took. With a scheduler
+    (fast engine) the job's chunks share rows with other jobs; `ticket` lets the caller cancel it."""
+    started = time.perf_counter()
+    chunks, num_segments, sampling = prepare(cfg, model)
     expected = round(sum(len(c.request.text) for c in chunks) / READ_CHARS_PER_SECOND)
     # on a terminal only (disable=None): a worker's log gets one line per job instead
     with tqdm(total=max(1, expected), desc="audio", unit="s", mininterval=1.0, leave=False, disable=None,

@@ -11,21 +11,26 @@ RunPod replaces the worker.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 
 from omegaconf import DictConfig
 
 from tts_runner import config as config_mod
 from tts_runner import payload as payload_mod
-from tts_runner.errors import DeviceFailure, TTSError
+from tts_runner.errors import DeviceFailure, InputError, TTSError
+from tts_runner.model import SAMPLE_RATE
 from tts_runner.model_store import ModelStore
 from tts_runner.redact import protect, redact
 from tts_runner.runner import run_job
+from tts_runner.scheduler import Ticket
+from tts_runner.stream import stream_job
 
 log = logging.getLogger(__name__)
 
@@ -85,33 +90,84 @@ class Worker:
     def concurrency_modifier(self, current: int) -> int:
         return max(1, int(self.cfg.worker.concurrency))
 
-    def handle(self, job: dict) -> dict:
-        """Answer one RunPod job; never raises."""
+    def _resolve(self, job: dict) -> DictConfig:
+        """The job's config: the payload validated and merged onto the worker's (raises TTSError)."""
+        if self.startup_error:
+            raise TTSError(f"The worker failed to start: {self.startup_error}")
+        if self.device_failure:
+            raise DeviceFailure(f"This worker is unhealthy and about to be replaced: {self.device_failure}")
+        payload = payload_mod.validate(job.get("input"), self.validator, self.cfg.limits.max_total_chars)
+        cfg = payload_mod.merge(self.cfg, payload)
+        # the payload with the worker's own settings around it (an opus request against an
+        # operator's 44.1 kHz output, say) must make sense as a whole
+        payload_mod.validate(payload_mod.from_config(cfg), self.validator, self.cfg.limits.max_total_chars)
+        return cfg
+
+    def handle(self, job: dict, ticket: Ticket | None = None) -> dict:
+        """Answer one RunPod job; never raises. `ticket` lets the caller cancel it."""
         try:
-            if self.startup_error:
-                raise TTSError(f"The worker failed to start: {self.startup_error}")
-            if self.device_failure:
-                raise DeviceFailure(f"This worker is unhealthy and about to be replaced: {self.device_failure}")
-            payload = payload_mod.validate(job.get("input"), self.validator, self.cfg.limits.max_total_chars)
-            cfg = payload_mod.merge(self.cfg, payload)
-            # the payload with the worker's own settings around it (an opus request against an
-            # operator's 44.1 kHz output, say) must make sense as a whole
-            payload_mod.validate(payload_mod.from_config(cfg), self.validator, self.cfg.limits.max_total_chars)
+            cfg = self._resolve(job)
+            if cfg.input.stream:
+                raise InputError("Invalid input at $.stream: this worker does not stream (its handler is not a "
+                                 "generator). Start it with TTS_RUNNER_STREAMING=true (worker.streaming), or leave "
+                                 "stream out to get the whole file.")
             model = self.store.get(cfg.input.model)
-            response, _ = run_job(cfg, model, str(job.get("id", "local")), progress=self._progress(job))
+            response, _ = run_job(cfg, model, str(job.get("id", "local")), progress=self._progress(job),
+                                  ticket=ticket or Ticket(str(job.get("id", "local"))))
             meta = {k: v for k, v in response["metadata"].items() if k != "segments"}
             log.info("Job %s done: %s", job.get("id", "local"), json.dumps(meta))
             return redact(response, self.secrets)
         except Exception as exc:  # noqa: BLE001 - every failure becomes {error, traceback}
-            if not isinstance(exc, TTSError):
-                log.exception("Job %s failed", job.get("id"))
-            else:
-                log.warning("Job %s failed: %s", job.get("id", "local"), redact(str(exc), self.secrets))
-            answer = {"error": _message(exc), "traceback": traceback.format_exc()}
-            if isinstance(exc, DeviceFailure):
-                self._fail_device(str(exc))
-                answer["refresh_worker"] = True  # RunPod stops this worker after the job and starts another
-            return redact(answer, self.secrets)
+            return self._failure(job, exc)
+
+    def stream(self, job: dict, ticket: Ticket | None = None) -> Iterator[dict]:
+        """Answer one job as a generator handler does; never raises. A job with "stream": true
+        yields its audio in pieces, {audio_base64, format, sample_rate, piece}, the last one with
+        the metadata; any other job yields its one answer (handle's)."""
+        try:
+            cfg = self._resolve(job)
+        except Exception as exc:  # noqa: BLE001
+            yield self._failure(job, exc)
+            return
+        if not cfg.input.stream:
+            yield self.handle(job, ticket)
+            return
+        ticket = ticket or Ticket(str(job.get("id", "local")))
+        piece = 0
+        try:
+            model = self.store.get(cfg.input.model)
+            for data, metadata in stream_job(cfg, model, ticket):
+                answer = {"audio_base64": base64.b64encode(data).decode("ascii"),
+                          "format": "mp3" if cfg.input.output_format == "mp3" else "pcm",
+                          "sample_rate": SAMPLE_RATE, "piece": piece}
+                if metadata is not None:
+                    answer["metadata"] = metadata
+                    log.info("Job %s streamed: %s", job.get("id", "local"),
+                             json.dumps({k: v for k, v in metadata.items() if k != "segments"}))
+                piece += 1
+                yield redact(answer, self.secrets)
+        except Exception as exc:  # noqa: BLE001 - the stream ends with {error, traceback}
+            yield self._failure(job, exc)
+
+    def cancel(self, ticket: Ticket) -> None:
+        """RunPod stopped a job: its chunks leave every scheduler (waiting now, running at the next check)."""
+        ticket.cancelled = True
+        for model in self.store.loaded_models() if self.store else []:
+            if model.scheduler is not None:
+                model.scheduler.cancel(ticket)
+        log.info("Job %s cancelled", ticket.name)
+
+    def _failure(self, job: dict, exc: BaseException) -> dict:
+        if not isinstance(exc, TTSError):
+            log.error("Job %s failed", job.get("id"), exc_info=exc)
+        else:
+            log.warning("Job %s failed: %s", job.get("id", "local"), redact(str(exc), self.secrets))
+        answer = {"error": _message(exc),
+                  "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))}
+        if isinstance(exc, DeviceFailure):
+            self._fail_device(str(exc))
+            answer["refresh_worker"] = True  # RunPod stops this worker after the job and starts another
+        return redact(answer, self.secrets)
 
     def _fail_device(self, message: str) -> None:
         """After a GPU failure (worker-vllm's rule): refuse every later job and exit, so RunPod

@@ -1,0 +1,294 @@
+"""A job's audio streamed in order as it becomes final (a payload's `"stream": true`).
+
+The job's chunks go to the scheduler in order. While the chunk at the head of the line runs, its
+codes so far reach the stream at every host check and are decoded with the speech tokenizer's left
+context (`stream.left_context_frames` frames before the new ones; the decoder is causal, so the
+opening of a chunk is there before its end). Finished chunks behind the head wait their turn.
+
+The pieces are exactly the samples the whole job would have: each chunk's silent edges trimmed,
+chunks crossfaded, segments joined with their gap, as tts_runner.runner.Assembler builds them, except
+loudness matching, which needs a whole segment (a streamed job is left at the level the model made
+it). A sample goes out once nothing to come can change it: not before the first loud window of its
+chunk is known (leading trim), nor within the last loud window + keep (trailing trim) or the last
+crossfade of what is known. So the pieces joined equal the audio of the same job, seed and settings
+run without streaming and with `loudness_lufs: null`, to within the decoder's float rounding (it
+decodes a shorter window: 1 LSB of PCM16 at most; tests/test_stream.py).
+
+A head chunk that has been partly streamed cannot be retried (too short, or ran away): the stream
+ends with an error naming it.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from dataclasses import replace
+
+import numpy as np
+import soundfile as sf
+import torch
+from omegaconf import DictConfig
+
+from tts_runner import audio
+from tts_runner.errors import GenerationError
+from tts_runner.model import SAMPLE_RATE, SAMPLES_PER_FRAME, Model
+
+WINDOW = int(SAMPLE_RATE * audio.WINDOW_MS / 1000)  # trim_silence's analysis window
+
+
+class StreamAssembler:
+    """The job's audio so far and how much of it is final. Chunks are `runner.Chunk`s."""
+
+    def __init__(self, model: Model, chunks: list, num_segments: int, chunking: DictConfig, post: DictConfig,
+                 left_context: int | None):
+        self.model, self.post, self.left_context = model, post, left_context
+        self.crossfade_ms = chunking.crossfade_ms
+        self.crossfade = int(round(SAMPLE_RATE * chunking.crossfade_ms / 1000.0))
+        self.gap = int(round(SAMPLE_RATE * chunking.segment_gap_ms / 1000.0))
+        self.order: list[list] = [[] for _ in range(num_segments)]  # chunks of each segment, in order
+        for chunk in sorted(chunks, key=lambda c: (c.segment, c.position)):
+            self.order[chunk.segment].append(chunk)
+        self.cond = threading.Condition()
+        self.done: dict[int, np.ndarray] = {}       # chunk index -> its audio, accepted
+        self.latest: dict[int, torch.Tensor] = {}   # chunk index -> its codes so far, while it runs
+        self.head: tuple[int, int, np.ndarray] | None = None  # (chunk index, frames decoded, their samples)
+        self.streamed: set[int] = set()             # chunks partly sent before they ended
+        self.segment = 0                            # the segment being sent
+        self.sent = 0                               # samples of it sent
+        self.spans: list[tuple[float, float]] = []  # each segment's (start, end) in the stream, seconds
+        self.total = 0                              # samples sent in all
+        self.start = 0                              # where the segment being sent starts
+        self.finished = False
+        self.error: BaseException | None = None
+
+    # ---- what the generation side tells it (job thread, scheduler thread) -------------------------
+    def listener(self, chunk):
+        def hear(codes: torch.Tensor) -> None:
+            with self.cond:
+                self.latest[chunk.index] = codes
+                self.cond.notify_all()
+        return hear
+
+    def add(self, chunk, wav: np.ndarray) -> None:
+        with self.cond:
+            self.latest.pop(chunk.index, None)
+            if self.head and self.head[0] == chunk.index and self.head[1]:
+                decoded = self.head[2]  # what was sent came from these samples: keep them
+                wav = np.concatenate([decoded, wav[decoded.size:]]) if wav.size >= decoded.size else decoded
+            self.done[chunk.index] = wav
+            self.cond.notify_all()
+
+    def retry(self, chunk, problem: str, where: str) -> None:
+        """A chunk is generated again: fine unless part of it has gone out."""
+        with self.cond:
+            self.latest.pop(chunk.index, None)
+            if self.head and self.head[0] == chunk.index:
+                self.head = None
+            if chunk.index in self.streamed:
+                raise GenerationError(f"Generation failed on {where} after part of it was streamed: {problem}. A stream "
+                                      "cannot take audio back; send the job again (another seed), or without stream.")
+
+    def close(self, error: BaseException | None = None) -> None:
+        with self.cond:
+            self.finished, self.error = True, error
+            self.cond.notify_all()
+
+    # ---- what goes out (the stream's thread) --------------------------------------------------------
+    def pieces(self, timeout: float = 0.25):
+        """Yield float32 arrays of final samples, in order, until the job's audio is all out."""
+        while True:
+            with self.cond:
+                if self.error is not None:
+                    raise self.error
+                if self.segment >= len(self.order):
+                    return
+                head = self._head_chunk()
+                codes = self.latest.get(head.index) if head is not None else None
+            if codes is not None:
+                self._decode_head(head, codes)
+            out = self._release()
+            if out.size:
+                yield out
+                continue
+            with self.cond:
+                if self.segment >= len(self.order):
+                    return
+                if self.error is None and not self._news():
+                    self.cond.wait(timeout)
+
+    def _news(self) -> bool:
+        head = self._head_chunk()
+        if head is None:
+            return False
+        if head.index in self.done:
+            return True
+        codes = self.latest.get(head.index)
+        decoded = self.head[1] if self.head and self.head[0] == head.index else 0
+        return codes is not None and codes.shape[0] > decoded
+
+    def _head_chunk(self):
+        """The first chunk of the current segment not yet accepted (None: all are)."""
+        for chunk in self.order[self.segment]:
+            if chunk.index not in self.done:
+                return chunk
+        return None
+
+    def _decode_head(self, chunk, codes: torch.Tensor) -> None:
+        """Decode the head chunk's new frames, with up to left_context frames before them as context."""
+        index, frames, samples = self.head if self.head and self.head[0] == chunk.index else (chunk.index, 0, None)
+        if codes.shape[0] <= frames:
+            return
+        start = 0 if self.left_context is None else max(0, frames - self.left_context)
+        request = chunk.request if start == 0 else replace(chunk.request, clone=None)  # the reference is context at 0
+        wav = self.model.to_audio([(request, codes[start:])])[0]
+        new = wav[(frames - start) * SAMPLES_PER_FRAME:]
+        samples = new if samples is None else np.concatenate([samples, new])
+        with self.cond:
+            if chunk.index not in self.done:
+                self.head = (index, codes.shape[0], samples)
+
+    def _trimmed(self, samples: np.ndarray, whole: bool) -> np.ndarray | None:
+        """A chunk's audio with its silent edges cut (as audio.trim_silence); for a chunk still running
+        (`whole` False), the part of it certain to stay: None while its first loud window is unknown."""
+        trim = self.post.trim
+        if trim.threshold_db is None:
+            return samples
+        if whole:
+            return audio.trim_silence(samples, SAMPLE_RATE, trim.threshold_db, trim.keep_ms)
+        n = samples.size // WINDOW
+        rms = np.sqrt(np.mean(np.square(samples[: n * WINDOW].reshape(n, WINDOW), dtype=np.float64), axis=1))
+        loud = np.nonzero(rms >= 10 ** (trim.threshold_db / 20))[0]
+        if loud.size == 0:
+            return None
+        keep = int(SAMPLE_RATE * trim.keep_ms / 1000)
+        return samples[max(0, loud[0] * WINDOW - keep): min(samples.size, (loud[-1] + 1) * WINDOW + keep)]
+
+    def _release(self) -> np.ndarray:
+        """The samples that have become final since the last call (the gap after a finished segment too)."""
+        with self.cond:
+            chunks = self.order[self.segment]
+            parts = []
+            for chunk in chunks:
+                if chunk.index not in self.done:
+                    break
+                parts.append(self._trimmed(self.done[chunk.index], whole=True))
+            complete = len(parts) == len(chunks)
+            known = audio.crossfade_concat(parts, SAMPLE_RATE, self.crossfade_ms)
+            stable = known.size if complete else max(0, known.size - self.crossfade)
+            head = None if complete else chunks[len(parts)]
+            if head is not None and self.head and self.head[0] == head.index:
+                piece = self._trimmed(self.head[2], whole=False)
+                if piece is not None and piece.size > 2 * self.crossfade:
+                    with_head = audio.crossfade_concat([*parts, piece], SAMPLE_RATE, self.crossfade_ms)
+                    if with_head.size - self.crossfade > stable:
+                        known, stable = with_head, with_head.size - self.crossfade
+                        if stable > self.sent:
+                            self.streamed.add(head.index)
+            out = known[self.sent:stable]
+            self.sent = max(self.sent, stable)
+            self.total += out.size
+            if complete:
+                self.spans.append((round(self.start / SAMPLE_RATE, 3), round(self.total / SAMPLE_RATE, 3)))
+                for chunk in chunks:
+                    self.done.pop(chunk.index, None)
+                self.segment += 1
+                self.sent = 0
+                self.head = None
+                if self.segment < len(self.order) and self.gap:
+                    out = np.concatenate([out, np.zeros(self.gap, dtype=np.float32)])
+                    self.total += self.gap
+                self.start = self.total
+            return out.astype(np.float32, copy=False)
+
+class PieceEncoder:
+    """Stream pieces as bytes: raw PCM16 (little-endian, 24 kHz mono), or MP3 frames (one MP3 file,
+    concatenated) when the job asks for mp3."""
+
+    def __init__(self, fmt: str, mp3_bitrate: int = 128):
+        self.format = "mp3" if fmt == "mp3" else "pcm"
+        self.buffer = self.file = None
+        self.read = 0
+        if self.format == "mp3":
+            self.buffer = io.BytesIO()
+            self.file = sf.SoundFile(self.buffer, "w", SAMPLE_RATE, 1, format="MP3", subtype="MPEG_LAYER_III")
+            self.file.compression_level = 1.0 - (min(max(mp3_bitrate, 32), 320) - 32) / 288  # 0: highest rate
+
+    def encode(self, samples: np.ndarray) -> bytes:
+        if self.format == "pcm":
+            return audio.encode(samples, SAMPLE_RATE, "pcm")
+        self.file.write(np.clip(samples, -1.0, 1.0))
+        return self._new_bytes()
+
+    def finish(self) -> bytes:
+        if self.file is None:
+            return b""
+        self.file.close()
+        return self._new_bytes()
+
+    def _new_bytes(self) -> bytes:
+        data = self.buffer.getvalue()[self.read:]
+        self.read += len(data)
+        return data
+
+
+def stream_job(cfg: DictConfig, model: Model, ticket=None):
+    """Run a resolved job on the scheduler and yield (bytes, metadata) pieces in order: the job's
+    audio as PieceEncoder encodes it, metadata (a dict) with the last piece only."""
+    from tts_runner.errors import InputError
+    from tts_runner.runner import generate_scheduled, prepare
+    from tts_runner.scheduler import Ticket
+
+    started = time.perf_counter()
+    if model.scheduler is None:
+        raise InputError("Invalid input at $.stream: streaming needs the scheduler (runtime.engine fast, "
+                         "scheduler.enabled true); this worker runs the stock engine or has it off.")
+    ticket = ticket or Ticket("stream")
+    chunks, num_segments, sampling = prepare(cfg, model)
+    stream = cfg.get("stream") or {}
+    assembler = StreamAssembler(model, chunks, num_segments, cfg.chunking, cfg.audio, stream.get("left_context_frames"))
+    outcome: dict = {}
+
+    def generate() -> None:
+        try:
+            outcome["stats"] = generate_scheduled(model, chunks, num_segments, sampling, cfg.batching, None, assembler.add,
+                                                  ticket, assembler.listener, assembler.retry)[2]
+            assembler.close()
+        except BaseException as exc:  # noqa: BLE001 - handed to the stream's thread, which raises it
+            assembler.close(exc)
+
+    worker = threading.Thread(target=generate, name="stream-generate", daemon=True)
+    worker.start()
+    encoder = PieceEncoder(cfg.input.output_format, int(cfg.audio.mp3_bitrate))
+    first, held = None, b""
+    try:
+        for samples in assembler.pieces():
+            data = encoder.encode(samples)
+            if not data:
+                continue
+            if held:
+                yield held, None
+            held = data
+            first = first if first is not None else time.perf_counter() - started
+        held += encoder.finish()
+    finally:
+        if worker.is_alive():
+            model.scheduler.cancel(ticket)
+        worker.join()
+    stats = outcome["stats"]
+    voices = {c.segment: (c.request.speaker, c.voice) for c in chunks}
+    metadata = {
+        "duration_seconds": round(assembler.total / SAMPLE_RATE, 3),
+        "sample_rate": SAMPLE_RATE,
+        "format": encoder.format,
+        "num_segments": num_segments,
+        "num_chunks": len(chunks),
+        "generation_time_seconds": round(time.perf_counter() - started, 3),
+        "first_audio_seconds": round(first if first is not None else time.perf_counter() - started, 3),
+        "model": model.name,
+        "seed": sampling["seed"],
+        "runaways": stats.runaways,
+        "segments": [{"start": a, "end": b, "speaker": voices[i][0], "voice": voices[i][1]}
+                     for i, (a, b) in enumerate(assembler.spans)],
+    }
+    yield held, metadata
