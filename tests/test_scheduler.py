@@ -1,0 +1,162 @@
+"""The scheduler: rows shared by concurrent jobs, admitted at host checks, fair, bounded, and
+failing or cancelled one job at a time (the tiny model underneath, on the CPU, float32)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+import numpy as np
+import pytest
+import torch
+
+from tests.helpers.config import FAST, NATURAL
+from tests.helpers.decode import codes as library_codes
+from tts_runner.errors import WorkerBusy
+from tts_runner.model import ChunkRequest
+from tts_runner.scheduler import Scheduler, Ticket
+from tts_runner.worker import Worker
+
+GREEDY = {"do_sample": False, "subtalker_dosample": False, "max_new_tokens": 40, "repetition_penalty": 1.05}
+JOB_A = [("A short one.", "ryan", 6), ("A considerably longer sentence, so that the rows are left-padded.", "vivian", 25),
+         ("Medium length text here.", "aiden", 14)]
+JOB_B = [("Another job joins the running batch.", "serena", 9), ("Hi.", "ryan", 30)]
+
+
+def request(text: str, speaker: str, floor: int) -> ChunkRequest:
+    return ChunkRequest(text, speaker, "english", None, floor=floor, seed=1)
+
+
+def wait_rounds(scheduler: Scheduler, n: int) -> None:
+    target = scheduler.rounds + n
+    deadline = time.monotonic() + 30
+    while scheduler.rounds < target and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
+def test_greedy_codes_of_a_job_are_the_same_alone_and_beside_other_jobs(model):
+    """The reference is the stock library, each request alone (its own floor). Job B joins while
+    job A's rows run (the merge pads one side or the other), with a sampled row of its own."""
+    alone = [library_codes(model, "stock", [t], [s], min_new_tokens=f, **GREEDY)[0] for t, s, f in JOB_A + JOB_B]
+    assert len({c.shape[0] for c in alone}) > 3  # rows end apart: they leave the batch at different checks
+    scheduler = model.scheduler
+    sampled = {**GREEDY, "do_sample": True, "subtalker_dosample": True, "temperature": 1.3, "top_k": 0}
+    a = scheduler.submit(Ticket("a"), [(r := request(*item), model.row_settings(r, GREEDY), None) for item in JOB_A])
+    wait_rounds(scheduler, 3)  # A is running: B's rows join a batch with a longer cache
+    b = scheduler.submit(Ticket("b"), [(r := request(*item), model.row_settings(r, GREEDY), None) for item in JOB_B]
+                         + [(r := request("Sampled, with other settings.", "aiden", 2), model.row_settings(r, sampled),
+                             None)])
+    got = [f.result(timeout=60) for f in a + b[:2]]
+    assert b[2].result(timeout=60).shape[1] == 16
+    for reference, codes in zip(alone, got, strict=True):
+        assert torch.equal(reference, codes)
+
+
+def test_rows_go_round_robin_over_jobs_in_arrival_order(model):
+    scheduler = Scheduler(model, max_rows=8, queue_limit=100, sync_every=1)  # not started: _take alone
+    long, short, third = Ticket("long"), Ticket("short"), Ticket("third")
+    for ticket, n in ((long, 6), (short, 2), (third, 1)):
+        scheduler.waiting[ticket] = deque(f"{ticket.name}{i}" for i in range(n))
+        scheduler.count += n
+    assert scheduler._take(5) == ["long0", "short0", "third0", "long1", "short1"]
+    assert scheduler._take(10) == ["long2", "long3", "long4", "long5"]
+    assert scheduler.count == 0 and not scheduler.waiting
+
+
+def test_a_short_job_does_not_wait_behind_a_long_one(model):
+    scheduler = Scheduler(model, max_rows=4, queue_limit=100, sync_every=1)
+    settings = {**GREEDY, "max_new_tokens": 12}
+    long = scheduler.submit(Ticket("podcast"), [(r := request(f"Chunk {i} of a long job.", "ryan", 11),
+                                                  model.row_settings(r, settings), None) for i in range(24)])
+    wait_rounds(scheduler, 2)  # the long job holds every row
+    short = scheduler.submit(Ticket("hello"), [(r := request("Hello.", "vivian", 11), model.row_settings(r, settings),
+                                                None)])
+    short[0].result(timeout=60)
+    assert sum(f.done() for f in long) <= 8  # it got a row as the first ones freed, not after the 24
+    assert all(f.result(timeout=120).shape[0] == 11 for f in long)
+
+
+@pytest.fixture
+def fresh_worker(tiny_env):
+    def make(*overrides):
+        worker = Worker.from_env([*NATURAL, *overrides])
+        assert worker.startup_error is None, worker.startup_error
+        return worker
+    return make
+
+
+def test_a_job_that_fails_fails_alone_and_its_neighbours_come_out_as_alone(fresh_worker):
+    worker = fresh_worker()
+    model = worker.store.get("1.7B-CustomVoice")
+    good = {"id": "good", "input": {"text": "The good job. It has two sentences of its own.", "params": {"seed": 4}}}
+    alone = worker.handle(good)
+    real = model.to_audio
+
+    def poisoned(items):  # a chunk that always comes back empty: retried, then out of retries
+        wavs = real(items)
+        return [np.zeros(0, np.float32) if "POISON" in r.text else w for (r, _), w in zip(items, wavs, strict=True)]
+
+    model.to_audio = poisoned
+    try:
+        jobs = [good, {"id": "bad", "input": {"text": "This chunk is POISON.", "params": {"seed": 4}}},
+                {"id": "invalid", "input": {"text": "x", "params": {"top_p": 7}}}]
+        answers: dict = {}
+        threads = [threading.Thread(target=lambda j=j: answers.update({j["id"]: worker.handle(j)})) for j in jobs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    finally:
+        del model.to_audio
+    assert "after 3 attempts: the model returned empty audio" in answers["bad"]["error"]
+    assert "$.params.top_p" in answers["invalid"]["error"]
+    assert answers["good"]["audio_base64"] == alone["audio_base64"]  # the same bytes as alone
+    assert model.scheduler.load == (0, 0)
+
+
+def test_a_failed_decode_round_is_retried_and_the_job_succeeds(fresh_worker, monkeypatch):
+    worker = fresh_worker()
+    from tts_runner.decode.running import RunningBatch
+
+    real, failures = RunningBatch.step, []
+
+    def flaky(self):
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("a transient failure in the loop")
+        return real(self)
+
+    monkeypatch.setattr(RunningBatch, "step", flaky)
+    answer = worker.handle({"id": "1", "input": {"text": "Two sentences here. The second one too."}})
+    assert "audio_base64" in answer and failures == [1]
+
+
+def test_beyond_the_queue_limit_a_job_is_refused_as_busy_and_the_worker_keeps_serving(fresh_worker):
+    worker = fresh_worker("scheduler.queue_limit=3", "chunking.max_chars=20")
+    answer = worker.handle({"id": "big", "input": {"text": "One sentence here. " * 6}})
+    assert answer["error"].startswith("Worker busy: 0 chunks are waiting for 1.7B-CustomVoice and this job adds 6, "
+                                      "over the queue limit of 3 (scheduler.queue_limit)")
+    assert "audio_base64" in worker.handle({"id": "small", "input": {"text": "Hello there."}})
+    with pytest.raises(WorkerBusy):
+        worker.store.get("1.7B-CustomVoice").scheduler.submit(Ticket("x"), [(None, {}, None)] * 4)
+
+
+def test_a_cancelled_job_gives_its_rows_back(fresh_worker):
+    worker = fresh_worker(*FAST[:2], "sampling.max_new_tokens=200", "sampling.min_new_tokens=200",
+                          "batching.max_batch_size=4", "chunking.max_chars=20")
+    scheduler = worker.store.get("1.7B-CustomVoice").scheduler
+    ticket, answer = Ticket("long"), {}
+    thread = threading.Thread(target=lambda: answer.update(worker.handle(
+        {"id": "long", "input": {"text": "One sentence here. " * 12}}, ticket)))
+    thread.start()
+    wait_rounds(scheduler, 3)
+    assert scheduler.load == (4, 8)
+    worker.cancel(ticket)
+    thread.join(30)
+    assert answer["error"] == "The job was cancelled."
+    deadline = time.monotonic() + 10
+    while scheduler.load != (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert scheduler.load == (0, 0)  # waiting chunks dropped at once, rows at the next check
+    assert "audio_base64" in worker.handle({"id": "next", "input": {"text": "Hi."}})
