@@ -211,8 +211,9 @@ class PieceEncoder:
         self.read = 0
         if self.format == "mp3":
             self.buffer = io.BytesIO()
-            self.file = sf.SoundFile(self.buffer, "w", SAMPLE_RATE, 1, format="MP3", subtype="MPEG_LAYER_III")
-            self.file.compression_level = 1.0 - (min(max(mp3_bitrate, 32), 320) - 32) / 288  # 0: highest rate
+            level = 1.0 - (min(max(mp3_bitrate, 32), 320) - 32) / 288  # libsndfile: 0 the highest bit rate
+            self.file = sf.SoundFile(self.buffer, "w", SAMPLE_RATE, 1, format="MP3", subtype="MPEG_LAYER_III",
+                                     compression_level=level, bitrate_mode="CONSTANT")
 
     def encode(self, samples: np.ndarray) -> bytes:
         if self.format == "pcm":
