@@ -140,3 +140,24 @@ def test_a_batch_that_runs_out_of_memory_splits_and_the_worker_answers_the_next_
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
         torch.cuda.empty_cache()
+
+
+def test_the_scheduler_admits_rows_into_captured_graphs_and_codes_equal_stock(tiny_env):
+    """Jobs joining a running batch of captured graphs (each row at its own frame and position):
+    greedy codes in float32 equal the stock library's, each request alone."""
+    from tests.test_scheduler import GREEDY as SCHEDULED_GREEDY
+    from tests.test_scheduler import JOB_A, JOB_B, request, wait_rounds
+    from tts_runner.scheduler import Ticket
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    cfg = config_mod.load([*FAST, *CUDA, *GRAPH, "runtime.dtype=float32"])
+    model = ModelStore(cfg.models, cfg.runtime, max_batch=8, scheduler=cfg.scheduler).get("1.7B-CustomVoice")
+    assert sorted(model.graph.graphs) == BUCKETS and model.scheduler is not None
+    alone = [codes(model, "stock", [t], [s], min_new_tokens=f, **SCHEDULED_GREEDY)[0] for t, s, f in JOB_A + JOB_B]
+    a = model.scheduler.submit(Ticket("a"), [(r := request(*i), model.row_settings(r, SCHEDULED_GREEDY), None)
+                                             for i in JOB_A])
+    wait_rounds(model.scheduler, 2)
+    b = model.scheduler.submit(Ticket("b"), [(r := request(*i), model.row_settings(r, SCHEDULED_GREEDY), None)
+                                             for i in JOB_B])
+    for reference, future in zip(alone, a + b, strict=True):
+        assert torch.equal(reference, future.result(timeout=120).cpu())

@@ -35,12 +35,26 @@ def wait_rounds(scheduler: Scheduler, n: int) -> None:
         time.sleep(0.001)
 
 
-def test_greedy_codes_of_a_job_are_the_same_alone_and_beside_other_jobs(model):
+@pytest.fixture(scope="module")
+def graph_model(tiny_env):
+    """The graph engine (run eagerly on the CPU: the code a GPU captures) under a scheduler."""
+    from tts_runner import config as config_mod
+    from tts_runner.model_store import ModelStore
+
+    cfg = config_mod.load([*FAST, "runtime.engine=graph", "runtime.graph.buckets=[1,2,4,8]", "runtime.graph.max_len=160"])
+    return ModelStore(cfg.models, cfg.runtime, max_batch=8, scheduler=cfg.scheduler).get("1.7B-CustomVoice")
+
+
+@pytest.mark.parametrize("engine", ["fast", "graph"])
+def test_greedy_codes_of_a_job_are_the_same_alone_and_beside_other_jobs(model, graph_model, engine):
     """The reference is the stock library, each request alone (its own floor). Job B joins while
-    job A's rows run (the merge pads one side or the other), with a sampled row of its own."""
+    job A's rows run (fast: the merge pads one side or the other; graph: free slots, each row at its
+    own position), with a sampled row of its own."""
+    model = graph_model if engine == "graph" else model
     alone = [library_codes(model, "stock", [t], [s], min_new_tokens=f, **GREEDY)[0] for t, s, f in JOB_A + JOB_B]
     assert len({c.shape[0] for c in alone}) > 3  # rows end apart: they leave the batch at different checks
     scheduler = model.scheduler
+    assert model.engine == engine and scheduler is not None
     sampled = {**GREEDY, "do_sample": True, "subtalker_dosample": True, "temperature": 1.3, "top_k": 0}
     a = scheduler.submit(Ticket("a"), [(r := request(*item), model.row_settings(r, GREEDY), None) for item in JOB_A])
     wait_rounds(scheduler, 3)  # A is running: B's rows join a batch with a longer cache
@@ -89,7 +103,9 @@ def fresh_worker(tiny_env):
 def test_a_job_that_fails_fails_alone_and_its_neighbours_come_out_as_alone(fresh_worker):
     worker = fresh_worker()
     model = worker.store.get("1.7B-CustomVoice")
-    good = {"id": "good", "input": {"text": "The good job. It has two sentences of its own.", "params": {"seed": 4}}}
+    # greedy: sampled codes may differ in float32 rounding with the company a row keeps (not its seed)
+    good = {"id": "good", "input": {"text": "The good job. It has two sentences of its own.",
+                                    "params": {"seed": 4, "do_sample": False}}}
     alone = worker.handle(good)
     real = model.to_audio
 
@@ -111,7 +127,7 @@ def test_a_job_that_fails_fails_alone_and_its_neighbours_come_out_as_alone(fresh
         del model.to_audio
     assert "after 3 attempts: the model returned empty audio" in answers["bad"]["error"]
     assert "$.params.top_p" in answers["invalid"]["error"]
-    assert answers["good"]["audio_base64"] == alone["audio_base64"]  # the same bytes as alone
+    assert answers["good"]["audio_base64"] == alone["audio_base64"]  # the same bytes as alone, greedy
     assert model.scheduler.load == (0, 0)
 
 
@@ -160,3 +176,44 @@ def test_a_cancelled_job_gives_its_rows_back(fresh_worker):
         time.sleep(0.01)
     assert scheduler.load == (0, 0)  # waiting chunks dropped at once, rows at the next check
     assert "audio_base64" in worker.handle({"id": "next", "input": {"text": "Hi."}})
+
+
+def test_a_chunk_too_long_for_the_graph_buffers_runs_on_the_fast_loop_beside_them(graph_model):
+    scheduler = graph_model.scheduler
+    settings = {**GREEDY, "max_new_tokens": 200}  # 92 prompt positions + 199 frames > max_len 160
+    long, short = request(*JOB_A[1]), request(*JOB_A[0])
+    futures = scheduler.submit(Ticket("long"), [(long, graph_model.row_settings(long, settings), None),
+                                                (short, graph_model.row_settings(short, GREEDY), None)])
+    wait_rounds(scheduler, 1)
+    assert [len(b) for b in scheduler.batches] in ([1, 1], [0, 1])  # graph slots, and the fast loop beside
+    alone = library_codes(graph_model, "stock", [long.text], [long.speaker], min_new_tokens=long.floor, **settings)[0]
+    assert torch.equal(futures[0].result(timeout=60), alone)
+    assert futures[1].result(timeout=60).shape[0] == 6
+
+
+def test_a_job_whose_sink_fails_fails_alone(worker, tmp_path):
+    """Two jobs share the model's rows; one's sink cannot write (a file where its folder should be)."""
+    from tts_runner import payload as payload_mod
+    from tts_runner.errors import SinkError
+    from tts_runner.runner import run_job
+
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file")
+    model = worker.store.get("1.7B-CustomVoice")
+    good = payload_mod.merge(worker.cfg, {"text": "The job whose audio arrives.", "params": {"seed": 2}})
+    bad = payload_mod.merge(worker.cfg, {"text": "The job whose sink fails.", "params": {"seed": 2}})
+    bad.sink = {"kind": "file", "dir": str(blocked / "out")}
+    outcome: dict = {}
+
+    def run(name, cfg):
+        try:
+            outcome[name] = run_job(cfg, model, name)[0]
+        except SinkError as exc:
+            outcome[name] = exc
+
+    threads = [threading.Thread(target=run, args=item) for item in (("good", good), ("bad", bad))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert isinstance(outcome["bad"], SinkError) and "audio_base64" in outcome["good"]

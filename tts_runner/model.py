@@ -45,7 +45,7 @@ SAMPLE_RATE = 24000
 DECODE_GROUP = 16          # items per speech-tokenizer call
 DECODE_SPREAD = 1.25       # longest / shortest item in one call
 FALLBACK = {"graph": "fast", "fast": "stock"}
-SCHEDULED = ("fast",)  # the engines whose loop the scheduler runs (stock keeps one batch per call)
+SCHEDULED = ("fast", "graph")  # the engines whose loop the scheduler runs (stock keeps one batch per call)
 
 
 def length_groups(lengths: list[int], size: int = DECODE_GROUP, spread: float = DECODE_SPREAD) -> list[list[int]]:
@@ -185,7 +185,7 @@ class Model:
         rows = {} if floor is not None or args else {"min_new_tokens": list(self._floor)}  # per-row floors
         rows["progress"] = self._progress
         budgets, seeds = (self._budgets, self._seeds) if not args else (None, None)
-        if self.engine == "graph" and self.graph is not None and not args:
+        if self.engine == "graph" and self.graph is not None and not self.graph.busy and not args:
             shape = kwargs["inputs_embeds"].shape
             if self.graph.fits(shape[0], shape[1], int(kwargs["max_new_tokens"])):
                 result = self._attempt("graph", lambda: self.graph.generate(

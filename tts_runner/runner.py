@@ -348,7 +348,7 @@ def generate_scheduled(
                     raise
                 except Exception as exc:  # noqa: BLE001 - the round failed (out of memory, say): try the chunk again
                     retry.append(fail(chunk, f"{type(exc).__name__}: {exc}"))
-            wavs = model.to_audio([(request, codes) for _, request, codes in ready])
+            wavs = scheduler.decode([(request, codes) for _, request, codes in ready])
             for (chunk, _, codes), wav in zip(ready, wavs, strict=True):
                 stats.calls += 1
                 stats.frame_steps += codes.shape[0] + 1

@@ -13,6 +13,11 @@ would leave rows idle while a podcast runs alone), and a job that arrives while 
 every row gets every other row that frees: a short request does not wait behind a podcast, and the
 podcast keeps the rest.
 
+Codes become audio on the same thread, between rounds (`decode`): the jobs hand it their finished
+chunks and it decodes everything waiting in one length-grouped call of the speech tokenizer, so
+chunks of many jobs that end together are decoded together, and the device is never split between
+the loop and a decode per job (on the CPU that thrashed: each ran its own thread pool).
+
 Bounds: at most `max_rows` rows decode at once; at most `queue_limit` chunks wait, over all jobs, and
 a job that would go beyond is refused at once with WorkerBusy (never an out-of-memory later). A job
 that is cancelled loses its waiting chunks at once and its rows at the next host check. A failure in
@@ -36,6 +41,7 @@ import torch
 from tts_runner.errors import DeviceFailure, WorkerBusy
 
 if TYPE_CHECKING:
+    from tts_runner.decode.graph import GraphRows
     from tts_runner.decode.running import RunningBatch
     from tts_runner.model import ChunkRequest, Model
 
@@ -71,10 +77,13 @@ class Scheduler:
         self.waiting: dict[Ticket, deque[Pending]] = {}  # insertion order = arrival order
         self.count = 0  # chunks waiting
         self.turn = 0   # where the round-robin goes on
-        self.batch: RunningBatch | None = None
+        # the running rows: the engine's batch, and for the graph engine a fast-loop batch beside it
+        # for chunks too long for its buffers (runtime.graph.max_len); rows stay where they start
+        self.batches: list[RunningBatch | GraphRows] = []
         self.broken: str | None = None
         self.thread: threading.Thread | None = None
         self.rounds = 0
+        self.to_decode: list = []  # ((request, codes), future) waiting to be decoded
 
     # ---- the jobs' side --------------------------------------------------------------------------
     def submit(self, ticket: Ticket, items: list[tuple[ChunkRequest, dict, Callable | None]]) -> list[Future]:
@@ -92,11 +101,14 @@ class Scheduler:
             pending = [Pending(request, settings, ticket, listener) for request, settings, listener in items]
             queue.extend(pending)
             self.count += len(pending)
-            if self.thread is None:
-                self.thread = threading.Thread(target=self._loop, name=f"scheduler-{self.model.name}", daemon=True)
-                self.thread.start()
+            self._start()
             self.cond.notify()
         return [p.future for p in pending]
+
+    def _start(self) -> None:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._loop, name=f"scheduler-{self.model.name}", daemon=True)
+            self.thread.start()
 
     def cancel(self, ticket: Ticket) -> None:
         """Drop a job: its waiting chunks now, its rows at the next host check."""
@@ -109,7 +121,36 @@ class Scheduler:
     @property
     def load(self) -> tuple[int, int]:
         """(rows decoding, chunks waiting)."""
-        return (len(self.batch) if self.batch else 0), self.count
+        return self.running, self.count
+
+    @property
+    def running(self) -> int:
+        return sum(len(b) for b in self.batches)
+
+    def decode(self, items: list[tuple[ChunkRequest, torch.Tensor]]) -> list:
+        """Waveforms for (request, codes) items, decoded with whatever other jobs are waiting for."""
+        if not items:
+            return []
+        futures = [Future() for _ in items]
+        with self.cond:
+            self.to_decode.extend(zip(items, futures, strict=True))
+            self._start()
+            self.cond.notify()
+        return [f.result() for f in futures]
+
+    def _decode_waiting(self) -> None:
+        with self.cond:
+            batch, self.to_decode = self.to_decode, []
+        if not batch:
+            return
+        try:
+            wavs = self.model.to_audio([item for item, _ in batch])
+        except Exception as exc:  # noqa: BLE001 - each job hears it
+            for _, future in batch:
+                future.set_exception(exc)
+        else:
+            for (_, future), wav in zip(batch, wavs, strict=True):
+                future.set_result(wav)
 
     # ---- the loop --------------------------------------------------------------------------------
     def _take(self, free: int) -> list[Pending]:
@@ -130,11 +171,13 @@ class Scheduler:
     def _loop(self) -> None:
         while True:
             with self.cond:
-                while not self.count and not (self.batch and len(self.batch)):
+                while not self.count and not self.running and not self.to_decode:
                     self.cond.wait()
-                free = self.rows - (len(self.batch) if self.batch else 0)
+                free = self.rows - self.running
                 admit = self._take(free) if free > 0 else []
-            self._round(admit)
+            if admit or self.running:
+                self._round(admit)
+            self._decode_waiting()
 
     def _round(self, admit: list[Pending]) -> None:
         """Admit, step `sync_every` frames, check: one round of the loop, under the model's lock."""
@@ -143,15 +186,16 @@ class Scheduler:
                 if admit:
                     self._admit(admit)
                 for _ in range(self.sync_every):
-                    if not self.batch or not len(self.batch):
-                        break
-                    self.batch.step()
+                    for batch in self.batches:
+                        if len(batch):
+                            batch.step()
                 self._check()
         except Exception as exc:  # noqa: BLE001 - fail what the round touched, go on serving
             self._fail(exc, admit)
         self.rounds += 1
 
     def _admit(self, pending: list[Pending]) -> None:
+        from tts_runner.decode.graph import GraphRows
         from tts_runner.decode.running import Row, RunningBatch
 
         live = [p for p in pending if not p.ticket.cancelled]
@@ -161,35 +205,46 @@ class Scheduler:
         if not live:
             return
         prompts, pad, suppress = self.model.capture([p.request for p in live])
-        if self.batch is None:
-            like = self.model.tts.model.talker.codec_head.weight
-            self.batch = RunningBatch(self.model.tts.model.talker, pad, suppress, self.max_rows, like)
-        self.batch.admit([Row(prompt, text, p.settings, p) for (prompt, text), p in zip(prompts, live, strict=True)])
+        rows = [Row(prompt, text, p.settings, p) for (prompt, text), p in zip(prompts, live, strict=True)]
+        like = self.model.tts.model.talker.codec_head.weight
+        if not self.batches:
+            if self.model.engine == "graph" and self.model.graph is not None:
+                self.batches.append(GraphRows(self.model.graph, pad, suppress, like))
+            self.batches.append(RunningBatch(self.model.tts.model.talker, pad, suppress, self.max_rows, like))
+        graph = self.batches[0] if isinstance(self.batches[0], GraphRows) else None
+        fits, rest = [], []
+        for row in rows:
+            (fits if graph is not None and len(fits) < graph.free and graph.fits(row) else rest).append(row)
+        if fits:
+            graph.admit(fits)
+        if rest:
+            self.batches[-1].admit(rest)
 
     def _check(self) -> None:
         """The host check: hand back the rows that ended, drop cancelled ones, feed listeners."""
-        batch = self.batch
-        if not batch or not len(batch):
-            return
-        ended = set(batch.finished())
-        gone = [i for i, row in enumerate(batch.rows) if i in ended or row.tag.ticket.cancelled]
-        results = {i: batch.codes(i) for i in gone if i in ended and not batch.rows[i].tag.ticket.cancelled}
-        for i, row in enumerate(batch.rows):
-            if row.tag.listener and i not in ended:
-                row.tag.listener(batch.codes(i))
-        for i, row in zip(gone, batch.remove(gone), strict=True):
-            if i in results:
-                row.tag.future.set_result(results[i])
-            else:
-                row.tag.future.cancel()
+        for batch in self.batches:
+            if not len(batch):
+                continue
+            ended = set(batch.finished())
+            gone = [i for i, row in enumerate(batch.rows) if i in ended or row.tag.ticket.cancelled]
+            results = {i: batch.codes(i) for i in gone if i in ended and not batch.rows[i].tag.ticket.cancelled}
+            for i, row in enumerate(batch.rows):
+                if row.tag.listener and i not in ended:
+                    row.tag.listener(batch.codes(i))
+            for i, row in zip(gone, batch.remove(gone), strict=True):
+                if i in results:
+                    row.tag.future.set_result(results[i])
+                else:
+                    row.tag.future.cancel()
 
     def _fail(self, exc: BaseException, admit: list[Pending]) -> None:
         from tts_runner.model import device_broken
 
         touched = [p for p in admit if not p.future.done()]
-        if self.batch:
-            touched += [row.tag for row in self.batch.rows if not row.tag.future.done()]
-        self.batch = None
+        for batch in self.batches:
+            touched += [row.tag for row in batch.rows if not row.tag.future.done()]
+            batch.close()
+        self.batches = []
         if device_broken(exc):
             self.broken = (f"The GPU failed ({type(exc).__name__}: {exc}); this worker stops and a fresh one takes "
                            "its place. Send the job again.")

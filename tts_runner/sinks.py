@@ -124,9 +124,9 @@ def upload_s3(data: bytes, fmt: str, sink: DictConfig, job_id: str) -> str:
 
 
 def write_file(data: bytes, fmt: str, directory: Path, name: str) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name) or 'tts'}.{fmt}"
     try:
+        directory.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     except OSError as exc:
         raise SinkError(f"Could not write {path}: {exc.strerror}") from None

@@ -41,8 +41,11 @@ class StreamAssembler:
     """The job's audio so far and how much of it is final. Chunks are `runner.Chunk`s."""
 
     def __init__(self, model: Model, chunks: list, num_segments: int, chunking: DictConfig, post: DictConfig,
-                 left_context: int | None):
-        self.model, self.post, self.left_context = model, post, left_context
+                 settings: DictConfig | dict):
+        self.model, self.post = model, post
+        self.left_context = settings.get("left_context_frames")
+        self.first_frames = int(settings.get("first_piece_frames") or 1)
+        self.piece_frames = int(settings.get("piece_frames") or 1)
         self.crossfade_ms = chunking.crossfade_ms
         self.crossfade = int(round(SAMPLE_RATE * chunking.crossfade_ms / 1000.0))
         self.gap = int(round(SAMPLE_RATE * chunking.segment_gap_ms / 1000.0))
@@ -125,7 +128,7 @@ class StreamAssembler:
             return True
         codes = self.latest.get(head.index)
         decoded = self.head[1] if self.head and self.head[0] == head.index else 0
-        return codes is not None and codes.shape[0] > decoded
+        return codes is not None and codes.shape[0] >= decoded + (self.piece_frames if decoded else self.first_frames)
 
     def _head_chunk(self):
         """The first chunk of the current segment not yet accepted (None: all are)."""
@@ -137,11 +140,11 @@ class StreamAssembler:
     def _decode_head(self, chunk, codes: torch.Tensor) -> None:
         """Decode the head chunk's new frames, with up to left_context frames before them as context."""
         index, frames, samples = self.head if self.head and self.head[0] == chunk.index else (chunk.index, 0, None)
-        if codes.shape[0] <= frames:
-            return
+        if codes.shape[0] < frames + (self.piece_frames if frames else self.first_frames):
+            return  # decode in pieces of a useful size: each decode costs the decoder's left context again
         start = 0 if self.left_context is None else max(0, frames - self.left_context)
         request = chunk.request if start == 0 else replace(chunk.request, clone=None)  # the reference is context at 0
-        wav = self.model.to_audio([(request, codes[start:])])[0]
+        wav = self.model.scheduler.decode([(request, codes[start:])])[0]
         new = wav[(frames - start) * SAMPLES_PER_FRAME:]
         samples = new if samples is None else np.concatenate([samples, new])
         with self.cond:
@@ -247,7 +250,7 @@ def stream_job(cfg: DictConfig, model: Model, ticket=None):
     ticket = ticket or Ticket("stream")
     chunks, num_segments, sampling = prepare(cfg, model)
     stream = cfg.get("stream") or {}
-    assembler = StreamAssembler(model, chunks, num_segments, cfg.chunking, cfg.audio, stream.get("left_context_frames"))
+    assembler = StreamAssembler(model, chunks, num_segments, cfg.chunking, cfg.audio, stream)
     outcome: dict = {}
 
     def generate() -> None:

@@ -18,10 +18,16 @@ class StaticCache:
         return cls([like.new_zeros(shape) for _ in range(layers)], [like.new_zeros(shape) for _ in range(layers)])
 
     def update(self, layer: int, at: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k and v ([rows, kv heads, len(at), head dim]) at positions `at` (a device tensor) of
-        `layer`; return that layer's whole key and value buffers."""
-        self.keys[layer].index_copy_(2, at, k)
-        self.values[layer].index_copy_(2, at, v)
+        """Write k and v ([rows, kv heads, n, head dim]) of `layer` at positions `at`, a device tensor:
+        [n] positions shared by every row, or [rows, 1] one position per row (n = 1); return that
+        layer's whole key and value buffers."""
+        if at.dim() == 2:
+            index = at[:, None, :, None].expand(-1, k.shape[1], 1, k.shape[3])
+            self.keys[layer].scatter_(2, index, k)
+            self.values[layer].scatter_(2, index, v)
+        else:
+            self.keys[layer].index_copy_(2, at, k)
+            self.values[layer].index_copy_(2, at, v)
         return self.keys[layer], self.values[layer]
 
     def rows(self, n: int) -> StaticCache:

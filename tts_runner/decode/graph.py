@@ -50,6 +50,8 @@ class State:
     seen: torch.Tensor         # [R, V] bool: codes made so far (repetition penalty)
     text: torch.Tensor         # [R, L, H] the text added to frame t at index t - 1
     codes: torch.Tensor        # [R, L, G] frame t's 16 codes at index t - 1
+    frame: torch.Tensor        # [R, 1] the frame index t each row is at
+    position: torch.Tensor     # [R, 1] the cache position each row's frame t writes
     settings: RowSettings      # per-row sampling
 
     def map(self, fn) -> State:
@@ -95,6 +97,7 @@ class GraphEngine:
         self.predictor: Predictor | None = None
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.capture_seconds = 0.0
+        self.busy = False  # the scheduler's rows are in the buffers (GraphRows): one-call generate must not run
 
     # ---- buffers -------------------------------------------------------------------------------
     def _allocate(self, like: torch.Tensor) -> None:
@@ -110,11 +113,11 @@ class GraphEngine:
             seen=torch.zeros(rows, config.vocab_size, dtype=torch.bool, device=device),
             text=like.new_zeros(rows, length, config.hidden_size),
             codes=torch.full((rows, length, self.groups), self.eos, dtype=torch.long, device=device),
+            frame=torch.ones(rows, 1, dtype=torch.long, device=device),
+            position=torch.zeros(rows, 1, dtype=torch.long, device=device),
             settings=RowSettings.allocate(rows, device),
         )
         self.predictor = Predictor(self.talker.code_predictor, rows, like)
-        self.frame = torch.ones(1, dtype=torch.long, device=device)      # the frame index t
-        self.position = torch.zeros(1, dtype=torch.long, device=device)  # the cache position frame t writes
         self.blocked = torch.zeros(config.vocab_size, dtype=torch.bool, device=device)
         self.lowest = torch.finfo(like.dtype).min
         self.views = {b: self.state.map(lambda t, b=b: t[:b]) for b in self.buckets}
@@ -135,7 +138,7 @@ class GraphEngine:
     # ---- one frame -----------------------------------------------------------------------------
     def _choose(self, s: State, hidden: torch.Tensor) -> None:
         """The next first-codebook code of every row from the talker's hidden state."""
-        token = next_code(self.talker.codec_head(hidden[:, -1]), s.settings, self.frame, s.seen, s.unfinished,
+        token = next_code(self.talker.codec_head(hidden[:, -1]), s.settings, s.frame, s.seen, s.unfinished,
                           self.blocked, self.eos)
         s.token.copy_(token)
         s.seen.scatter_(1, token[:, None], True)
@@ -144,24 +147,27 @@ class GraphEngine:
     def _frame(self, s: State) -> None:
         """Frame t: codes 1..15 for the last code, the frame's talker step, the next code."""
         first = s.token[:, None]
-        rest = self.predictor(s.hidden, self.codec_embedding(first), s.settings, self.frame - 1)
-        s.codes.index_copy_(1, self.frame - 1, torch.cat((first, rest), dim=1)[:, None])
+        last = s.codes.shape[1] - 1  # rows past the buffers (ended, or spare) write in the last place
+        rest = self.predictor(s.hidden, self.codec_embedding(first), s.settings, s.frame - 1)
+        at = (s.frame - 1).clamp(max=last)
+        s.codes.scatter_(1, at[:, :, None].expand(-1, 1, self.groups), torch.cat((first, rest), dim=1)[:, None])
         x = frame_embedding(self.codec_embedding, self.predictor.embeddings, first, rest)
-        x = x + s.text.index_select(1, self.frame - 1)
-        s.valid.index_fill_(1, self.position, True)
+        x = x + s.text.gather(1, at[:, :, None].expand(-1, 1, s.text.shape[2]))
+        position = s.position.clamp(max=last)
+        s.valid.scatter_(1, position, True)
         mask = torch.zeros_like(s.valid, dtype=x.dtype).masked_fill(~s.valid, self.lowest)[:, None, None]
-        positions = (s.deltas + self.position).view(1, -1, 1).expand(3, -1, 1)
+        positions = (s.deltas[:, None] + position).view(1, -1, 1).expand(3, -1, 1)
         cos, sin = self.model.rotary_emb(x, positions)
         scaling = self.talker.config.rope_scaling
         rope = functools.partial(apply_multimodal_rotary_pos_emb, cos=cos, sin=sin,
                                  mrope_section=scaling["mrope_section"], mrope_interleaved=scaling["interleaved"])
         for i, layer in enumerate(self.model.layers):
-            x = layer_step(layer, x, rope, s.cache, i, self.position, mask)
+            x = layer_step(layer, x, rope, s.cache, i, position, mask)
         hidden = self.model.norm(x)
         s.hidden.copy_(hidden)
-        self.position.add_(1)
+        s.position.add_(1)
         self._choose(s, hidden)
-        self.frame.add_(1)
+        s.frame.add_(1)
 
     # ---- capture -------------------------------------------------------------------------------
     def capture(self, like: torch.Tensor) -> float:
@@ -197,8 +203,8 @@ class GraphEngine:
             self._frame(self.views[bucket]) if eager else self._run(bucket)
 
     def _reset_counters(self) -> None:
-        self.frame.fill_(1)
-        self.position.zero_()
+        self.state.frame.fill_(1)
+        self.state.position.zero_()
 
     def _run(self, b: int) -> None:
         graph = self.graphs.get(b)
@@ -252,10 +258,10 @@ class GraphEngine:
         pad = tts_pad_embed if tts_pad_embed.shape[0] == 1 else tts_pad_embed.index_select(0, fill)
         self._load_slots(s, batch, trailing_text_hidden.index_select(0, fill), pad)
         self._load_settings(s, kwargs, fill)
-        self.frame.zero_()
-        self.position.fill_(prompt)
+        s.frame.zero_()
+        s.position.fill_(prompt)
         self._choose(s, s.hidden)  # frame 0's code comes from the prefill
-        self.frame.fill_(1)
+        s.frame.fill_(1)
 
         slots = list(range(batch))  # the original row in each live slot
         result = torch.full((batch, max(max_new - 1, 0), self.groups), self.eos, dtype=torch.long,
@@ -292,3 +298,124 @@ class GraphEngine:
         for tensor in self.views[b].tensors():
             tensor[:smaller].copy_(tensor.index_select(0, index))
         self.state.unfinished[len(alive):smaller] = False
+
+
+class GraphRows:
+    """The graph engine's buffers as a running batch for the scheduler (the interface of
+    running.RunningBatch): every row owns a slot, with its own frame and cache position, so rows
+    join between frames by a prefill copied into free slots, and leave by ending. A frame runs the
+    smallest bucket holding the highest slot in use (its captured graph on CUDA); when the rows
+    left fit a smaller bucket, the live slots move to the front."""
+
+    def __init__(self, engine: GraphEngine, pad_embed: torch.Tensor, suppress: list[int] | None, like: torch.Tensor):
+        from tts_runner.decode.running import RunningBatch
+
+        self.engine = engine
+        if engine.state is None:
+            engine._allocate(like)
+        self.capacity = engine.buckets[-1]
+        self.pad = pad_embed.reshape(1, 1, -1)
+        self.rows: list = []        # the rows in use ...
+        self.slots: list[int] = []  # ... and the slot each one holds
+        engine.state.unfinished.zero_()
+        engine.blocked.zero_()
+        if suppress:
+            engine.blocked[torch.tensor(suppress, device=like.device)] = True
+        self._candidates = RunningBatch._candidates
+        engine.busy = True
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def free(self) -> int:
+        return self.capacity - len(self.rows)
+
+    def fits(self, row) -> bool:
+        return row.prompt.shape[0] + int(row.settings["max_frames"]) + 2 <= self.engine.max_len
+
+    def admit(self, rows: list) -> None:
+        """Prefill `rows` together and load them into the lowest free slots."""
+        e, s = self.engine, self.engine.state
+        for row in rows:
+            if not self.fits(row):
+                raise ValueError(f"a chunk of {row.prompt.shape[0]} prompt positions and up to {row.settings['max_frames']} "
+                                 f"frames does not fit the graph buffers ({e.max_len} positions: runtime.graph.max_len)")
+        taken = set(self.slots)
+        slots = [i for i in range(self.capacity) if i not in taken][: len(rows)]
+        index = torch.tensor(slots, device=s.token.device)
+        n, width = len(rows), max(r.prompt.shape[0] for r in rows)
+        embeds = self.pad.new_zeros(n, width, self.pad.shape[-1])
+        mask = torch.zeros(n, width, dtype=torch.long, device=s.token.device)
+        for i, row in enumerate(rows):
+            embeds[i, width - row.prompt.shape[0]:] = row.prompt
+            mask[i, width - row.prompt.shape[0]:] = 1
+        start = prefill(e.talker, embeds, mask)
+        length = s.valid.shape[1]
+        for layer, (keys, values) in enumerate(zip(s.cache.keys, s.cache.values, strict=True)):
+            for buffer, source in ((keys, start.cache.layers[layer].keys), (values, start.cache.layers[layer].values)):
+                padded = source.new_zeros(n, *buffer.shape[1:])
+                padded[:, :, :width] = source
+                buffer.index_copy_(0, index, padded)
+        valid = torch.zeros(n, length, dtype=torch.bool, device=s.valid.device)
+        valid[:, :width] = start.mask.bool()
+        text = self.pad.expand(n, length, -1).clone()
+        for i, row in enumerate(rows):
+            count = min(row.text.shape[0], length)
+            text[i, :count] = row.text[:count]
+        settings = RowSettings.stack([RowSettings.from_call(r.settings, torch.zeros(1, dtype=torch.long,
+                                                                                   device=index.device)) for r in rows])
+        frame = torch.zeros(n, 1, dtype=torch.long, device=index.device)
+        seen = torch.zeros(n, s.seen.shape[1], dtype=torch.bool, device=index.device)
+        unfinished = torch.ones(n, dtype=torch.bool, device=index.device)
+        k = self._candidates(self.rows + rows)[0]
+        token = next_code(e.talker.codec_head(start.hidden[:, -1]), settings, frame, seen, unfinished, e.blocked, e.eos, k)
+        seen.scatter_(1, token[:, None], True)
+        fresh = {"valid": valid, "deltas": start.deltas.view(-1), "hidden": start.hidden, "token": token,
+                 "unfinished": unfinished & (token != e.eos), "seen": seen, "text": text,
+                 "codes": torch.full((n, length, e.groups), e.eos, dtype=torch.long, device=index.device),
+                 "frame": frame + 1, "position": torch.full((n, 1), width, dtype=torch.long, device=index.device)}
+        for name, value in fresh.items():
+            getattr(s, name).index_copy_(0, index, value.to(getattr(s, name).dtype))
+        for name, value in settings.tensors.items():
+            s.settings.tensors[name].index_copy_(0, index, value)
+        self.rows.extend(rows)
+        self.slots.extend(slots)
+
+    def step(self) -> None:
+        e = self.engine
+        e._run(e.bucket(max(self.slots) + 1))
+
+    def finished(self) -> list[int]:
+        if not self.rows:
+            return []
+        ended = (~self.engine.state.unfinished).nonzero().view(-1).tolist()
+        where = {slot: i for i, slot in enumerate(self.slots)}
+        return sorted(where[slot] for slot in ended if slot in where)
+
+    def codes(self, index: int) -> torch.Tensor:
+        s, slot = self.engine.state, self.slots[index]
+        made = s.codes[slot, : int(s.frame[slot]) - 1].to("cpu", copy=True)  # never a view: slots are reused
+        ends = (made[:, 0] == self.engine.eos).nonzero()
+        return made[: int(ends[0])] if ends.numel() else made
+
+    def remove(self, indices: list[int]) -> list:
+        """Free the rows' slots (ended, or cancelled); move the rest to the front when they fit a smaller bucket."""
+        if not indices:
+            return []
+        e, s = self.engine, self.engine.state
+        gone = set(indices)
+        taken = [self.rows[i] for i in indices]
+        freed = torch.tensor([self.slots[i] for i in indices], device=s.unfinished.device)
+        s.unfinished.index_fill_(0, freed, False)
+        self.rows = [r for i, r in enumerate(self.rows) if i not in gone]
+        self.slots = [slot for i, slot in enumerate(self.slots) if i not in gone]
+        if self.slots:
+            now, smaller = e.bucket(max(self.slots) + 1), e.bucket(len(self.slots))
+            if smaller < now:
+                e._compact(now, self.slots, smaller)
+                self.slots = list(range(len(self.slots)))
+        return taken
+
+    def close(self) -> None:
+        self.engine.busy = False

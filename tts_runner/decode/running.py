@@ -72,6 +72,9 @@ class RunningBatch:
     def free(self) -> int:
         return self.capacity - len(self.rows)
 
+    def close(self) -> None:
+        """Nothing to give back: the batch's tensors go with it."""
+
     # ---- rows in ---------------------------------------------------------------------------------
     def admit(self, rows: list[Row]) -> None:
         """Prefill `rows` together (left-padded), choose their frame-0 codes and merge them in."""
@@ -187,7 +190,7 @@ class RunningBatch:
     def codes(self, index: int) -> torch.Tensor:
         """Row `index`'s frames so far, [F, 16] on the CPU, up to its end code (as qwen-tts cuts)."""
         s = self.state
-        made = s["history"][index, : int(s["frame"][index])].cpu()
+        made = s["history"][index, : int(s["frame"][index])].to("cpu", copy=True)  # never a view of the buffers
         ends = (made[:, 0] == self.eos).nonzero()
         return made[: int(ends[0])] if ends.numel() else made
 

@@ -23,6 +23,9 @@ job at batch 1 through stock and every engine listed; `--stock-sample N` adds th
 time) on N chunks spread over the job, and prints that path's time for the whole job extrapolated
 from the sample, so the job's speed-up over it is a ratio measured in the same run.
 
+`--serve` runs the serving benchmark instead (tts_runner/tools/serve_bench.py: many one-sentence
+requests at once, the scheduler against one job at a time).
+
 `--engines` may name stock, fast and graph. With graph in the list the model is loaded with
 `runtime.engine=graph`, buckets at the powers of two up to the largest batch size (and the batch
 sizes) and buffers long enough for the job; on CUDA its graphs are captured at load and the capture
@@ -382,6 +385,11 @@ def format_row(r: Row) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--serve" in argv:  # many short requests at once: tts_runner/tools/serve_bench.py
+        from tts_runner.tools import serve_bench
+
+        return serve_bench.main([a for a in argv if a != "--serve"])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="1.7B-CustomVoice")
     parser.add_argument("--model-dir", type=Path, help="QWEN_TTS_MODEL_DIR (default: the environment's)")

@@ -1,0 +1,271 @@
+"""Serving benchmark: many short requests at once, the scheduler against one job at a time, in one run.
+
+    python -m tts_runner.tools.serve_bench --model-dir /tmp/models --device cpu --requests 64 --concurrency 1,4,16,64
+    (also: python -m tts_runner.tools.bench --serve ...)
+
+A load generator: `--requests` N requests, each one sentence of the podcast dialogue (jobs/podcast.yaml,
+40 to 115 characters: what an endpoint mostly sees), sent by c clients at once for each concurrency c
+(a client sends its next request when its last one is answered). Three workers answer them, each
+loaded once, in-process (the worker's own `handle`/`stream`, as handler.py calls them):
+
+- `serial`: one job at a time, its own batches (scheduler off; what a worker with concurrency 1 does:
+  the other requests wait in RunPod's queue);
+- `scheduled`: the scheduler, every request's chunks sharing the model's rows;
+- `streamed`: the same, each request with "stream": true (time to first audio = its first piece).
+
+For each: requests/s, seconds of audio per second, p50/p95 latency (sent -> whole answer) and p50/p95
+time to first audio (the whole answer, unless streamed), and the ratio of audio/s over serial at the
+same concurrency. `--http N` also sends N requests at the largest concurrency to `handler.py
+--rp_serve_api` started on 127.0.0.1 (a child process; /runsync, bounded by `--http-timeout`), with the
+scheduler and without. `--json FILE` writes the rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass
+class Row:
+    device: str
+    worker: str
+    via: str
+    concurrency: int
+    requests: int
+    failed: int
+    wall_s: float
+    requests_per_s: float
+    audio_per_s: float
+    p50_latency_s: float
+    p95_latency_s: float
+    p50_first_audio_s: float
+    p95_first_audio_s: float
+    vs_serial: float = 0.0
+
+
+def sentences(n: int, seed: int) -> list[str]:
+    from tts_runner import payload as payload_mod
+
+    _, spec = payload_mod.load_job_spec("podcast")
+    lines = [s["text"] for s in spec["segments"]]
+    rng = random.Random(seed)
+    return [rng.choice(lines) for _ in range(n)]
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def drive(send, texts: list[str], concurrency: int) -> tuple[float, list[tuple[float, float, float]], int]:
+    """Send every text with `concurrency` clients; returns wall seconds, (latency, first audio, audio
+    seconds) per answered request, and the number that failed."""
+    queue = list(enumerate(texts))
+    lock = threading.Lock()
+    results: list[tuple[float, float, float]] = []
+    failed = [0]
+
+    def client() -> None:
+        while True:
+            with lock:
+                if not queue:
+                    return
+                i, text = queue.pop(0)
+            try:
+                results.append(send(i, text))
+            except Exception as exc:  # noqa: BLE001 - counted, shown once
+                with lock:
+                    if not failed[0]:
+                        print(f"  a request failed: {exc}", file=sys.stderr)
+                    failed[0] += 1
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        for _ in range(concurrency):
+            pool.submit(client)
+    return time.perf_counter() - started, results, failed[0]
+
+
+def row(device: str, worker: str, via: str, concurrency: int, wall: float, results: list, failed: int) -> Row:
+    latency = [r[0] for r in results]
+    first = [r[1] for r in results]
+    audio = sum(r[2] for r in results)
+    return Row(device, worker, via, concurrency, len(results) + failed, failed, round(wall, 3),
+               round(len(results) / wall, 3), round(audio / wall, 3), round(percentile(latency, 0.5), 3),
+               round(percentile(latency, 0.95), 3), round(percentile(first, 0.5), 3), round(percentile(first, 0.95), 3))
+
+
+def in_process(workers: dict, texts: list[str], concurrency: int, seed: int, device: str) -> list[Row]:
+    rows = []
+    for name, worker in workers.items():
+        serial = threading.Lock() if name == "serial" else None
+
+        def send(i: int, text: str, worker=worker, name=name, serial=serial) -> tuple[float, float, float]:
+            job = {"id": f"{name}-{i}", "input": {"text": text, "params": {"seed": seed + i}}}
+            sent = time.perf_counter()
+            if name == "streamed":
+                job["input"]["stream"] = True
+                first = None
+                for piece in worker.stream(job):
+                    if "error" in piece:
+                        raise RuntimeError(piece["error"])
+                    first = first if first is not None else time.perf_counter() - sent
+                return time.perf_counter() - sent, first, piece["metadata"]["duration_seconds"]
+            with serial or _nothing():
+                answer = worker.handle(job)
+            if "error" in answer:
+                raise RuntimeError(answer["error"])
+            latency = time.perf_counter() - sent
+            return latency, latency, answer["metadata"]["duration_seconds"]
+
+        wall, results, failed = drive(send, texts, concurrency)
+        rows.append(row(device, name, "in-process", concurrency, wall, results, failed))
+    return rows
+
+
+class _nothing:  # noqa: N801 - a null context manager that is cheaper to read than contextlib's
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def serve_api(overrides: str, log: Path):
+    """Start handler.py --rp_serve_api on a free 127.0.0.1 port; returns (process, port)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "TTS_RUNNER_OVERRIDES": overrides}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "handler.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1",
+                                 "--rp_api_port", str(port)], cwd=root, stdout=out, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"handler.py exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, port
+        time.sleep(0.25)
+    proc.kill()
+    raise RuntimeError(f"handler.py did not open port {port} in 120 s")
+
+
+def http_rows(texts: list[str], concurrency: int, seed: int, device: str, timeout: float) -> list[Row]:
+    import tempfile
+
+    import requests
+
+    rows = []
+    for name, overrides in (("serial", "scheduler.enabled=false worker.concurrency=1"), ("scheduled", "")):
+        with tempfile.TemporaryDirectory() as tmp:
+            proc, port = serve_api(overrides, Path(tmp) / "api.log")
+            try:
+                serial = threading.Lock() if name == "serial" else None
+
+                def send(i: int, text: str, port=port, serial=serial) -> tuple[float, float, float]:
+                    sent = time.perf_counter()
+                    with serial or _nothing():  # the local API runs every request at once; RunPod would queue them
+                        answer = requests.post(f"http://127.0.0.1:{port}/runsync", timeout=timeout,
+                                               json={"input": {"text": text, "params": {"seed": seed + i}}}).json()
+                    if "output" not in answer or "metadata" not in answer["output"]:
+                        raise RuntimeError(str(answer)[:300])
+                    latency = time.perf_counter() - sent
+                    return latency, latency, answer["output"]["metadata"]["duration_seconds"]
+
+                wall, results, failed = drive(send, texts, concurrency)
+                rows.append(row(device, name, "http", concurrency, wall, results, failed))
+            finally:
+                proc.terminate()
+                proc.wait(timeout=10)
+    return rows
+
+
+def print_rows(rows: list[Row]) -> None:
+    print(f"{'worker':<10} {'via':<10} {'conc':>4} {'req':>4} {'fail':>4} {'wall s':>7} {'req/s':>6} {'audio/s':>8} "
+          f"{'x serial':>8} {'p50 lat':>7} {'p95 lat':>7} {'p50 TTFA':>8} {'p95 TTFA':>8}")
+    for r in rows:
+        print(f"{r.worker:<10} {r.via:<10} {r.concurrency:>4} {r.requests:>4} {r.failed:>4} {r.wall_s:>7.2f} "
+              f"{r.requests_per_s:>6.2f} {r.audio_per_s:>8.2f} {r.vs_serial:>8.2f} {r.p50_latency_s:>7.3f} "
+              f"{r.p95_latency_s:>7.3f} {r.p50_first_audio_s:>8.3f} {r.p95_first_audio_s:>8.3f}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="1.7B-CustomVoice")
+    parser.add_argument("--model-dir", type=Path, help="QWEN_TTS_MODEL_DIR (default: the environment's)")
+    parser.add_argument("--device", help="QWEN_TTS_DEVICE: auto, cpu, cuda:0")
+    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 16, 64])
+    parser.add_argument("--max-batch-size", type=int, default=64, help="rows the scheduler decodes at once")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--http", type=int, default=0, metavar="N",
+                        help="also send N requests over HTTP to handler.py --rp_serve_api (127.0.0.1)")
+    parser.add_argument("--http-timeout", type=float, default=600.0)
+    parser.add_argument("--torch-threads", type=int, default=0,
+                        help="torch's intra-op threads (runtime.torch_threads; 0: the config's)")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args(argv)
+    if args.model_dir:
+        os.environ["QWEN_TTS_MODEL_DIR"] = str(args.model_dir)
+    if args.device:
+        os.environ["QWEN_TTS_DEVICE"] = args.device
+    from tts_runner.tools.bench import device_name
+    from tts_runner.worker import Worker
+
+    common = [*([f"runtime.torch_threads={args.torch_threads}"] if args.torch_threads else []), f"input.model={args.model}", f"models.default={args.model}", "sink=base64",
+              f"batching.max_batch_size={args.max_batch_size}", "worker.progress_updates=false"]
+    started = time.perf_counter()
+    workers = {
+        "serial": Worker.from_env([*common, "scheduler.enabled=false", "worker.concurrency=1"]),
+        "scheduled": Worker.from_env(common),
+        "streamed": Worker.from_env([*common, "worker.streaming=true"]),
+    }
+    for name, worker in workers.items():
+        if worker.startup_error:
+            print(f"{name} worker failed to start: {worker.startup_error}", file=sys.stderr)
+            return 1
+    device = workers["scheduled"].store.device
+    model = workers["scheduled"].store.get(args.model)
+    print(f"{args.model} on {device} ({device_name(device)}), engine {model.engine}, three workers loaded in "
+          f"{time.perf_counter() - started:.1f} s; {args.requests} requests of one sentence each", flush=True)
+    texts = sentences(args.requests, args.seed)
+    rows: list[Row] = []
+    for concurrency in args.concurrency:
+        measured = in_process(workers, texts, concurrency, args.seed, device_name(device))
+        serial = next(r for r in measured if r.worker == "serial")
+        for r in measured:
+            r.vs_serial = round(r.audio_per_s / serial.audio_per_s, 2) if serial.audio_per_s else 0.0
+        print_rows(measured)
+        rows += measured
+    if args.http:
+        top = max(args.concurrency)
+        measured = http_rows(texts[: args.http], min(top, args.http), args.seed, device_name(device), args.http_timeout)
+        serial = measured[0]
+        for r in measured:
+            r.vs_serial = round(r.audio_per_s / serial.audio_per_s, 2) if serial.audio_per_s else 0.0
+        print_rows(measured)
+        rows += measured
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
