@@ -3,7 +3,8 @@
 #   1. the CUDA tests (tests/test_gpu.py), the scheduler's captured-graph test among them, while the CPU
 #      builds a random model of the published 1.7B-CustomVoice dimensions (bf16);
 #   2. the serving bench on it: 128 one-sentence requests at concurrency 1, 16 and 64, the scheduler
-#      (graph engine, 64 rows) against one job at a time, plus streamed (time to first audio).
+#      (graph engine, 64 rows) against one job at a time, plus streamed (time to first audio), and the
+#      same requests sent at 10 a second (an open loop).
 #      Goals: >= 120 s of audio per second at concurrency 64; p95 time to first audio <= 100 ms.
 # On the lent machine, with carry [".whl"] (scripts/gpu_wheels.sh fills it here):
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -30,6 +31,6 @@ fi
 wait "$build"
 cat "$out/build.log"
 timeout "${BENCH_TIMEOUT:-300}" python3 -m tts_runner.tools.serve_bench --model-dir "$models" \
-  --device "${DEVICE:-cuda:0}" --requests "$requests" --concurrency "$concurrency" --max-batch-size 64 \
+  --device "${DEVICE:-cuda:0}" --requests "$requests" --concurrency "$concurrency" --max-batch-size 64 --rate 10 \
   --json "$out/gpu-serve.json" 2>&1 | grep -v "RANDOM weights" | tee "$out/gpu-serve.log"
 echo "serve bench exit: ${PIPESTATUS[0]}"

@@ -15,7 +15,8 @@ loaded once, in-process (the worker's own `handle`/`stream`, as handler.py calls
 
 For each: requests/s, seconds of audio per second, p50/p95 latency (sent -> whole answer) and p50/p95
 time to first audio (the whole answer, unless streamed), and the ratio of audio/s over serial at the
-same concurrency. `--http N` also sends N requests at the largest concurrency to `handler.py
+same concurrency. `--rate R` also sends them at R a second (an open loop: arrivals do not wait for
+answers; latency counts from when a request was due). `--http N` also sends N requests at the largest concurrency to `handler.py
 --rp_serve_api` started on 127.0.0.1 (a child process; /runsync, bounded by `--http-timeout`), with the
 scheduler and without. `--json FILE` writes the rows.
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import random
 import subprocess
@@ -69,9 +71,13 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def drive(send, texts: list[str], concurrency: int) -> tuple[float, list[tuple[float, float, float]], int]:
-    """Send every text with `concurrency` clients; returns wall seconds, (latency, first audio, audio
-    seconds) per answered request, and the number that failed."""
+def drive(send, texts: list[str], concurrency: int, rate: float = 0.0) -> tuple[float, list[tuple[float, float, float]], int]:
+    """Send every text with `concurrency` clients (each sends its next when the last is answered),
+    or, with `rate`, one every 1/rate seconds whatever is running (an open loop, at most
+    `concurrency` at once; latency counts from when a request was due); returns wall seconds,
+    (latency, first audio, audio seconds) per answered request, and the number that failed."""
+    if rate:
+        return _open_loop(send, texts, concurrency, rate)
     queue = list(enumerate(texts))
     lock = threading.Lock()
     results: list[tuple[float, float, float]] = []
@@ -98,6 +104,28 @@ def drive(send, texts: list[str], concurrency: int) -> tuple[float, list[tuple[f
     return time.perf_counter() - started, results, failed[0]
 
 
+def _open_loop(send, texts: list[str], concurrency: int, rate: float) -> tuple[float, list, int]:
+    results, failed = [], [0]
+    started = time.perf_counter()
+
+    def timed(i: int, text: str, due: float) -> None:
+        late = time.perf_counter() - due  # waited for a free client
+        try:
+            latency, first, audio = send(i, text)
+            results.append((latency + late, first + late, audio))
+        except Exception as exc:  # noqa: BLE001
+            if not failed[0]:
+                print(f"  a request failed: {exc}", file=sys.stderr)
+            failed[0] += 1
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        for i, text in enumerate(texts):
+            due = started + i / rate
+            time.sleep(max(0.0, due - time.perf_counter()))
+            pool.submit(timed, i, text, due)
+    return time.perf_counter() - started, results, failed[0]
+
+
 def row(device: str, worker: str, via: str, concurrency: int, wall: float, results: list, failed: int) -> Row:
     latency = [r[0] for r in results]
     first = [r[1] for r in results]
@@ -107,7 +135,8 @@ def row(device: str, worker: str, via: str, concurrency: int, wall: float, resul
                round(percentile(latency, 0.95), 3), round(percentile(first, 0.5), 3), round(percentile(first, 0.95), 3))
 
 
-def in_process(workers: dict, texts: list[str], concurrency: int, seed: int, device: str) -> list[Row]:
+def in_process(workers: dict, texts: list[str], concurrency: int, seed: int, device: str,
+               rate: float = 0.0) -> list[Row]:
     rows = []
     for name, worker in workers.items():
         serial = threading.Lock() if name == "serial" else None
@@ -130,8 +159,8 @@ def in_process(workers: dict, texts: list[str], concurrency: int, seed: int, dev
             latency = time.perf_counter() - sent
             return latency, latency, answer["metadata"]["duration_seconds"]
 
-        wall, results, failed = drive(send, texts, concurrency)
-        rows.append(row(device, name, "in-process", concurrency, wall, results, failed))
+        wall, results, failed = drive(send, texts, concurrency, rate)
+        rows.append(row(device, name, f"{rate:g}/s" if rate else "in-process", concurrency, wall, results, failed))
     return rows
 
 
@@ -215,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 16, 64])
     parser.add_argument("--max-batch-size", type=int, default=64, help="rows the scheduler decodes at once")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rate", type=float, default=0.0, metavar="R",
+                        help="also send the requests at R a second (an open loop, at most the largest concurrency at once)")
     parser.add_argument("--http", type=int, default=0, metavar="N",
                         help="also send N requests over HTTP to handler.py --rp_serve_api (127.0.0.1)")
     parser.add_argument("--http-timeout", type=float, default=600.0)
@@ -228,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["QWEN_TTS_DEVICE"] = args.device
     from tts_runner.tools.bench import device_name
     from tts_runner.worker import Worker
+
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("tts_runner").setLevel(logging.WARNING)  # a line per job would bury the table
 
     common = [*([f"runtime.torch_threads={args.torch_threads}"] if args.torch_threads else []), f"input.model={args.model}", f"models.default={args.model}", "sink=base64",
               f"batching.max_batch_size={args.max_batch_size}", "worker.progress_updates=false"]
@@ -250,6 +284,13 @@ def main(argv: list[str] | None = None) -> int:
     for concurrency in args.concurrency:
         measured = in_process(workers, texts, concurrency, args.seed, device_name(device))
         serial = next(r for r in measured if r.worker == "serial")
+        for r in measured:
+            r.vs_serial = round(r.audio_per_s / serial.audio_per_s, 2) if serial.audio_per_s else 0.0
+        print_rows(measured)
+        rows += measured
+    if args.rate:
+        measured = in_process(workers, texts, max(args.concurrency), args.seed, device_name(device), args.rate)
+        serial = measured[0]
         for r in measured:
             r.vs_serial = round(r.audio_per_s / serial.audio_per_s, 2) if serial.audio_per_s else 0.0
         print_rows(measured)
