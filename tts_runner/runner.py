@@ -513,6 +513,7 @@ def run_job(cfg: DictConfig, model: Model, job_id: str, out_dir: Path | None = N
         "model": model.name,
         "seed": job.seed,
         "runaways": job.stats.runaways,
+        "retries": job.stats.retries,
         "segments": job.segments,
     }
     return response, job
