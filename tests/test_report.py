@@ -51,6 +51,7 @@ def sweep(tmp_path_factory, model_dir):
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"sweep report: {folder}/report.html" in done.stdout
+    assert "SoX" not in done.stdout + done.stderr and "flash-attn" not in done.stdout + done.stderr  # quiet
     return folder
 
 
@@ -70,12 +71,17 @@ def test_a_multirun_leaves_a_report_with_a_row_per_run(sweep):
     assert len(sources) == 12 and all(not s.startswith(("/", "http")) and (sweep / s).is_file() for s in sources)
 
 
-def test_the_report_is_rebuilt_from_the_command_line(sweep):
-    (sweep / "report.html").unlink()
-    done = subprocess.run([sys.executable, "-m", "tts_runner.report", str(sweep), "--no-scores"], cwd=REPO,
+def test_the_report_is_rebuilt_from_the_command_line(sweep, tmp_path):
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep, copy)  # the other tests read the fixture's own report
+    (copy / "report.html").unlink()
+    (copy / "report.csv").unlink()
+    done = subprocess.run([sys.executable, "-m", "tts_runner.report", str(copy), "--no-scores"], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0 and (sweep / "report.html").is_file(), done.stderr[-2000:]
-    empty = subprocess.run([sys.executable, "-m", "tts_runner.report", str(sweep / "report")], cwd=REPO,
+    assert done.returncode == 0 and (copy / "report.html").is_file(), done.stderr[-2000:]
+    rows = list(csv.DictReader((copy / "report.csv").open()))
+    assert len(rows) == 4 and rows[0]["lufs"] == "" and float(rows[0]["duration_s"]) > 0  # no scores asked for
+    empty = subprocess.run([sys.executable, "-m", "tts_runner.report", str(copy / "report")], cwd=REPO,
                            capture_output=True, text=True, timeout=60)
     assert empty.returncode == 2 and "no runs here" in empty.stderr
 

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tts_runner import config as config_mod
 from tts_runner import payload as payload_mod
-from tts_runner import sinks
+from tts_runner import sinks, sweeps
 from tts_runner.errors import InputError, PayloadError, TTSError
 from tts_runner.model_store import check_model_folder
 from tts_runner.redact import protect, redact
@@ -66,7 +66,6 @@ def main(cfg: DictConfig) -> None:
         if saved and saved.parent.is_dir():
             saved.write_text(OmegaConf.to_yaml(cfg))
         from tts_runner.model_store import ModelStore  # the model code loads only when a job runs
-        from tts_runner.runner import run_job
 
         max_batch = int(cfg.batching.max_batch_size)
         key = OmegaConf.to_yaml(cfg.models) + OmegaConf.to_yaml(cfg.runtime) + OmegaConf.to_yaml(cfg.scheduler)
@@ -74,11 +73,37 @@ def main(cfg: DictConfig) -> None:
             _STORES[key] = ModelStore(cfg.models, cfg.runtime, max_batch=max_batch, cloning=cfg.cloning,
                                     scheduler=cfg.scheduler)
         model = _STORES[key].get(cfg.input.model)
-        response, _ = run_job(cfg, model, job_id=cfg.input.name, out_dir=out_dir, keep=out_dir)
     except TTSError as exc:
         log.error("%s", redact(str(exc), secrets))
         _drop_if_empty(out_dir)
         raise SystemExit(2) from None
+    if batched(cfg, hydra_cfg) and model.scheduler is not None:
+        # a sweep's runs share the model's rows: this run goes on beside the next ones, and the
+        # sweep's end (tts_runner.report.ReportCallback) waits for them all
+        sweeps.submit(_run, cfg, model, out_dir, secrets)
+        return
+    if not _run(cfg, model, out_dir, secrets):
+        raise SystemExit(2)
+
+
+def batched(cfg: DictConfig, hydra_cfg) -> bool:
+    """Is this a run of a sweep whose runs share the model (multirun.batched, Hydra's basic launcher:
+    every run in this process)? Launchers that run jobs elsewhere (joblib, submitit) run each whole."""
+    launcher = str(OmegaConf.select(hydra_cfg, "launcher._target_") or "")
+    return (str(hydra_cfg.mode) == "RunMode.MULTIRUN" and bool(OmegaConf.select(cfg, "multirun.batched"))
+            and launcher.endswith("BasicLauncher"))
+
+
+def _run(cfg: DictConfig, model, out_dir: Path, secrets) -> bool:
+    """Run the job, write result.json, say where; False (and the error logged) when it failed."""
+    from tts_runner.runner import run_job
+
+    try:
+        response, _ = run_job(cfg, model, job_id=cfg.input.name, out_dir=out_dir, keep=out_dir)
+    except TTSError as exc:
+        log.error("%s", redact(str(exc), secrets))
+        _drop_if_empty(out_dir)
+        return False
     record = {**response, "config": OmegaConf.to_container(cfg, resolve=True)}
     if "audio_base64" in record:
         record["audio_base64_length"] = len(record.pop("audio_base64"))
@@ -88,7 +113,8 @@ def main(cfg: DictConfig) -> None:
     where = response.get("audio_path") or response.get("audio_url") or str(result_path)
     chunks = meta["num_chunks"]
     print(f"wrote {where} ({meta['duration_seconds']} s of audio, {chunks} chunk{'s' * (chunks != 1)}, "
-          f"{meta['generation_time_seconds']} s) and {result_path}")
+          f"{meta['generation_time_seconds']} s) and {result_path}", flush=True)
+    return True
 
 
 def _drop_if_empty(out_dir: Path) -> None:

@@ -205,6 +205,9 @@ class ModelStore:
         if (path / RANDOM_MARKER).exists():
             log.warning("Model %s at %s has RANDOM weights (built by tts_runner.tools.tiny_model): "
                         "its audio is noise. Use it for tests only.", variant, path)
+        from tts_runner.library import import_qwen_tts
+
+        import_qwen_tts()  # quietly: its import-time banners say nothing about a job
         from qwen_tts import Qwen3TTSModel
 
         from tts_runner.model import Model

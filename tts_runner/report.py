@@ -294,14 +294,21 @@ class ReportCallback(Callback):
     """Hydra callback: the report of a multirun, built when it ends (conf/cli.yaml)."""
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        from tts_runner import sweeps
+
+        failed = sweeps.wait()  # a batched sweep's runs go on past their launch
         sweep = Path(config.hydra.sweep.dir)
+        if failed:
+            log.error("%d run(s) of the sweep failed (each said why above)", failed)
         try:
             out_html, _ = build(sweep)
         except Exception as exc:  # noqa: BLE001 - the runs are done and kept; the report can be rebuilt
             log.error("The sweep report could not be built (%s: %s); rebuild it with python -m tts_runner.report %s",
                       type(exc).__name__, exc, sweep)
-            return
-        print(f"sweep report: {out_html}")
+        else:
+            print(f"sweep report: {out_html}")
+        if failed:
+            raise SystemExit(2)
 
 
 def main(argv: list[str] | None = None) -> int:

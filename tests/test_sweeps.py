@@ -1,0 +1,86 @@
+"""Sweeps from the command line: batched runs sharing the model's rows, Hydra's submitit and joblib
+launchers running real subprocess jobs, and the SLURM example config (tiny models, CPU)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.helpers.servers import REPO
+
+
+def multirun(folder, model_dir, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "QWEN_TTS_MODEL_DIR": str(model_dir), "QWEN_TTS_DEVICE": "cpu", "TQDM_DISABLE": "1"}
+    return subprocess.run([sys.executable, "-m", "tts_runner", "+job=hello", "sampling.seed=5",
+                           "sampling.do_sample=false", f"hydra.sweep.dir={folder}", *args, "-m",
+                           "sampling.max_new_tokens=200,300,400"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def results(folder) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in folder.glob("*/result.json")}
+
+
+@pytest.fixture(scope="module")
+def serial(tmp_path_factory, model_dir):
+    folder = tmp_path_factory.mktemp("serial")
+    done = multirun(folder, model_dir, "multirun.batched=false")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return folder
+
+
+def test_a_batched_sweep_runs_together_and_makes_what_one_after_another_makes(tmp_path, model_dir, serial):
+    done = multirun(tmp_path, model_dir)  # multirun.batched: true, the command line's default
+    assert done.returncode == 0, done.stderr[-3000:]
+    together, apart = results(tmp_path), results(serial)
+    assert sorted(together) == sorted(apart) == ["0", "1", "2"]
+    for run in together:  # greedy: the same codes whichever runs share the rows; decoded beside other
+        # runs' chunks, the audio may differ in float rounding (a sample by 1 LSB)
+        assert together[run]["metadata"]["duration_seconds"] == apart[run]["metadata"]["duration_seconds"]
+        a, _ = sf.read(tmp_path / run / "hello.wav", dtype="int16")
+        b, _ = sf.read(serial / run / "hello.wav", dtype="int16")
+        assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).max() <= 2
+    spans = [(os.stat(tmp_path / r / "result.json").st_mtime - together[r]["metadata"]["generation_time_seconds"],
+              os.stat(tmp_path / r / "result.json").st_mtime) for r in together]
+    assert max(start for start, _ in spans) < min(end for _, end in spans)  # all three were running at once
+    assert len(list(csv.DictReader((tmp_path / "report.csv").open()))) == 3
+
+
+def test_a_batched_sweep_whose_runs_fail_ends_with_an_error_and_still_a_report(tmp_path, model_dir):
+    """Every run's chunk is out of retries (min_seconds_per_char asks for more audio than its frame
+    budget allows): each says why, the command exits 2, and the report of what there is is written."""
+    done = multirun(tmp_path, model_dir, "batching.min_seconds_per_char=0.5", "sampling.min_new_tokens=2",
+                    "input.text='Hello there, this sentence asks for at least thirty seconds of speech.'")
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "after 3 attempts: the audio is too short" in done.stdout + done.stderr
+    assert (tmp_path / "report.html").is_file() and "run(s) of the sweep failed" in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("launcher", ["submitit_local", "joblib"])
+def test_hydras_launchers_run_the_sweep_in_subprocesses(tmp_path, model_dir, serial, launcher):
+    extra = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else ["hydra.launcher.timeout_min=10"]
+    done = multirun(tmp_path, model_dir, f"hydra/launcher={launcher}", *extra)
+    assert done.returncode == 0, done.stderr[-3000:]
+    made, apart = results(tmp_path), results(serial)
+    assert sorted(made) == ["0", "1", "2"]
+    for run in made:
+        assert (tmp_path / run / "hello.wav").read_bytes() == (serial / run / "hello.wav").read_bytes()
+    assert (tmp_path / "report.html").is_file()
+    if launcher == "submitit_local":
+        assert list(tmp_path.glob(".submitit/*/*_submitted.pkl"))  # submitit's own job records
+
+
+def test_the_slurm_example_composes_to_a_submitit_slurm_launcher(model_dir):
+    env = {**os.environ, "QWEN_TTS_MODEL_DIR": str(model_dir)}
+    done = subprocess.run([sys.executable, "-m", "tts_runner", "+job=hello", "hydra/launcher=slurm_gpu", "--cfg",
+                           "hydra", "--package", "hydra.launcher"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "SlurmLauncher" in done.stdout and "gpus_per_node: 1" in done.stdout and "partition: gpu" in done.stdout
