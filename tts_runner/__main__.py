@@ -78,8 +78,8 @@ def main(cfg: DictConfig) -> None:
         _drop_if_empty(out_dir)
         raise SystemExit(2) from None
     if batched(cfg, hydra_cfg) and model.scheduler is not None:
-        # a sweep's runs share the model's rows: this run goes on beside the next ones, and the
-        # sweep's end (tts_runner.report.ReportCallback) waits for them all
+        # a sweep's runs share the model's rows: this run starts with the others once Hydra has
+        # launched them all (tts_runner.sweeps), and the sweep's end waits for them
         sweeps.submit(_run, cfg, model, out_dir, secrets)
         return
     if not _run(cfg, model, out_dir, secrets):

@@ -6,7 +6,9 @@ Runs the command line twice, as a user would, in one go: `python -m tts_runner +
 sampling.temperature=<N values>` with `multirun.batched=true` (the runs hand their chunks to the
 scheduler together) and `multirun.batched=false` (each run waits for the last), and prints the wall
 time of each whole sweep (process start, model load and report included), the time its runs spent
-generating (batched: first start to last end; one after another: their sum), and the ratios.
+generating (batched: first start to last end; one after another: their sum), and the ratios; and,
+for what "one batched job" costs, the generation time of one job whose segments are the same text
+as many times as the sweep has settings.
 """
 
 from __future__ import annotations
@@ -42,6 +44,28 @@ def sweep(job: str, values: list[str], batched: bool, env: dict, folder: Path) -
     return wall, generating
 
 
+def one_job(job: str, copies: int, env: dict, folder: Path) -> tuple[float, float]:
+    """The same text `copies` times as the segments of one job (one batch of as many chunks): its
+    wall seconds and its generation seconds."""
+    import yaml
+
+    from tts_runner import payload as payload_mod
+
+    _, spec = payload_mod.load_job_spec(job)
+    text = spec.get("text") or spec["segments"][0]["text"]
+    path = folder / "one-job.yaml"
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"segments": [{"text": text, "voice": spec.get("voice", "male_1")}] * copies,
+                                    "output_format": "wav", "params": {"seed": 3}}))
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "tts_runner", f"+job={path}", f"hydra.run.dir={folder / 'run'}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-2000:])
+    wall = time.perf_counter() - started
+    return wall, json.loads((folder / "run" / "result.json").read_text())["metadata"]["generation_time_seconds"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, help="QWEN_TTS_MODEL_DIR (default: the environment's)")
@@ -59,17 +83,21 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         shared, shared_gen = sweep(args.job, values, True, env, Path(tmp, "batched"))
         serial, serial_gen = sweep(args.job, values, False, env, Path(tmp, "serial"))
+        single, single_gen = one_job(args.job, args.settings, env, Path(tmp, "one"))
     print(f"sweep of {args.settings} settings over +job={args.job}:")
     print(f"  whole command (start, model load, runs, report): batched {shared:.2f} s, one after another "
           f"{serial:.2f} s: {serial / shared:.2f}x")
     print(f"  generating: batched {shared_gen:.2f} s, one after another {serial_gen:.2f} s: "
-          f"{serial_gen / shared_gen:.2f}x")
+          f"{serial_gen / shared_gen:.2f}x; one job of the same {args.settings} chunks {single_gen:.2f} s "
+          f"(the batched sweep costs {shared_gen / single_gen:.2f} of it)")
     if args.json:
         args.json.write_text(json.dumps({"job": args.job, "settings": args.settings, "batched_s": round(shared, 3),
                                          "serial_s": round(serial, 3), "ratio": round(serial / shared, 2),
                                          "batched_generating_s": round(shared_gen, 3),
                                          "serial_generating_s": round(serial_gen, 3),
-                                         "generating_ratio": round(serial_gen / shared_gen, 2)}, indent=2))
+                                         "generating_ratio": round(serial_gen / shared_gen, 2),
+                                         "one_job_generating_s": round(single_gen, 3),
+                                         "batched_over_one_job": round(shared_gen / single_gen, 2)}, indent=2))
     return 0
 
 
