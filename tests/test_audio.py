@@ -165,3 +165,19 @@ def test_peaky_audio_reaches_the_target_under_the_true_peak_ceiling():
     applied = out / np.where(np.abs(peaky) > 1e-3, peaky, np.nan)  # the gain each sample got
     steps = np.abs(np.diff(applied))
     assert np.nanmax(steps[np.isfinite(steps)]) < 0.05 * np.nanmax(applied)  # a smooth gain: no clicks of its own
+
+
+@pytest.mark.parametrize("lengths", [[300, 200, 400], [30, 500, 20, 100], [1000]])
+def test_crossfade_spans_say_where_each_piece_lies_in_the_joined_audio(lengths):
+    """Each piece a run of its own value: outside the overlaps, the joined audio holds that value
+    exactly where crossfade_spans puts the piece."""
+    pieces = [np.full(n, float(i + 1), np.float32) for i, n in enumerate(lengths)]
+    out = audio.crossfade_concat(pieces, 1000, crossfade_ms=50)
+    spans = audio.crossfade_spans(lengths, 1000, crossfade_ms=50)
+    assert spans[0][0] == 0 and spans[-1][1] == out.size
+    for i, (start, end) in enumerate(spans):
+        assert end - start == lengths[i]
+        inner_start = max([start] + [e for _, e in spans[:i]])  # past every fade from the pieces before
+        inner_end = min([end] + [s for s, _ in spans[i + 1:]])  # before any fade into the pieces after
+        assert np.all(out[inner_start:inner_end] == i + 1)
+    assert all(np.any(out == i + 1) for i in (1, 3) if len(lengths) == 4)  # the long ones show through

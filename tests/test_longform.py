@@ -219,3 +219,18 @@ def test_opus_against_an_operators_44k_output_is_refused_too(tiny_env):
 def test_bad_settings_are_start_up_errors(tiny_env, override, message):
     worker = Worker.from_env(FAST + [override])
     assert worker.handle({"input": {"text": "Hi."}})["error"] == f"The worker failed to start: {message}"
+
+
+def test_chunk_places_in_the_metadata_tile_each_segment(tiny_env):
+    """A segment of three chunks: its chunks start where it starts, end where it ends, and overlap
+    each other by the crossfade (40 ms) at most."""
+    worker = Worker.from_env([*FAST, "chunking.max_chars=30"])
+    out = worker.handle({"id": "chunks", "input": {"segments": [
+        {"text": "The first sentence. The second sentence. And a third one."}, {"text": "Short."}]}})
+    first, second = out["metadata"]["segments"]
+    chunks = first["chunks"]
+    assert len(chunks) == 3 and len(second["chunks"]) == 1
+    assert chunks[0]["start"] == first["start"] and chunks[-1]["end"] == first["end"]
+    assert second["chunks"] == [{"start": second["start"], "end": second["end"]}]
+    overlaps = [round(a["end"] - b["start"], 3) for a, b in zip(chunks, chunks[1:], strict=False)]
+    assert all(0 < o <= 0.04 for o in overlaps), overlaps

@@ -201,6 +201,19 @@ def crossfade_concat(pieces: list[np.ndarray], sample_rate: int, crossfade_ms: f
     return out
 
 
+def crossfade_spans(lengths: list[int], sample_rate: int, crossfade_ms: float) -> list[tuple[int, int]]:
+    """Where each piece of `lengths` samples lies in crossfade_concat's result: (start, end) in
+    samples, each piece from the first sample of its fade-in to its last (overlaps included)."""
+    wanted = int(round(sample_rate * crossfade_ms / 1000.0))
+    spans: list[tuple[int, int]] = []
+    total = 0
+    for length in lengths:
+        start = total - min(wanted, total, length) if spans else 0
+        spans.append((start, start + length))
+        total = start + length
+    return spans
+
+
 def join_segments(segments: list[np.ndarray], sample_rate: int, gap_ms: float) -> tuple[np.ndarray, list[tuple]]:
     """Concatenate segments in order with `gap_ms` of silence between them. Returns the audio and
     each segment's (start, end) in seconds."""

@@ -9,9 +9,9 @@ ITU-R BS.1770), and two scores computed offline from models that ship inside pip
 
 - DNSMOS (`speechmos`, Microsoft's ONNX models): an estimate of how a listener would rate the
   audio's quality, 1 to 5 (overall, and of the speech alone);
-- alignment (`pocketsphinx`, its bundled en-US model, English only): whether each segment's text can
-  be force-aligned to its stretch of audio (no path through the words means the audio does not say
-  them). Words the dictionary lacks are left out of the text.
+- alignment (`pocketsphinx`, its bundled en-US model, English only): whether each chunk's text can
+  be force-aligned to its stretch of audio (the chunk places of the metadata; no path through the
+  words means the audio does not say them). Words the dictionary lacks are left out of the text.
 
 Per run the page has an audio player, a waveform and a spectrogram (matplotlib), and the text; the
 table sorts by any column (a click on its head, or `#sort=column` in the address). Everything is
@@ -52,7 +52,24 @@ class Run:
     language: str
     audio: Path | None
     random_weights: bool
+    max_chars: int = 0        # chunking.max_chars of the run
     scores: dict = field(default_factory=dict)
+
+    def chunk_spans(self) -> list[tuple[tuple[float, float], str]]:
+        """Each chunk's (start, end) in the file and its text: the metadata's places, the texts split
+        as the job split them (a segment whose chunks do not match goes whole)."""
+        from tts_runner.chunking import split_text
+
+        segments = self.metadata.get("segments") or [{"start": 0.0, "end": self.metadata.get("duration_seconds", 0)}]
+        out = []
+        for segment, text in zip(segments, self.texts, strict=False):
+            texts = split_text(text, self.max_chars) if self.max_chars else [text]
+            chunks = segment.get("chunks") or []
+            if len(chunks) == len(texts):
+                out += [((c["start"], c["end"]), t) for c, t in zip(chunks, texts, strict=True)]
+            else:
+                out.append(((segment["start"], segment["end"]), text))
+        return out
 
     def row(self, varying: list[str]) -> dict:
         m = self.metadata
@@ -85,7 +102,7 @@ def find_runs(sweep: Path) -> list[Run]:
         marker = Path(models.get("dir", "")) / variant.get("folder", "") / RANDOM_MARKER
         runs.append(Run(str(folder.relative_to(sweep)), overrides, record.get("metadata", {}), texts,
                         str(job.get("language", "")), audio if audio and audio.is_file() else None,
-                        bool(variant) and marker.is_file()))
+                        bool(variant) and marker.is_file(), int(config.get("chunking", {}).get("max_chars") or 0)))
     return runs
 
 
@@ -152,11 +169,7 @@ def score(run: Run) -> None:
     except Exception as exc:  # noqa: BLE001 - a score that cannot be had is left empty, said in the log
         log.warning("DNSMOS failed for %s: %s", run.name, exc)
     if run.language.lower() in ("en", "english", "auto"):
-        spans = run.metadata.get("segments") or [{"start": 0.0, "end": samples.size / rate}]
-        results = []
-        for span, text in zip(spans, run.texts, strict=False):
-            piece = samples[int(span["start"] * rate): int(span["end"] * rate)]
-            results.append(aligns(piece, rate, text))
+        results = [aligns(samples[int(a * rate): int(b * rate)], rate, text) for (a, b), text in run.chunk_spans()]
         known = [r for r in results if r is not None]
         run.scores["aligned"] = f"{sum(known)}/{len(known)}" if known else ""
 
@@ -253,7 +266,7 @@ img {{ display: block; max-width: 100%; }} .text {{ max-width: 60em; }} #loaded 
 {warning}
 <p>{len(runs)} runs. Columns: the overrides that vary; duration (s); real-time factor (audio s / generation s);
 generation time (s); retries and runaways; loudness (LUFS, BS.1770); DNSMOS overall and signal (1-5, speechmos);
-aligned: segments whose text pocketsphinx could force-align to their audio (English). Click a column to sort.</p>
+aligned: chunks whose text pocketsphinx could force-align to their audio (English). Click a column to sort.</p>
 {shared}
 <table id="runs"><thead><tr>{head}</tr></thead><tbody>
 {chr(10).join(body)}

@@ -389,6 +389,11 @@ def check_audio(wav: np.ndarray, text: str, sample_rate: int, sampling: dict, ba
     return None
 
 
+def chunk_places(spans: list[tuple[int, int]], offset: int, rate: int) -> list[tuple[float, float]]:
+    """Chunk spans in samples within a segment that starts at sample `offset`, as seconds in the file."""
+    return [(round((offset + a) / rate, 3), round((offset + b) / rate, 3)) for a, b in spans]
+
+
 class Assembler:
     """Each segment's audio, built as soon as its last chunk is generated, on a worker thread, so
     post-processing overlaps generation (on a GPU the host is idle while a captured frame replays):
@@ -413,20 +418,28 @@ class Assembler:
             self.segments[chunk.segment] = self.pool.submit(self._segment, parts)
             self.parts[chunk.segment] = {}
 
-    def _segment(self, parts: list[np.ndarray]) -> np.ndarray:
+    def _segment(self, parts: list[np.ndarray]) -> tuple[np.ndarray, list[tuple[int, int]]]:
         trim, rate = self.post.trim, self.sample_rate
         if trim.threshold_db is not None:
             parts = [audio.trim_silence(wav, rate, trim.threshold_db, trim.keep_ms) for wav in parts]
         joined = audio.crossfade_concat(parts, rate, self.chunking.crossfade_ms)
-        return audio.match_loudness(joined, rate, self.post.loudness_lufs, self.post.true_peak_dbtp)
+        spans = audio.crossfade_spans([p.size for p in parts], rate, self.chunking.crossfade_ms)
+        return audio.match_loudness(joined, rate, self.post.loudness_lufs, self.post.true_peak_dbtp), spans
 
     def finish(self) -> tuple[np.ndarray, list[tuple]]:
-        """The job's audio and each segment's (start, end) in seconds."""
+        """The job's audio and each segment's (start, end, [each chunk's (start, end)]) in seconds."""
         try:
-            segments = [future.result() for future in self.segments]
+            made = [future.result() for future in self.segments]
         finally:
             self.pool.shutdown(wait=False, cancel_futures=True)
-        return audio.join_segments(segments, self.sample_rate, self.chunking.segment_gap_ms)
+        joined, spans = audio.join_segments([a for a, _ in made], self.sample_rate, self.chunking.segment_gap_ms)
+        rate, gap = self.sample_rate, int(round(self.sample_rate * self.chunking.segment_gap_ms / 1000.0))
+        out, at = [], 0
+        for i, ((start, end), (samples, chunks)) in enumerate(zip(spans, made, strict=True)):
+            at += gap if i else 0
+            out.append((start, end, chunk_places(chunks, at, rate)))
+            at += samples.size
+        return joined, out
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -482,8 +495,10 @@ def synthesize(cfg: DictConfig, model: Model, progress: Progress | None = None, 
     data = audio.encode(samples, rate, cfg.input.output_format, cfg.audio.mp3_bitrate)
     duration = round(samples.size / rate, 3)  # the audio we made, exactly (tests read the files back)
     voices = {c.segment: (c.request.speaker, c.voice) for c in chunks}
-    where = [{"start": start, "end": end, "speaker": voices[i][0], "voice": voices[i][1]}
-             for i, (start, end) in enumerate(spans)]
+    # and each chunk's place in it (seconds, from its fade-in to its last sample)
+    where = [{"start": start, "end": end, "speaker": voices[i][0], "voice": voices[i][1],
+              "chunks": [{"start": a, "end": b} for a, b in chunks]}
+             for i, (start, end, chunks) in enumerate(spans)]
     return JobAudio(data, cfg.input.output_format, rate, duration, num_segments, len(chunks),
                     round(time.perf_counter() - started, 3), stats, sampling["seed"], where)
 

@@ -59,7 +59,7 @@ class StreamAssembler:
         self.streamed: set[int] = set()             # chunks partly sent before they ended
         self.segment = 0                            # the segment being sent
         self.sent = 0                               # samples of it sent
-        self.spans: list[tuple[float, float]] = []  # each segment's (start, end) in the stream, seconds
+        self.spans: list[tuple] = []                # each segment's (start, end, chunk places) in the stream, seconds
         self.total = 0                              # samples sent in all
         self.start = 0                              # where the segment being sent starts
         self.finished = False
@@ -192,7 +192,11 @@ class StreamAssembler:
             self.sent = max(self.sent, stable)
             self.total += out.size
             if complete:
-                self.spans.append((round(self.start / SAMPLE_RATE, 3), round(self.total / SAMPLE_RATE, 3)))
+                from tts_runner.runner import chunk_places
+
+                places = chunk_places(audio.crossfade_spans([p.size for p in parts], SAMPLE_RATE, self.crossfade_ms),
+                                      self.start, SAMPLE_RATE)
+                self.spans.append((round(self.start / SAMPLE_RATE, 3), round(self.total / SAMPLE_RATE, 3), places))
                 for chunk in chunks:
                     self.done.pop(chunk.index, None)
                 self.segment += 1
@@ -292,7 +296,8 @@ def stream_job(cfg: DictConfig, model: Model, ticket=None):
         "model": model.name,
         "seed": sampling["seed"],
         "runaways": stats.runaways,
-        "segments": [{"start": a, "end": b, "speaker": voices[i][0], "voice": voices[i][1]}
-                     for i, (a, b) in enumerate(assembler.spans)],
+        "segments": [{"start": a, "end": b, "speaker": voices[i][0], "voice": voices[i][1],
+                      "chunks": [{"start": x, "end": y} for x, y in places]}
+                     for i, (a, b, places) in enumerate(assembler.spans)],
     }
     yield held, metadata
