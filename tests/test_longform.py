@@ -84,8 +84,11 @@ def test_a_runaway_is_retried_counted_and_the_job_still_succeeds(cfg, model):
     spec.batching.min_seconds_per_char = 0
     budget = frame_budget(spec.input.text, spec.batching.frame_budget, 16, 2)
 
-    def fault(call, texts, wavs):  # the first attempt runs to its budget, as a chunk that never ends would
-        return [np.resize(wavs[0], budget * SAMPLES_PER_FRAME)] if call == 1 else None
+    def fault(call, texts, wavs):  # the first attempt runs to its budget, as a chunk that never ends would;
+        # the second ends before it (whatever the tiny model drew: it may not end within 15 frames)
+        if call == 1:
+            return [np.resize(wavs[0], budget * SAMPLES_PER_FRAME)]
+        return [wavs[0][: (budget - 2) * SAMPLES_PER_FRAME]]
 
     with model_calls(model, fault) as calls:
         response, _ = run_job(spec, model, "retry")
