@@ -130,9 +130,12 @@ def help_text() -> str:
         first = next((line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")), "")
         jobs.append(f"  {path.stem:<10} {first}")
     groups = []
-    for folder in sorted(p for p in config_mod.CONF_DIR.iterdir() if p.is_dir()):
+    for folder in sorted({p.parent for p in config_mod.CONF_DIR.rglob("*.yaml")} - {config_mod.CONF_DIR}):
+        name = folder.relative_to(config_mod.CONF_DIR).as_posix()
         options = ", ".join(sorted(f.stem for f in folder.glob("*.yaml")))
-        groups.append(f"  {folder.name:<10} {options}")
+        hint = {"sweep": "  (+sweep=NAME: a named multirun)",
+                "hydra/launcher": "  (and Hydra's basic, joblib, submitit_local, submitit_slurm)"}.get(name, "")
+        groups.append(f"  {name:<10} {options}{hint}")
     return "\n".join([
         "tts-runner: text to speech with Qwen3-TTS, as a job (a text, or segments of a dialogue).",
         "",
