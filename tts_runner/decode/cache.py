@@ -42,6 +42,14 @@ class StaticCache:
         for buffer, source in zip(self.tensors(), [*keys, *values], strict=True):
             buffer[:, :, : source.shape[2]].copy_(source)
 
+    def load_rows(self, rows: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+        """Replace the rows `rows` (a device tensor of row indices) with a prefill's keys and values
+        (one row each, the first positions; the rest of each row zeroed)."""
+        for buffer, source in zip(self.tensors(), [*keys, *values], strict=True):
+            padded = source.new_zeros(source.shape[0], *buffer.shape[1:])
+            padded[:, :, : source.shape[2]] = source
+            buffer.index_copy_(0, rows, padded)
+
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors())

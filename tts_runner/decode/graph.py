@@ -32,6 +32,7 @@ from qwen_tts.core.models.modeling_qwen3_tts import apply_multimodal_rotary_pos_
 
 from tts_runner.decode.cache import StaticCache
 from tts_runner.decode.core import Predictor, TalkerResult, frame_embedding, layer_step, prefill
+from tts_runner.decode.running import candidates_of, prefill_rows, rows_settings, rows_text
 from tts_runner.decode.sampling import RowSettings, next_code
 
 log = logging.getLogger(__name__)
@@ -308,8 +309,6 @@ class GraphRows:
     left fit a smaller bucket, the live slots move to the front."""
 
     def __init__(self, engine: GraphEngine, pad_embed: torch.Tensor, suppress: list[int] | None, like: torch.Tensor):
-        from tts_runner.decode.running import RunningBatch
-
         self.engine = engine
         if engine.state is None:
             engine._allocate(like)
@@ -321,7 +320,6 @@ class GraphRows:
         engine.blocked.zero_()
         if suppress:
             engine.blocked[torch.tensor(suppress, device=like.device)] = True
-        self._candidates = RunningBatch._candidates
         engine.busy = True
 
     def __len__(self) -> int:
@@ -344,31 +342,20 @@ class GraphRows:
         taken = set(self.slots)
         slots = [i for i in range(self.capacity) if i not in taken][: len(rows)]
         index = torch.tensor(slots, device=s.token.device)
-        n, width = len(rows), max(r.prompt.shape[0] for r in rows)
-        embeds = self.pad.new_zeros(n, width, self.pad.shape[-1])
-        mask = torch.zeros(n, width, dtype=torch.long, device=s.token.device)
-        for i, row in enumerate(rows):
-            embeds[i, width - row.prompt.shape[0]:] = row.prompt
-            mask[i, width - row.prompt.shape[0]:] = 1
-        start = prefill(e.talker, embeds, mask)
+        n = len(rows)
+        start = prefill_rows(e.talker, rows, self.pad)
+        width = start.mask.shape[1]
         length = s.valid.shape[1]
-        for layer, (keys, values) in enumerate(zip(s.cache.keys, s.cache.values, strict=True)):
-            for buffer, source in ((keys, start.cache.layers[layer].keys), (values, start.cache.layers[layer].values)):
-                padded = source.new_zeros(n, *buffer.shape[1:])
-                padded[:, :, :width] = source
-                buffer.index_copy_(0, index, padded)
+        s.cache.load_rows(index, [layer.keys for layer in start.cache.layers],
+                          [layer.values for layer in start.cache.layers])
         valid = torch.zeros(n, length, dtype=torch.bool, device=s.valid.device)
         valid[:, :width] = start.mask.bool()
-        text = self.pad.expand(n, length, -1).clone()
-        for i, row in enumerate(rows):
-            count = min(row.text.shape[0], length)
-            text[i, :count] = row.text[:count]
-        settings = RowSettings.stack([RowSettings.from_call(r.settings, torch.zeros(1, dtype=torch.long,
-                                                                                   device=index.device)) for r in rows])
+        text = rows_text(rows, self.pad, length)
+        settings = rows_settings(rows, index.device)
         frame = torch.zeros(n, 1, dtype=torch.long, device=index.device)
         seen = torch.zeros(n, s.seen.shape[1], dtype=torch.bool, device=index.device)
         unfinished = torch.ones(n, dtype=torch.bool, device=index.device)
-        k = self._candidates(self.rows + rows)[0]
+        k = candidates_of(self.rows + rows)[0]
         token = next_code(e.talker.codec_head(start.hidden[:, -1]), settings, frame, seen, unfinished, e.blocked, e.eos, k)
         seen.scatter_(1, token[:, None], True)
         fresh = {"valid": valid, "deltas": start.deltas.view(-1), "hidden": start.hidden, "token": token,

@@ -47,6 +47,42 @@ def _right_pad(t: torch.Tensor, dim: int, n: int, fill) -> torch.Tensor:
     return torch.cat((t, torch.as_tensor(fill, dtype=t.dtype, device=t.device).expand(shape)), dim=dim)
 
 
+def prefill_rows(talker: torch.nn.Module, rows: list[Row], pad: torch.Tensor):
+    """The talker's prefill of `rows`' prompts together, left-padded to the longest (core.prefill)."""
+    width = max(r.prompt.shape[0] for r in rows)
+    embeds = pad.new_zeros(len(rows), width, pad.shape[-1])
+    mask = torch.zeros(len(rows), width, dtype=torch.long, device=pad.device)
+    for i, row in enumerate(rows):
+        embeds[i, width - row.prompt.shape[0]:] = row.prompt
+        mask[i, width - row.prompt.shape[0]:] = 1
+    return prefill(talker, embeds, mask)
+
+
+def rows_text(rows: list[Row], pad: torch.Tensor, length: int) -> torch.Tensor:
+    """[rows, length, H]: each row's trailing text, then the pad embedding (past its text, as stock)."""
+    text = pad.reshape(1, 1, -1).expand(len(rows), length, -1).clone()
+    for i, row in enumerate(rows):
+        count = min(row.text.shape[0], length)
+        text[i, :count] = row.text[:count]
+    return text
+
+
+def rows_settings(rows: list[Row], device: torch.device) -> RowSettings:
+    """The rows' sampling settings, one row each."""
+    one = torch.zeros(1, dtype=torch.long, device=device)
+    return RowSettings.stack([RowSettings.from_call(r.settings, one) for r in rows])
+
+
+def candidates_of(rows: list[Row]) -> tuple[int | None, int | None]:
+    """How many best codes the talker's and the code predictor's draws need (see sampling.draw)."""
+    def column(name: str) -> list:
+        return [row.settings.get(name, SETTINGS[name][1]) for row in rows]
+
+    return (candidates({"top_k": column("top_k"), "do_sample": column("do_sample")}),
+            candidates({"subtalker_top_k": column("subtalker_top_k"),
+                        "subtalker_dosample": column("subtalker_dosample")}, "subtalker_top_k", "subtalker_dosample"))
+
+
 class RunningBatch:
     """The rows being decoded by one talker, at most `capacity` of them."""
 
@@ -81,19 +117,10 @@ class RunningBatch:
         if len(rows) > self.free:
             raise ValueError(f"{len(rows)} rows do not fit the {self.free} free rows")
         n, device = len(rows), self.pad.device
-        width = max(r.prompt.shape[0] for r in rows)
-        embeds = self.pad.new_zeros(n, width, self.pad.shape[-1])
-        mask = torch.zeros(n, width, dtype=torch.long, device=device)
-        for i, row in enumerate(rows):
-            embeds[i, width - row.prompt.shape[0]:] = row.prompt
-            mask[i, width - row.prompt.shape[0]:] = 1
-        start = prefill(self.talker, embeds, mask)
-        longest = max(r.text.shape[0] for r in rows)
-        text = self.pad.expand(n, longest + 1, -1).clone()  # one pad column at least: frames past every text
-        for i, row in enumerate(rows):
-            text[i, : row.text.shape[0]] = row.text
-        settings = RowSettings.stack([RowSettings.from_call(r.settings, torch.zeros(1, dtype=torch.long,
-                                                                                   device=device)) for r in rows])
+        start = prefill_rows(self.talker, rows, self.pad)
+        # one pad column at least: frames past every text
+        text = rows_text(rows, self.pad, max(r.text.shape[0] for r in rows) + 1)
+        settings = rows_settings(rows, device)
         new = {
             "keys": [layer.keys for layer in start.cache.layers],
             "values": [layer.values for layer in start.cache.layers],
@@ -105,7 +132,7 @@ class RunningBatch:
                                   dtype=torch.long, device=device),
             "settings": settings,
         }
-        self._k = self._candidates(self.rows + rows)
+        self._k = candidates_of(self.rows + rows)
         new["token"] = self._choose(new)
         self._merge(new)
         self.rows.extend(rows)
@@ -138,16 +165,6 @@ class RunningBatch:
         self.state = merged
 
     # ---- a frame ---------------------------------------------------------------------------------
-    @staticmethod
-    def _candidates(rows: list[Row]) -> tuple[int | None, int | None]:
-        """How many best codes the talker's and the code predictor's draws need (see sampling.draw)."""
-        def column(name: str) -> list:
-            return [row.settings.get(name, SETTINGS[name][1]) for row in rows]
-
-        return (candidates({"top_k": column("top_k"), "do_sample": column("do_sample")}),
-                candidates({"subtalker_top_k": column("subtalker_top_k"),
-                            "subtalker_dosample": column("subtalker_dosample")}, "subtalker_top_k", "subtalker_dosample"))
-
     def _choose(self, s: dict) -> torch.Tensor:
         """Each row's next first-codebook code, for its frame `s["frame"]`."""
         token = next_code(self.talker.codec_head(s["hidden"][:, -1]), s["settings"], s["frame"], s["seen"],
@@ -221,5 +238,5 @@ class RunningBatch:
             s["values"] = [v[:, :, lead:] for v in s["values"]]
             s["mask"] = s["mask"][:, lead:]
             s["deltas"] = s["deltas"] + lead
-        self._k = self._candidates(self.rows)
+        self._k = candidates_of(self.rows)
         return taken
