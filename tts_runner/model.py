@@ -302,10 +302,9 @@ class Model:
         its floor, and its frame budget capped as one call's max_new_tokens caps it."""
         kwargs = _sampling_kwargs(sampling)
         cap = kwargs.pop("max_new_tokens")
-        floor = sampling.get("min_new_tokens", 2) if request.floor is None else request.floor
         budget = cap if request.max_frames is None else max(1, int(request.max_frames))
-        return {**kwargs, "min_new_tokens": max(2, min(int(floor or 2), cap)), "max_frames": min(budget, cap - 1),
-                "seed": request.seed if request.seed is not None else int(torch.randint(2**31, ()))}
+        return {**kwargs, "min_new_tokens": _floor(request, sampling, cap), "max_frames": min(budget, cap - 1),
+                "seed": _seed(request)}
 
     @property
     def speakers(self) -> list[str]:
@@ -321,13 +320,12 @@ class Model:
         hears how many talker steps the call ran; `progress`, while it runs, (frames stepped, rows
         still going) at each host check (each step for stock)."""
         kwargs = _sampling_kwargs(sampling)
-        floors = [max(2, min(int(sampling.get("min_new_tokens", 2) if r.floor is None else r.floor),
-                             kwargs["max_new_tokens"])) for r in requests]
+        floors = [_floor(r, sampling, kwargs["max_new_tokens"]) for r in requests]
         floor = floors[0] if len(set(floors)) == 1 else floors
         budgets = [r.max_frames for r in requests]
         budgets = ([kwargs["max_new_tokens"] if b is None else max(1, int(b)) for b in budgets]
                    if any(b is not None for b in budgets) else None)
-        seeds = [r.seed if r.seed is not None else int(torch.randint(2**31, ())) for r in requests]
+        seeds = [_seed(r) for r in requests]
         with self.lock, torch.inference_mode(), self.using(floor=floor, budgets=budgets, seeds=seeds):
             self._steps, self._progress = 0, progress
             try:
@@ -371,6 +369,18 @@ def _end_rows_at(steps: list, budgets: list[int], eos: int) -> None:
     limit = torch.tensor(budgets, device=frames[0].device) if frames else None
     for frame, codes in enumerate(frames):
         codes[:, 0] = torch.where(limit > frame, codes[:, 0], eos)
+
+
+def _floor(request: ChunkRequest, sampling: dict, cap: int) -> int:
+    """A request's end-of-speech floor in frames: its own, else the call's min_new_tokens; at least
+    qwen-tts's 2, at most the cap."""
+    floor = sampling.get("min_new_tokens", 2) if request.floor is None else request.floor
+    return max(2, min(int(floor or 2), cap))
+
+
+def _seed(request: ChunkRequest) -> int:
+    """A request's seed, or one drawn from torch's generator (reproducible under torch.manual_seed)."""
+    return request.seed if request.seed is not None else int(torch.randint(2**31, ()))
 
 
 def _sampling_kwargs(sampling: dict) -> dict:

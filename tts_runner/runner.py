@@ -69,6 +69,7 @@ class GenerateStats:
     splits: int = 0
     runaways: int = 0  # chunk attempts that reached their frame budget without ending
     frame_steps: int = 0  # talker steps the engine ran (prefill included), as it reports them
+    audio_seconds: float = 0.0  # of accepted audio
 
 
 def chunk_seed(job_seed: int, index: int, attempt: int) -> int:
@@ -76,6 +77,13 @@ def chunk_seed(job_seed: int, index: int, attempt: int) -> int:
     the job alone, so a chunk draws the same whichever batch it lands in, and each retry draws anew."""
     digest = hashlib.blake2b(f"{job_seed}:{index}:{attempt}".encode(), digest_size=4).digest()
     return int.from_bytes(digest, "little") & 0x7FFFFFFF
+
+
+def seeded(chunk: Chunk, job_seed: int | None) -> ChunkRequest:
+    """The chunk's request for its next attempt: with its own seed (chunk_seed) when the job has one."""
+    if job_seed is None:
+        return chunk.request
+    return replace(chunk.request, seed=chunk_seed(job_seed, chunk.index, chunk.attempts))
 
 
 @dataclass
@@ -226,22 +234,20 @@ def generate_all(
     def count_steps(steps: int) -> None:
         stats.frame_steps += steps
 
-    made = 0.0  # seconds of accepted audio
     batch_state = {"frames": 0, "seconds": 0.0}
 
     def during_batch(frames: int, going: int) -> None:
         batch_state["seconds"] += (frames - batch_state["frames"]) * going / FRAMES_PER_SECOND
         batch_state["frames"] = frames
         if progress:
-            progress(len(results), len(chunks), made + batch_state["seconds"])
+            progress(len(results), len(chunks), stats.audio_seconds + batch_state["seconds"])
 
     pending = deque(make_batches(chunks, batching.max_batch_size, batching.max_batch_chars))
     while pending:
         batch = pending.popleft()
         started = time.perf_counter()
         try:
-            requests = [c.request if job_seed is None else replace(c.request, seed=chunk_seed(job_seed, c.index, c.attempts))
-                        for c in batch]
+            requests = [seeded(c, job_seed) for c in batch]
             batch_state.update(frames=0, seconds=0.0)
             wavs, sample_rate = model.generate(requests, sampling, on_steps=count_steps, progress=during_batch)
         except DeviceFailure:
@@ -267,17 +273,14 @@ def generate_all(
         for chunk, wav in zip(batch, wavs, strict=False):
             problem = judge(chunk, wav, sample_rate, sampling, batching, stats)
             if problem is None:
-                results[chunk.index] = wav
-                made += wav.size / sample_rate
-                if on_result:
-                    on_result(chunk, wav)
+                _accept(chunk, wav, sample_rate, results, stats, on_result)
             else:
                 _count_failure(chunk, problem, batching.retries, num_segments, stats)
                 retry.append(chunk)
         if retry:
             pending.extend(make_batches(retry, batching.max_batch_size, batching.max_batch_chars))
         if progress:
-            progress(len(results), len(chunks), made)
+            progress(len(results), len(chunks), stats.audio_seconds)
     return results, sample_rate, stats
 
 
@@ -315,14 +318,12 @@ def generate_scheduled(
     stats = GenerateStats()
     results: dict[int, np.ndarray] = {}
     job_seed = sampling.get("seed")
-    made = 0.0
     started = time.perf_counter()
 
     def submit(batch: list[Chunk]) -> dict:
         items = []
         for chunk in batch:
-            request = chunk.request if job_seed is None else replace(
-                chunk.request, seed=chunk_seed(job_seed, chunk.index, chunk.attempts))
+            request = seeded(chunk, job_seed)
             items.append((request, model.row_settings(request, sampling), listener(chunk) if listener else None))
         futures = scheduler.submit(ticket, items)
         return {future: (chunk, request) for future, chunk, (request, _, _) in zip(futures, batch, items, strict=True)}
@@ -354,16 +355,13 @@ def generate_scheduled(
                 stats.frame_steps += codes.shape[0] + 1
                 problem = judge(chunk, wav, SAMPLE_RATE, sampling, batching, stats)
                 if problem is None:
-                    results[chunk.index] = wav
-                    made += wav.size / SAMPLE_RATE
-                    if on_result:
-                        on_result(chunk, wav)
+                    _accept(chunk, wav, SAMPLE_RATE, results, stats, on_result)
                 else:
                     retry.append(fail(chunk, problem))
             if retry:
                 waiting.update(submit(sorted(retry, key=lambda c: c.index)))
             if progress and done:
-                progress(len(results), len(chunks), made)
+                progress(len(results), len(chunks), stats.audio_seconds)
     except BaseException:
         scheduler.cancel(ticket)  # the job is over: its other chunks give their rows back
         raise
@@ -532,6 +530,14 @@ def run_job(cfg: DictConfig, model: Model, job_id: str, out_dir: Path | None = N
         "segments": job.segments,
     }
     return response, job
+
+
+def _accept(chunk: Chunk, wav: np.ndarray, sample_rate: int, results: dict, stats: GenerateStats,
+            on_result: Callable[[Chunk, np.ndarray], None] | None) -> None:
+    results[chunk.index] = wav
+    stats.audio_seconds += wav.size / sample_rate
+    if on_result:
+        on_result(chunk, wav)
 
 
 def _count_failure(chunk: Chunk, problem: str, retries: int, num_segments: int, stats: GenerateStats) -> None:
