@@ -53,6 +53,16 @@ def model(worker):
     return worker.store.get("1.7B-CustomVoice")
 
 
+@pytest.fixture(scope="session")
+def batch_model(tiny_env):
+    """A model without a scheduler: the batch path (each job runs its own batches, as the stock
+    engine and scheduler.enabled=false do). The scheduled path has its own tests (test_scheduler.py)."""
+    from tts_runner.model_store import ModelStore
+
+    cfg = config_mod.load(FAST)
+    return ModelStore(cfg.models, cfg.runtime, max_batch=16).get("1.7B-CustomVoice")
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `gpu` are skipped where CUDA is absent (CI has no GPU)."""
     import torch

@@ -24,13 +24,10 @@ from tts_runner.tools.tiny_model import build_variant
 from tts_runner.worker import Worker
 
 
-@pytest.fixture(scope="module")
-def model(tiny_env):
-    """A model without a scheduler: the batch path (each job runs its own batches, as the stock
-    engine and scheduler.enabled=false do), where faults are injected per batch call. The scheduled
-    path has its own tests (test_scheduler.py)."""
-    cfg = config_mod.load(FAST)
-    return ModelStore(cfg.models, cfg.runtime, max_batch=16).get("1.7B-CustomVoice")
+@pytest.fixture
+def model(batch_model):
+    """Faults are injected per batch call: the batch path (conftest's batch_model)."""
+    return batch_model
 
 
 NINETY_SIX = "A sentence of ninety-six characters, give or take none, written so the budget sums are all exact"

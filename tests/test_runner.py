@@ -18,13 +18,10 @@ from tts_runner.model_store import ModelStore
 from tts_runner.runner import generate_all, make_batches, plan, synthesize
 
 
-@pytest.fixture(scope="module")
-def model(tiny_env):
-    """A model without a scheduler: the batch path (each job runs its own batches, as the stock
-    engine and scheduler.enabled=false do), where faults are injected per batch call. The scheduled
-    path has its own tests (test_scheduler.py)."""
-    cfg = config_mod.load(FAST)
-    return ModelStore(cfg.models, cfg.runtime, max_batch=16).get("1.7B-CustomVoice")
+@pytest.fixture
+def model(batch_model):
+    """Faults are injected per batch call: the batch path (conftest's batch_model)."""
+    return batch_model
 
 
 SENTENCES = [f"Sentence number {i} says something {'rather ' * (i % 5)}different." for i in range(12)]
