@@ -24,6 +24,7 @@ scheduler and without. `--json FILE` writes the rows.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -152,7 +153,7 @@ def in_process(workers: dict, texts: list[str], concurrency: int, seed: int, dev
                         raise RuntimeError(piece["error"])
                     first = first if first is not None else time.perf_counter() - sent
                 return time.perf_counter() - sent, first, piece["metadata"]["duration_seconds"]
-            with serial or _nothing():
+            with serial or contextlib.nullcontext():
                 answer = worker.handle(job)
             if "error" in answer:
                 raise RuntimeError(answer["error"])
@@ -162,14 +163,6 @@ def in_process(workers: dict, texts: list[str], concurrency: int, seed: int, dev
         wall, results, failed = drive(send, texts, concurrency, rate)
         rows.append(row(device, name, f"{rate:g}/s" if rate else "in-process", concurrency, wall, results, failed))
     return rows
-
-
-class _nothing:  # noqa: N801 - a null context manager that is cheaper to read than contextlib's
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def serve_api(overrides: str, log: Path):
@@ -210,7 +203,7 @@ def http_rows(texts: list[str], concurrency: int, seed: int, device: str, timeou
 
                 def send(i: int, text: str, port=port, serial=serial) -> tuple[float, float, float]:
                     sent = time.perf_counter()
-                    with serial or _nothing():  # the local API runs every request at once; RunPod would queue them
+                    with serial or contextlib.nullcontext():  # the local API runs every request at once; RunPod would queue them
                         answer = requests.post(f"http://127.0.0.1:{port}/runsync", timeout=timeout,
                                                json={"input": {"text": text, "params": {"seed": seed + i}}}).json()
                     if "output" not in answer or "metadata" not in answer["output"]:
@@ -223,6 +216,14 @@ def http_rows(texts: list[str], concurrency: int, seed: int, device: str, timeou
             finally:
                 proc.terminate()
                 proc.wait(timeout=10)
+    return rows
+
+
+def against_serial(rows: list[Row]) -> list[Row]:
+    """Each row's audio per second over the serial worker's (the first row named serial)."""
+    serial = next(r for r in rows if r.worker == "serial")
+    for r in rows:
+        r.vs_serial = round(r.audio_per_s / serial.audio_per_s, 2) if serial.audio_per_s else 0.0
     return rows
 
 
@@ -282,25 +283,18 @@ def main(argv: list[str] | None = None) -> int:
     texts = sentences(args.requests, args.seed)
     rows: list[Row] = []
     for concurrency in args.concurrency:
-        measured = in_process(workers, texts, concurrency, args.seed, device_name(device))
-        serial = next(r for r in measured if r.worker == "serial")
-        for r in measured:
-            r.vs_serial = round(r.audio_per_s / serial.audio_per_s, 2) if serial.audio_per_s else 0.0
+        measured = against_serial(in_process(workers, texts, concurrency, args.seed, device_name(device)))
         print_rows(measured)
         rows += measured
     if args.rate:
-        measured = in_process(workers, texts, max(args.concurrency), args.seed, device_name(device), args.rate)
-        serial = measured[0]
-        for r in measured:
-            r.vs_serial = round(r.audio_per_s / serial.audio_per_s, 2) if serial.audio_per_s else 0.0
+        measured = against_serial(in_process(workers, texts, max(args.concurrency), args.seed,
+                                             device_name(device), args.rate))
         print_rows(measured)
         rows += measured
     if args.http:
         top = max(args.concurrency)
-        measured = http_rows(texts[: args.http], min(top, args.http), args.seed, device_name(device), args.http_timeout)
-        serial = measured[0]
-        for r in measured:
-            r.vs_serial = round(r.audio_per_s / serial.audio_per_s, 2) if serial.audio_per_s else 0.0
+        measured = against_serial(http_rows(texts[: args.http], min(top, args.http), args.seed, device_name(device),
+                                            args.http_timeout))
         print_rows(measured)
         rows += measured
     if args.json:
