@@ -35,9 +35,10 @@ from pathlib import Path
 import numpy as np
 from hydra.experimental.callback import Callback
 
+from tts_runner.model_store import RANDOM_MARKER
+
 log = logging.getLogger(__name__)
 
-RANDOM_MARKER = "RANDOM_WEIGHTS"  # as tts_runner.model_store writes it (imported lazily there)
 ALIGN_RATE = 16000
 COLUMNS = ("run", "duration_s", "rtf", "generation_s", "retries", "runaways", "lufs", "dnsmos_ovrl", "dnsmos_sig",
            "aligned")
@@ -157,12 +158,10 @@ def aligns(samples: np.ndarray, rate: int, text: str) -> bool | None:
     return decoder.hyp() is not None
 
 
-def score(run: Run) -> None:
+def score(run: Run, samples: np.ndarray, rate: int) -> None:
+    """The run's loudness, DNSMOS and alignment, from its audio."""
     from tts_runner import audio
 
-    if run.audio is None:
-        return
-    samples, rate = read_audio(run.audio)
     run.scores["lufs"] = round(audio.loudness(samples, rate), 1) if samples.size else ""
     try:
         run.scores.update(dnsmos(samples, rate))
@@ -175,14 +174,13 @@ def score(run: Run) -> None:
 
 
 # ---- pictures and the page -----------------------------------------------------------------------
-def pictures(run: Run, folder: Path) -> tuple[str, str]:
+def pictures(run: Run, samples: np.ndarray, rate: int, folder: Path) -> tuple[str, str]:
     """A waveform and a spectrogram of the run's audio, as PNG files in `folder`; their names."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    samples, rate = read_audio(run.audio)
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", run.name)
     names = (f"{stem}-wave.png", f"{stem}-spectrogram.png")
     t = np.arange(samples.size) / rate
@@ -287,10 +285,12 @@ def build(sweep: Path, scores: bool = True) -> tuple[Path, Path]:
     folder.mkdir(exist_ok=True)
     images = {}
     for run in runs:
+        if run.audio is None:
+            continue
+        samples, rate = read_audio(run.audio)  # once, for the scores and the pictures
         if scores:
-            score(run)
-        if run.audio is not None:
-            images[run.name] = tuple(f"report/{name}" for name in pictures(run, folder))
+            score(run, samples, rate)
+        images[run.name] = tuple(f"report/{name}" for name in pictures(run, samples, rate, folder))
     out_html = sweep / "report.html"
     out_html.write_text(page(runs, varying, images, sweep))
     out_csv = sweep / "report.csv"

@@ -31,8 +31,10 @@ import torch
 from omegaconf import DictConfig
 
 from tts_runner import audio
-from tts_runner.errors import GenerationError
+from tts_runner.errors import GenerationError, InputError
 from tts_runner.model import SAMPLE_RATE, SAMPLES_PER_FRAME, Model
+from tts_runner.runner import chunk_places, generate_scheduled, prepare
+from tts_runner.scheduler import Ticket
 
 WINDOW = int(SAMPLE_RATE * audio.WINDOW_MS / 1000)  # trim_silence's analysis window
 
@@ -192,8 +194,6 @@ class StreamAssembler:
             self.sent = max(self.sent, stable)
             self.total += out.size
             if complete:
-                from tts_runner.runner import chunk_places
-
                 places = chunk_places(audio.crossfade_spans([p.size for p in parts], SAMPLE_RATE, self.crossfade_ms),
                                       self.start, SAMPLE_RATE)
                 self.spans.append((round(self.start / SAMPLE_RATE, 3), round(self.total / SAMPLE_RATE, 3), places))
@@ -243,10 +243,6 @@ class PieceEncoder:
 def stream_job(cfg: DictConfig, model: Model, ticket=None):
     """Run a resolved job on the scheduler and yield (bytes, metadata) pieces in order: the job's
     audio as PieceEncoder encodes it, metadata (a dict) with the last piece only."""
-    from tts_runner.errors import InputError
-    from tts_runner.runner import generate_scheduled, prepare
-    from tts_runner.scheduler import Ticket
-
     started = time.perf_counter()
     if model.scheduler is None:
         raise InputError("Invalid input at $.stream: streaming needs the scheduler (runtime.engine fast, "
