@@ -116,7 +116,7 @@ def resolve_engine(engine: str, device: str) -> str:
 def resolve_torch_threads(value, device: str, scheduled: bool) -> int | None:
     """auto -> 1 on the CPU under the scheduler (the decode loop, and each job's own work, run on
     threads of their own: two intra-op pools on two cores made every small op wait for a busy core,
-    measured 2.3x slower), else torch's own default (None); or as given."""
+    measured 1.9x slower: docs/performance.md), else torch's own default (None); or as given."""
     if value in (None, "", "auto"):
         return 1 if scheduled and not device.startswith("cuda") else None
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
