@@ -52,3 +52,10 @@ def test_unknown_sink_kind_and_s3_without_credentials(tiny_env):
     cfg.sink.kind = "ftp"
     with pytest.raises(SinkError, match=r"^Unknown sink kind 'ftp'; use auto, base64, s3 or file\.$"):
         deliver(b"RIFF", "wav", cfg.sink, "job")
+
+
+@pytest.mark.parametrize("value", ["0", "many"])
+def test_torch_threads_that_are_not_a_count(tiny_env, value):
+    assert start_up_error([f"runtime.torch_threads={value}"]) == (
+        f"The worker failed to start: runtime.torch_threads={value if value == '0' else repr(value)} must be auto "
+        "or a positive integer.")
