@@ -65,7 +65,8 @@ def test_a_batched_sweep_whose_runs_fail_ends_with_an_error_and_still_a_report(t
 
 @pytest.mark.parametrize("launcher", ["submitit_local", "joblib"])
 def test_hydras_launchers_run_the_sweep_in_subprocesses(tmp_path, model_dir, serial, launcher):
-    extra = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else ["hydra.launcher.timeout_min=10"]
+    extra = (["hydra.launcher.n_jobs=2", "hydra.callbacks.report.scores=false"] if launcher == "joblib"
+             else ["hydra.launcher.timeout_min=10"])
     done = multirun(tmp_path, model_dir, f"hydra/launcher={launcher}", *extra)
     assert done.returncode == 0, done.stderr[-3000:]
     made = results(tmp_path)
@@ -73,6 +74,9 @@ def test_hydras_launchers_run_the_sweep_in_subprocesses(tmp_path, model_dir, ser
     for run in made:
         assert (tmp_path / run / "hello.wav").read_bytes() == (serial / run / "hello.wav").read_bytes()
     assert (tmp_path / "report.html").is_file()
+    rows = list(csv.DictReader((tmp_path / "report.csv").open()))
+    assert all(float(row["lufs"]) < 0 for row in rows)  # loudness always; the model scores unless scores=false
+    assert all(bool(row["dnsmos_ovrl"]) == (launcher != "joblib") for row in rows)
     if launcher == "submitit_local":
         assert list(tmp_path.glob(".submitit/*/*_submitted.pkl"))  # submitit's own job records
 

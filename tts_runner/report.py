@@ -159,10 +159,7 @@ def aligns(samples: np.ndarray, rate: int, text: str) -> bool | None:
 
 
 def score(run: Run, samples: np.ndarray, rate: int) -> None:
-    """The run's loudness, DNSMOS and alignment, from its audio."""
-    from tts_runner import audio
-
-    run.scores["lufs"] = round(audio.loudness(samples, rate), 1) if samples.size else ""
+    """The run's DNSMOS and alignment, from its audio."""
     try:
         run.scores.update(dnsmos(samples, rate))
     except Exception as exc:  # noqa: BLE001 - a score that cannot be had is left empty, said in the log
@@ -278,6 +275,8 @@ aligned: chunks whose text pocketsphinx could force-align to their audio (Englis
 
 def build(sweep: Path, scores: bool = True) -> tuple[Path, Path]:
     """Write report.html and report.csv into `sweep` (pictures in sweep/report/); return their paths."""
+    from tts_runner import audio
+
     sweep = Path(sweep).resolve()
     runs = find_runs(sweep)
     varying = varying_keys(runs)
@@ -288,6 +287,7 @@ def build(sweep: Path, scores: bool = True) -> tuple[Path, Path]:
         if run.audio is None:
             continue
         samples, rate = read_audio(run.audio)  # once, for the scores and the pictures
+        run.scores["lufs"] = round(audio.loudness(samples, rate), 1) if samples.size else ""
         if scores:
             score(run, samples, rate)
         images[run.name] = tuple(f"report/{name}" for name in pictures(run, samples, rate, folder))
@@ -304,7 +304,11 @@ def build(sweep: Path, scores: bool = True) -> tuple[Path, Path]:
 
 
 class ReportCallback(Callback):
-    """Hydra callback: the report of a multirun, built when it ends (conf/cli.yaml)."""
+    """Hydra callback: the report of a multirun, built when it ends (conf/cli.yaml). `scores: false`
+    leaves out DNSMOS and the alignment (quicker; `python -m tts_runner.report DIR` adds them later)."""
+
+    def __init__(self, scores: bool = True) -> None:
+        self.scores = bool(scores)
 
     def on_multirun_end(self, config, **kwargs) -> None:
         from tts_runner import sweeps
@@ -314,7 +318,7 @@ class ReportCallback(Callback):
         if failed:
             log.error("%d run(s) of the sweep failed (each said why above)", failed)
         try:
-            out_html, _ = build(sweep)
+            out_html, _ = build(sweep, scores=self.scores)
         except Exception as exc:  # noqa: BLE001 - the runs are done and kept; the report can be rebuilt
             log.error("The sweep report could not be built (%s: %s); rebuild it with python -m tts_runner.report %s",
                       type(exc).__name__, exc, sweep)
@@ -327,7 +331,7 @@ class ReportCallback(Callback):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build report.html and report.csv for a sweep folder.")
     parser.add_argument("sweep", type=Path, help="the multirun folder (multirun/<date>/<time>)")
-    parser.add_argument("--no-scores", action="store_true", help="skip DNSMOS and alignment (quicker)")
+    parser.add_argument("--no-scores", action="store_true", help="skip DNSMOS and alignment (quicker; loudness stays)")
     args = parser.parse_args(argv)
     if not args.sweep.is_dir() or not any(args.sweep.rglob("result.json")):
         print(f"{args.sweep}: no runs here (no result.json below it)", file=sys.stderr)
