@@ -91,6 +91,22 @@ def test_a_short_job_does_not_wait_behind_a_long_one(model):
     assert all(f.result(timeout=120).shape[0] == 11 for f in long)
 
 
+def test_a_hold_keeps_chunks_waiting_while_the_running_rows_go_on(model):
+    """Scheduler.held (the start of a batched sweep): nothing is admitted while it is on, whether the
+    loop is idle or rows are running; the rows that run go on; at its end everything waiting comes in."""
+    scheduler = Scheduler(model, max_rows=4, queue_limit=100, sync_every=1)
+    settings = {**GREEDY, "max_new_tokens": 40}
+    running = scheduler.submit(Ticket("running"), [(r := request("A long running row.", "ryan", 39),
+                                                    model.row_settings(r, settings), None)])
+    wait_rounds(scheduler, 2)
+    with scheduler.held():
+        late = scheduler.submit(Ticket("late"), [(r := request("Held back.", "vivian", 3),
+                                                  model.row_settings(r, settings), None)])
+        wait_rounds(scheduler, 5)
+        assert scheduler.load == (1, 1) and not late[0].done()  # the running row went on, the new one waits
+    assert late[0].result(timeout=60).shape[0] >= 3 and running[0].result(timeout=60).shape[0] == 39
+
+
 @pytest.fixture
 def fresh_worker(tiny_env):
     def make(*overrides):

@@ -8,11 +8,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
+from tests.helpers.decode import codes as library_codes
 from tests.helpers.servers import REPO
 
 
@@ -88,3 +91,38 @@ def test_the_slurm_example_composes_to_a_submitit_slurm_launcher(model_dir):
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "SlurmLauncher" in done.stdout and "gpus_per_node: 1" in done.stdout and "partition: gpu" in done.stdout
+
+
+def test_the_runs_of_a_batched_sweep_hand_their_chunks_over_into_one_prefill(model):
+    """Runs start on threads of their own and reach the scheduler a little apart (here 30 ms, by a
+    sleep standing for each run's planning); without the hold the first would be admitted alone and
+    the others would join it frames later. One run ends without handing anything over (it failed
+    before generating): the others are not held for it, and wait() counts it."""
+    from tts_runner import sweeps
+    from tts_runner.model import ChunkRequest
+    from tts_runner.scheduler import Scheduler, Ticket
+
+    scheduler = Scheduler(model, max_rows=8, queue_limit=100, sync_every=1)
+    admitted: list[int] = []
+    real = scheduler._admit
+    scheduler._admit = lambda pending: (admitted.append(len(pending)), real(pending))[1]
+    settings = {"do_sample": False, "subtalker_dosample": False, "max_new_tokens": 12}
+    codes: dict[int, torch.Tensor] = {}
+
+    def run(i: int) -> bool:
+        time.sleep(0.03 * i)
+        if i == 2:
+            return False  # this run fails before it hands anything over
+        request = ChunkRequest(f"Run {i} of the sweep.", "ryan", "english", None, floor=4 + i, seed=i)
+        future = scheduler.submit(Ticket(f"run-{i}"), [(request, model.row_settings(request, settings), None)])[0]
+        codes[i] = future.result(timeout=60)
+        return True
+
+    for i in range(5):
+        sweeps.submit(run, i, scheduler=scheduler)
+    assert sweeps.wait() == 1
+    assert admitted == [4]  # one prefill for the four runs that handed chunks over
+    assert sorted(codes) == [0, 1, 3, 4]
+    for i, got in codes.items():  # greedy: as the stock library makes each alone
+        alone = library_codes(model, "stock", [f"Run {i} of the sweep."], ["ryan"], min_new_tokens=4 + i, **settings)
+        assert torch.equal(got, alone[0])

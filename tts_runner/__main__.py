@@ -80,7 +80,7 @@ def main(cfg: DictConfig) -> None:
     if batched(cfg, hydra_cfg) and model.scheduler is not None:
         # a sweep's runs share the model's rows: this run starts with the others once Hydra has
         # launched them all (tts_runner.sweeps), and the sweep's end waits for them
-        sweeps.submit(_run, cfg, model, out_dir, secrets)
+        sweeps.submit(_run, cfg, model, out_dir, secrets, scheduler=model.scheduler)
         return
     if not _run(cfg, model, out_dir, secrets):
         raise SystemExit(2)

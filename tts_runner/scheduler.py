@@ -28,10 +28,11 @@ DeviceFailure.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -84,6 +85,7 @@ class Scheduler:
         self.thread: threading.Thread | None = None
         self.rounds = 0
         self.to_decode: list = []  # ((request, codes), future) waiting to be decoded
+        self.holds = 0  # holds on admission (held()): while any is on, waiting chunks wait
 
     # ---- the jobs' side --------------------------------------------------------------------------
     def submit(self, ticket: Ticket, items: list[tuple[ChunkRequest, dict, Callable | None]]) -> list[Future]:
@@ -117,6 +119,28 @@ class Scheduler:
             for pending in self.waiting.pop(ticket, ()):
                 self.count -= 1
                 pending.future.cancel()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold admission: chunks handed over meanwhile wait, and are admitted together once the hold
+        ends (rows already running go on). The runs of a batched sweep start under a hold, so that
+        their chunks meet in one prefill instead of joining one by one a frame apart: a row that
+        joins late pads the others' caches (a masked attention from then on) and ends apart from
+        them (a decode call of its own)."""
+        with self.cond:
+            self.holds += 1
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.holds -= 1
+                self.cond.notify()
+
+    @property
+    def jobs_waiting(self) -> int:
+        """How many jobs have chunks waiting for a row."""
+        with self.cond:
+            return len(self.waiting)
 
     @property
     def load(self) -> tuple[int, int]:
@@ -171,10 +195,10 @@ class Scheduler:
     def _loop(self) -> None:
         while True:
             with self.cond:
-                while not self.count and not self.running and not self.to_decode:
+                while not (self.count and not self.holds) and not self.running and not self.to_decode:
                     self.cond.wait()
                 free = self.rows - self.running
-                admit = self._take(free) if free > 0 else []
+                admit = self._take(free) if free > 0 and not self.holds else []
             if admit or self.running:
                 self._round(admit)
             self._decode_waiting()
