@@ -6,6 +6,8 @@
 #      (graph engine, 64 rows) against one job at a time, plus streamed (time to first audio), and the
 #      same requests sent at 10 a second (an open loop).
 #      Goals: >= 120 s of audio per second at concurrency 64; p95 time to first audio <= 100 ms.
+#   3. the sweep bench on it (issue: sweeps): 8 temperatures batched, against one batched job of the
+#      same chunks and against the runs one after another (in process; the model loads once).
 # On the lent machine, with carry [".whl"] (scripts/gpu_wheels.sh fills it here):
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
 #     --target /tmp/site .whl/*.whl && PYTHONPATH=/tmp/site:. bash scripts/gpu_serve.sh
@@ -34,3 +36,7 @@ timeout "${BENCH_TIMEOUT:-300}" python3 -m tts_runner.tools.serve_bench --model-
   --device "${DEVICE:-cuda:0}" --requests "$requests" --concurrency "$concurrency" --max-batch-size 64 --rate 10 \
   --json "$out/gpu-serve.json" 2>&1 | grep -v "RANDOM weights" | tee "$out/gpu-serve.log"
 echo "serve bench exit: ${PIPESTATUS[0]}"
+timeout "${SWEEP_TIMEOUT:-150}" python3 -m tts_runner.tools.sweep_bench --model-dir "$models" \
+  --device "${DEVICE:-cuda:0}" --settings 8 --repeats 3 --no-cli --json "$out/gpu-sweep.json" 2>&1 \
+  | grep -v "RANDOM weights" | tee "$out/gpu-sweep.log"
+echo "sweep bench exit: ${PIPESTATUS[0]}"

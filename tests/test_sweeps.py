@@ -126,3 +126,15 @@ def test_the_runs_of_a_batched_sweep_hand_their_chunks_over_into_one_prefill(mod
     for i, got in codes.items():  # greedy: as the stock library makes each alone
         alone = library_codes(model, "stock", [f"Run {i} of the sweep."], ["ryan"], min_new_tokens=4 + i, **settings)
         assert torch.equal(got, alone[0])
+
+
+def test_the_sweep_benchmark_runs_and_writes_its_figures(tmp_path):
+    """tools/sweep_bench, in process only (the command-line half runs the same sweep as the tests above)."""
+    from tts_runner.tools import sweep_bench
+
+    out = tmp_path / "sweep.json"
+    assert sweep_bench.main(["--settings", "2", "--repeats", "1", "--no-cli", "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert figures["settings"] == 2 and figures["audio_seconds"] > 0
+    assert all(len(turns) == 1 and turns[0] > 0 for turns in figures["all_turns_s"].values())
+    assert abs(figures["batched_over_one_job"] - figures["batched_sweep_s"] / figures["one_job_s"]) < 0.02

@@ -1,33 +1,125 @@
-"""Sweep benchmark: one sweep's runs sharing the model's rows, against the same runs one after another.
+"""Sweep benchmark: a batched sweep against one batched job of the same chunks, and against its runs
+one after another.
 
     python -m tts_runner.tools.sweep_bench --model-dir /tmp/models --device cpu --settings 8
 
-Runs the command line twice, as a user would, in one go: `python -m tts_runner +job=JOB -m
-sampling.temperature=<N values>` with `multirun.batched=true` (the runs hand their chunks to the
-scheduler together) and `multirun.batched=false` (each run waits for the last), and prints the wall
-time of each whole sweep (process start, model load and report included), the time its runs spent
-generating (batched: first start to last end; one after another: their sum), and the ratios; and,
-for what "one batched job" costs, the generation time of one job whose segments are the same text
-as many times as the sweep has settings.
+A sweep of N temperatures over one job spec (`sampling.seed` fixed), measured two ways in one go:
+
+1. **In one process, on one loaded model** (what the sweep's runs cost once Hydra has launched them),
+   three things, in turns, `--repeats` times each (the medians are printed):
+   - *one batched job*: the sweep's own chunk requests (the same texts, voices, seeds and each run's
+     settings, so the same frames) handed to the model's scheduler together as one job, and decoded;
+   - *the batched sweep*: each run handed to `tts_runner.sweeps` exactly as `python -m tts_runner -m`
+     hands it (`multirun.batched=true`), all started together, each planning, generating, assembling,
+     encoding and writing its files; timed from the start to the last run's end;
+   - *one after another*: the same runs, each waiting for the last (`multirun.batched=false`).
+2. **The whole command line** (`--cli`, the default): `python -m tts_runner +job=JOB -m
+   sampling.temperature=...` with `multirun.batched=true`, then `false`: process start, model load,
+   Hydra's launches, the runs and the report with its scores, as a user runs it.
+
+A one-job reference made of *other* chunks (a job whose segments repeat the text, say) would not do:
+each chunk's seed and temperature decide how long it runs, and a batch lasts as long as its longest row.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def sweep(job: str, values: list[str], batched: bool, env: dict, folder: Path) -> tuple[float, float]:
-    """The whole command's wall seconds, and the seconds its runs spent generating (batched: from the
-    first run's start to the last run's end; one after another: their sum)."""
+def settings(count: int) -> list[str]:
+    return [f"{0.2 + 0.1 * i:.1f}" for i in range(count)]
+
+
+def run_configs(job: str, values: list[str], seed: int) -> list:
+    """The resolved config of each run of the sweep, as the command line resolves it."""
+    from tts_runner import config as config_mod
+    from tts_runner.__main__ import resolve_job
+
+    configs = []
+    for value in values:
+        overrides = [f"+job={job}", f"sampling.temperature={value}", f"sampling.seed={seed}"]
+        configs.append(resolve_job(config_mod.load(overrides, config_name="cli"), overrides))
+    return configs
+
+
+class InProcess:
+    """The three ways of running the sweep's work on one loaded model."""
+
+    def __init__(self, configs: list, folder: Path):
+        from tts_runner.model_store import ModelStore
+        from tts_runner.redact import protect
+
+        first = configs[0]
+        store = ModelStore(first.models, first.runtime, max_batch=int(first.batching.max_batch_size),
+                           cloning=first.cloning, scheduler=first.scheduler)
+        self.model = store.get(first.input.model)
+        if self.model.scheduler is None:
+            raise SystemExit(f"engine {self.model.engine!r} runs no scheduler: batched sweeps need fast or graph")
+        self.configs, self.folder = configs, folder
+        self.secrets = [protect(cfg.sink) for cfg in configs]
+        self.count = 0
+
+    def one_job(self) -> tuple[float, float]:
+        """Seconds for the sweep's chunks as one job (handed over together, generated, decoded as they
+        end), and the seconds of audio they make (before trimming)."""
+        from tts_runner.model import SAMPLE_RATE
+        from tts_runner.runner import prepare, seeded
+        from tts_runner.scheduler import Ticket
+
+        started = time.perf_counter()
+        items = []
+        for cfg in self.configs:
+            chunks, _, sampling = prepare(cfg, self.model)
+            for chunk in chunks:
+                request = seeded(chunk, sampling["seed"])
+                items.append((request, self.model.row_settings(request, sampling), None))
+        scheduler = self.model.scheduler
+        waiting = dict(zip(scheduler.submit(Ticket("one-job"), items), items, strict=True))
+        samples = 0
+        while waiting:  # decoded as they end, as a job's thread does (runner.generate_scheduled)
+            done, _ = wait(waiting, return_when=FIRST_COMPLETED)
+            wavs = scheduler.decode([(waiting.pop(future)[0], future.result()) for future in done])
+            samples += sum(w.size for w in wavs)
+        return time.perf_counter() - started, samples / SAMPLE_RATE
+
+    def sweep(self, batched: bool) -> float:
+        """Seconds for the sweep's runs, started together (batched) or one after another, each run
+        whole: plan, generate, assemble, encode, write its audio and result.json."""
+        from tts_runner import sweeps
+        from tts_runner.__main__ import _run
+
+        self.count += 1
+        started = time.perf_counter()
+        ok = True
+        with contextlib.redirect_stdout(io.StringIO()):  # each run says where it wrote
+            for i, cfg in enumerate(self.configs):
+                out = self.folder / f"{self.count}-{'batched' if batched else 'serial'}" / str(i)
+                out.mkdir(parents=True)
+                if batched:
+                    sweeps.submit(_run, cfg, self.model, out, self.secrets[i], scheduler=self.model.scheduler)
+                else:
+                    ok &= _run(cfg, self.model, out, self.secrets[i])
+            failed = sweeps.wait() if batched else int(not ok)
+        if failed:
+            raise RuntimeError(f"{failed} run(s) of the sweep failed")
+        return time.perf_counter() - started
+
+
+def cli_sweep(job: str, values: list[str], batched: bool, env: dict, folder: Path) -> float:
+    """The whole command's wall seconds."""
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "tts_runner", f"+job={job}", "-m",
                            f"sampling.temperature={','.join(values)}", f"multirun.batched={str(batched).lower()}",
@@ -35,35 +127,7 @@ def sweep(job: str, values: list[str], batched: bool, env: dict, folder: Path) -
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-2000:])
-    wall = time.perf_counter() - started
-    spans = []
-    for result in folder.glob("*/result.json"):
-        end = result.stat().st_mtime
-        spans.append((end - json.loads(result.read_text())["metadata"]["generation_time_seconds"], end))
-    generating = (max(e for _, e in spans) - min(s for s, _ in spans)) if batched else sum(e - s for s, e in spans)
-    return wall, generating
-
-
-def one_job(job: str, copies: int, env: dict, folder: Path) -> tuple[float, float]:
-    """The same text `copies` times as the segments of one job (one batch of as many chunks): its
-    wall seconds and its generation seconds."""
-    import yaml
-
-    from tts_runner import payload as payload_mod
-
-    _, spec = payload_mod.load_job_spec(job)
-    text = spec.get("text") or spec["segments"][0]["text"]
-    path = folder / "one-job.yaml"
-    folder.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump({"segments": [{"text": text, "voice": spec.get("voice", "male_1")}] * copies,
-                                    "output_format": "wav", "params": {"seed": 3}}))
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "tts_runner", f"+job={path}", f"hydra.run.dir={folder / 'run'}"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
-    if done.returncode != 0:
-        raise RuntimeError(done.stderr[-2000:])
-    wall = time.perf_counter() - started
-    return wall, json.loads((folder / "run" / "result.json").read_text())["metadata"]["generation_time_seconds"]
+    return time.perf_counter() - started
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,32 +136,52 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", help="QWEN_TTS_DEVICE: auto, cpu, cuda:0")
     parser.add_argument("--job", default="hello")
     parser.add_argument("--settings", type=int, default=8, help="temperatures in the sweep")
+    parser.add_argument("--repeats", type=int, default=3, help="turns of the in-process measures (medians)")
+    parser.add_argument("--cli", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time the whole command line both ways")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    env = {**os.environ, "TQDM_DISABLE": "1"}
     if args.model_dir:
-        env["QWEN_TTS_MODEL_DIR"] = str(args.model_dir)
+        os.environ["QWEN_TTS_MODEL_DIR"] = str(args.model_dir)
     if args.device:
-        env["QWEN_TTS_DEVICE"] = args.device
-    values = [f"{0.2 + 0.1 * i:.1f}" for i in range(args.settings)]
+        os.environ["QWEN_TTS_DEVICE"] = args.device
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    values = settings(args.settings)
+    times: dict[str, list[float]] = {"one_job": [], "batched": [], "serial": []}
     with tempfile.TemporaryDirectory() as tmp:
-        shared, shared_gen = sweep(args.job, values, True, env, Path(tmp, "batched"))
-        serial, serial_gen = sweep(args.job, values, False, env, Path(tmp, "serial"))
-        single, single_gen = one_job(args.job, args.settings, env, Path(tmp, "one"))
-    print(f"sweep of {args.settings} settings over +job={args.job}:")
-    print(f"  whole command (start, model load, runs, report): batched {shared:.2f} s, one after another "
-          f"{serial:.2f} s: {serial / shared:.2f}x")
-    print(f"  generating: batched {shared_gen:.2f} s, one after another {serial_gen:.2f} s: "
-          f"{serial_gen / shared_gen:.2f}x; one job of the same {args.settings} chunks {single_gen:.2f} s "
-          f"(the batched sweep costs {shared_gen / single_gen:.2f} of it)")
+        bench = InProcess(run_configs(args.job, values, 3), Path(tmp))
+        for turn in range(args.repeats):
+            for what in ("one_job", "batched", "serial")[turn % 3:] + ("one_job", "batched", "serial")[:turn % 3]:
+                if what == "one_job":
+                    seconds, audio_seconds = bench.one_job()
+                else:
+                    seconds = bench.sweep(what == "batched")
+                times[what].append(seconds)
+        whole = {}
+        if args.cli:
+            for batched in (True, False):
+                whole[batched] = cli_sweep(args.job, values, batched, dict(os.environ), Path(tmp, f"cli-{batched}"))
+    one, shared, serial = (statistics.median(times[k]) for k in ("one_job", "batched", "serial"))
+    print(f"sweep of {args.settings} temperatures over +job={args.job} ({bench.model.name}, engine "
+          f"{bench.model.engine}, {args.repeats} turn{'s' * (args.repeats != 1)}, medians; {audio_seconds:.1f} s of audio in all):")
+    print(f"  one batched job of the sweep's chunks  {one:6.2f} s")
+    print(f"  the batched sweep                      {shared:6.2f} s   ({shared / one:.2f}x the one job)")
+    print(f"  its runs one after another             {serial:6.2f} s   ({serial / one:.2f}x the one job, "
+          f"{serial / shared:.2f}x the batched sweep)")
+    if whole:
+        print(f"  whole command (start, model load, launches, runs, report): batched {whole[True]:.2f} s, "
+              f"one after another {whole[False]:.2f} s: {whole[False] / whole[True]:.2f}x")
     if args.json:
-        args.json.write_text(json.dumps({"job": args.job, "settings": args.settings, "batched_s": round(shared, 3),
-                                         "serial_s": round(serial, 3), "ratio": round(serial / shared, 2),
-                                         "batched_generating_s": round(shared_gen, 3),
-                                         "serial_generating_s": round(serial_gen, 3),
-                                         "generating_ratio": round(serial_gen / shared_gen, 2),
-                                         "one_job_generating_s": round(single_gen, 3),
-                                         "batched_over_one_job": round(shared_gen / single_gen, 2)}, indent=2))
+        result = {"job": args.job, "settings": args.settings, "model": bench.model.name,
+                  "engine": bench.model.engine, "repeats": args.repeats, "audio_seconds": round(audio_seconds, 2),
+                  "one_job_s": round(one, 3), "batched_sweep_s": round(shared, 3), "serial_sweep_s": round(serial, 3),
+                  "batched_over_one_job": round(shared / one, 2), "serial_over_one_job": round(serial / one, 2),
+                  "serial_over_batched": round(serial / shared, 2),
+                  "all_turns_s": {k: [round(v, 3) for v in vs] for k, vs in times.items()}}
+        if whole:
+            result.update({"cli_batched_s": round(whole[True], 2), "cli_serial_s": round(whole[False], 2),
+                           "cli_ratio": round(whole[False] / whole[True], 2)})
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 
