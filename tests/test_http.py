@@ -60,7 +60,7 @@ def test_bad_payloads_get_errors_and_the_server_keeps_serving(api):
         answer = api(job_input)
         assert answer["status"] == "FAILED" and expected in answer["error"], answer
     assert api.proc.poll() is None
-    answer = api({"text": "Still serving."})
+    answer = api({"text": "Still serving.", "params": {"seed": 1}})  # a fixed draw: the tiny model may fail its checks
     assert answer["status"] == "COMPLETED" and "audio_base64" in answer["output"]
 
 
@@ -68,7 +68,7 @@ def test_non_json_and_non_object_bodies_do_not_kill_the_server(api):
     assert api(b"{not json")["http_status"] == 422
     answer = api(json.dumps({"input": "just a string"}))
     assert answer.get("status") == "FAILED" or answer["http_status"] == 422
-    assert api({"text": "Alive."})["status"] == "COMPLETED"
+    assert api({"text": "Alive.", "params": {"seed": 1}})["status"] == "COMPLETED"
 
 
 def test_readme_examples_over_http_as_presigned_s3_urls(tmp_path, model_dir):

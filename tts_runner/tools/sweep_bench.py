@@ -145,7 +145,6 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["QWEN_TTS_MODEL_DIR"] = str(args.model_dir)
     if args.device:
         os.environ["QWEN_TTS_DEVICE"] = args.device
-    os.environ.setdefault("TQDM_DISABLE", "1")
     values = settings(args.settings)
     times: dict[str, list[float]] = {"one_job": [], "batched": [], "serial": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -158,9 +157,10 @@ def main(argv: list[str] | None = None) -> int:
                     seconds = bench.sweep(what == "batched")
                 times[what].append(seconds)
         whole = {}
+        env = {**os.environ, "TQDM_DISABLE": "1"}
         if args.cli:
             for batched in (True, False):
-                whole[batched] = cli_sweep(args.job, values, batched, dict(os.environ), Path(tmp, f"cli-{batched}"))
+                whole[batched] = cli_sweep(args.job, values, batched, env, Path(tmp, f"cli-{batched}"))
     one, shared, serial = (statistics.median(times[k]) for k in ("one_job", "batched", "serial"))
     print(f"sweep of {args.settings} temperatures over +job={args.job} ({bench.model.name}, engine "
           f"{bench.model.engine}, {args.repeats} turn{'s' * (args.repeats != 1)}, medians; {audio_seconds:.1f} s of audio in all):")
