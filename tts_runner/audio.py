@@ -21,22 +21,25 @@ MP3_MAX_KBPS_BELOW_32K = 160  # MPEG-2 layer III (16 to 24 kHz) stops at 160 kbp
 WINDOW_MS = 10  # trimming looks at the level of 10 ms windows
 
 
+def loud_span(samples: np.ndarray, sample_rate: int, threshold_db: float, keep_ms: float) -> tuple[int, int] | None:
+    """(start, end) in samples from `keep_ms` before the first 10 ms window whose RMS level reaches
+    `threshold_db` (dBFS) to `keep_ms` after the last one; None when no window is that loud."""
+    window = max(1, int(sample_rate * WINDOW_MS / 1000))
+    n = samples.size // window
+    rms = np.sqrt(np.mean(np.square(samples[: n * window].reshape(n, window), dtype=np.float64), axis=1))
+    loud = np.nonzero(rms >= 10 ** (threshold_db / 20))[0]
+    if loud.size == 0:
+        return None
+    keep = int(sample_rate * keep_ms / 1000)
+    return max(0, loud[0] * window - keep), min(samples.size, (loud[-1] + 1) * window + keep)
+
+
 def trim_silence(samples: np.ndarray, sample_rate: int, threshold_db: float, keep_ms: float) -> np.ndarray:
     """Cut leading and trailing silence: everything before the first and after the last 10 ms window
     whose RMS level reaches `threshold_db` (dBFS), keeping `keep_ms` beside the sound. Audio with no
     window that loud is returned as it is."""
-    window = max(1, int(sample_rate * WINDOW_MS / 1000))
-    n = samples.size // window
-    if n == 0:
-        return samples
-    rms = np.sqrt(np.mean(np.square(samples[: n * window].reshape(n, window), dtype=np.float64), axis=1))
-    loud = np.nonzero(rms >= 10 ** (threshold_db / 20))[0]
-    if loud.size == 0:
-        return samples
-    keep = int(sample_rate * keep_ms / 1000)
-    start = max(0, loud[0] * window - keep)
-    end = min(samples.size, (loud[-1] + 1) * window + keep)
-    return samples[start:end]
+    span = loud_span(samples, sample_rate, threshold_db, keep_ms)
+    return samples if span is None else samples[span[0]:span[1]]
 
 
 def _interpolators(taps: int = 32) -> np.ndarray:
@@ -214,19 +217,29 @@ def crossfade_spans(lengths: list[int], sample_rate: int, crossfade_ms: float) -
     return spans
 
 
+def segment_starts(lengths: list[int], sample_rate: int, gap_ms: float) -> list[int]:
+    """Where each segment of `lengths` samples starts in join_segments' result, in samples."""
+    gap = int(round(sample_rate * gap_ms / 1000.0))
+    starts, at = [], 0
+    for i, length in enumerate(lengths):
+        at += gap if i else 0
+        starts.append(at)
+        at += length
+    return starts
+
+
 def join_segments(segments: list[np.ndarray], sample_rate: int, gap_ms: float) -> tuple[np.ndarray, list[tuple]]:
     """Concatenate segments in order with `gap_ms` of silence between them. Returns the audio and
     each segment's (start, end) in seconds."""
     gap = np.zeros(int(round(sample_rate * gap_ms / 1000.0)), dtype=np.float32)
     parts: list[np.ndarray] = []
-    spans, at = [], 0
     for i, segment in enumerate(segments):
         if i:
             parts.append(gap)
-            at += gap.size
         parts.append(np.asarray(segment, dtype=np.float32))
-        spans.append((round(at / sample_rate, 3), round((at + segment.size) / sample_rate, 3)))
-        at += segment.size
+    starts = segment_starts([s.size for s in segments], sample_rate, gap_ms)
+    spans = [(round(at / sample_rate, 3), round((at + s.size) / sample_rate, 3))
+             for at, s in zip(starts, segments, strict=True)]
     return (np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)), spans
 
 

@@ -430,14 +430,11 @@ class Assembler:
             made = [future.result() for future in self.segments]
         finally:
             self.pool.shutdown(wait=False, cancel_futures=True)
-        joined, spans = audio.join_segments([a for a, _ in made], self.sample_rate, self.chunking.segment_gap_ms)
-        rate, gap = self.sample_rate, int(round(self.sample_rate * self.chunking.segment_gap_ms / 1000.0))
-        out, at = [], 0
-        for i, ((start, end), (samples, chunks)) in enumerate(zip(spans, made, strict=True)):
-            at += gap if i else 0
-            out.append((start, end, chunk_places(chunks, at, rate)))
-            at += samples.size
-        return joined, out
+        segments = [samples for samples, _ in made]
+        joined, spans = audio.join_segments(segments, self.sample_rate, self.chunking.segment_gap_ms)
+        starts = audio.segment_starts([s.size for s in segments], self.sample_rate, self.chunking.segment_gap_ms)
+        return joined, [(start, end, chunk_places(chunks, at, self.sample_rate))
+                        for (start, end), at, (_, chunks) in zip(spans, starts, made, strict=True)]
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -492,13 +489,17 @@ def synthesize(cfg: DictConfig, model: Model, progress: Progress | None = None, 
     samples = audio.resample(samples, sample_rate, rate)
     data = audio.encode(samples, rate, cfg.input.output_format, cfg.audio.mp3_bitrate)
     duration = round(samples.size / rate, 3)  # the audio we made, exactly (tests read the files back)
-    voices = {c.segment: (c.request.speaker, c.voice) for c in chunks}
-    # and each chunk's place in it (seconds, from its fade-in to its last sample)
-    where = [{"start": start, "end": end, "speaker": voices[i][0], "voice": voices[i][1],
-              "chunks": [{"start": a, "end": b} for a, b in chunks]}
-             for i, (start, end, chunks) in enumerate(spans)]
     return JobAudio(data, cfg.input.output_format, rate, duration, num_segments, len(chunks),
-                    round(time.perf_counter() - started, 3), stats, sampling["seed"], where)
+                    round(time.perf_counter() - started, 3), stats, sampling["seed"], segment_metadata(chunks, spans))
+
+
+def segment_metadata(chunks: list[Chunk], spans: list[tuple]) -> list[dict]:
+    """The metadata's segments: each one's place in the file, its speaker and voice, and each chunk's
+    place in it (seconds, from its fade-in to its last sample); `spans` as Assembler.finish gives them."""
+    voices = {c.segment: (c.request.speaker, c.voice) for c in chunks}
+    return [{"start": start, "end": end, "speaker": voices[i][0], "voice": voices[i][1],
+             "chunks": [{"start": a, "end": b} for a, b in places]}
+            for i, (start, end, places) in enumerate(spans)]
 
 
 def run_job(cfg: DictConfig, model: Model, job_id: str, out_dir: Path | None = None,

@@ -33,10 +33,8 @@ from omegaconf import DictConfig
 from tts_runner import audio
 from tts_runner.errors import GenerationError, InputError
 from tts_runner.model import SAMPLE_RATE, SAMPLES_PER_FRAME, Model
-from tts_runner.runner import chunk_places, generate_scheduled, prepare
+from tts_runner.runner import chunk_places, generate_scheduled, prepare, segment_metadata
 from tts_runner.scheduler import Ticket
-
-WINDOW = int(SAMPLE_RATE * audio.WINDOW_MS / 1000)  # trim_silence's analysis window
 
 
 class StreamAssembler:
@@ -161,13 +159,8 @@ class StreamAssembler:
             return samples
         if whole:
             return audio.trim_silence(samples, SAMPLE_RATE, trim.threshold_db, trim.keep_ms)
-        n = samples.size // WINDOW
-        rms = np.sqrt(np.mean(np.square(samples[: n * WINDOW].reshape(n, WINDOW), dtype=np.float64), axis=1))
-        loud = np.nonzero(rms >= 10 ** (trim.threshold_db / 20))[0]
-        if loud.size == 0:
-            return None
-        keep = int(SAMPLE_RATE * trim.keep_ms / 1000)
-        return samples[max(0, loud[0] * WINDOW - keep): min(samples.size, (loud[-1] + 1) * WINDOW + keep)]
+        span = audio.loud_span(samples, SAMPLE_RATE, trim.threshold_db, trim.keep_ms)
+        return None if span is None else samples[span[0]:span[1]]
 
     def _release(self) -> np.ndarray:
         """The samples that have become final since the last call (the gap after a finished segment too)."""
@@ -207,6 +200,7 @@ class StreamAssembler:
                     self.total += self.gap
                 self.start = self.total
             return out.astype(np.float32, copy=False)
+
 
 class PieceEncoder:
     """Stream pieces as bytes: raw PCM16 (little-endian, 24 kHz mono), or MP3 frames (one MP3 file,
@@ -280,7 +274,6 @@ def stream_job(cfg: DictConfig, model: Model, ticket=None):
             model.scheduler.cancel(ticket)
         worker.join()
     stats = outcome["stats"]
-    voices = {c.segment: (c.request.speaker, c.voice) for c in chunks}
     metadata = {
         "duration_seconds": round(assembler.total / SAMPLE_RATE, 3),
         "sample_rate": SAMPLE_RATE,
@@ -292,8 +285,6 @@ def stream_job(cfg: DictConfig, model: Model, ticket=None):
         "model": model.name,
         "seed": sampling["seed"],
         "runaways": stats.runaways,
-        "segments": [{"start": a, "end": b, "speaker": voices[i][0], "voice": voices[i][1],
-                      "chunks": [{"start": x, "end": y} for x, y in places]}
-                     for i, (a, b, places) in enumerate(assembler.spans)],
+        "segments": segment_metadata(chunks, assembler.spans),
     }
     yield held, metadata
