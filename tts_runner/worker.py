@@ -111,14 +111,18 @@ class Worker:
                 raise InputError("Invalid input at $.stream: this worker does not stream (its handler is not a "
                                  "generator). Start it with TTS_RUNNER_STREAMING=true (worker.streaming), or leave "
                                  "stream out to get the whole file.")
-            model = self.store.get(cfg.input.model)
-            response, _ = run_job(cfg, model, str(job.get("id", "local")), progress=self._progress(job),
-                                  ticket=ticket or Ticket(str(job.get("id", "local"))))
-            meta = {k: v for k, v in response["metadata"].items() if k != "segments"}
-            log.info("Job %s done: %s", job.get("id", "local"), json.dumps(meta))
-            return redact(response, self.secrets)
+            return self._whole(cfg, job, ticket)
         except Exception as exc:  # noqa: BLE001 - every failure becomes {error, traceback}
             return self._failure(job, exc)
+
+    def _whole(self, cfg: DictConfig, job: dict, ticket: Ticket | None) -> dict:
+        """A resolved job's one answer, the whole file (raises on failure)."""
+        model = self.store.get(cfg.input.model)
+        response, _ = run_job(cfg, model, str(job.get("id", "local")), progress=self._progress(job),
+                              ticket=ticket or Ticket(str(job.get("id", "local"))))
+        meta = {k: v for k, v in response["metadata"].items() if k != "segments"}
+        log.info("Job %s done: %s", job.get("id", "local"), json.dumps(meta))
+        return redact(response, self.secrets)
 
     def stream(self, job: dict, ticket: Ticket | None = None) -> Iterator[dict]:
         """Answer one job as a generator handler does; never raises. A job with "stream": true
@@ -130,7 +134,10 @@ class Worker:
             yield self._failure(job, exc)
             return
         if not cfg.input.stream:
-            yield self.handle(job, ticket)
+            try:
+                yield self._whole(cfg, job, ticket)
+            except Exception as exc:  # noqa: BLE001
+                yield self._failure(job, exc)
             return
         ticket = ticket or Ticket(str(job.get("id", "local")))
         piece = 0
