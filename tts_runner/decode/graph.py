@@ -32,7 +32,7 @@ from qwen_tts.core.models.modeling_qwen3_tts import apply_multimodal_rotary_pos_
 
 from tts_runner.decode.cache import StaticCache
 from tts_runner.decode.core import Predictor, TalkerResult, frame_embedding, layer_step, prefill
-from tts_runner.decode.running import candidates_of, prefill_rows, rows_settings, rows_text
+from tts_runner.decode.running import candidates_of, prefill_rows, rows_settings, rows_text, until_end
 from tts_runner.decode.sampling import RowSettings, next_code
 
 log = logging.getLogger(__name__)
@@ -383,8 +383,7 @@ class GraphRows:
     def codes(self, index: int) -> torch.Tensor:
         s, slot = self.engine.state, self.slots[index]
         made = s.codes[slot, : int(s.frame[slot]) - 1].to("cpu", copy=True)  # never a view: slots are reused
-        ends = (made[:, 0] == self.engine.eos).nonzero()
-        return made[: int(ends[0])] if ends.numel() else made
+        return until_end(made, self.engine.eos)
 
     def remove(self, indices: list[int]) -> list:
         """Free the rows' slots (ended, or cancelled); move the rest to the front when they fit a smaller bucket."""

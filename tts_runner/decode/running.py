@@ -47,6 +47,12 @@ def _right_pad(t: torch.Tensor, dim: int, n: int, fill) -> torch.Tensor:
     return torch.cat((t, torch.as_tensor(fill, dtype=t.dtype, device=t.device).expand(shape)), dim=dim)
 
 
+def until_end(made: torch.Tensor, eos: int) -> torch.Tensor:
+    """A row's frames [F, 16] up to (not including) its first end code, as qwen-tts cuts them."""
+    ends = (made[:, 0] == eos).nonzero()
+    return made[: int(ends[0])] if ends.numel() else made
+
+
 def prefill_rows(talker: torch.nn.Module, rows: list[Row], pad: torch.Tensor):
     """The talker's prefill of `rows`' prompts together, left-padded to the longest (core.prefill)."""
     width = max(r.prompt.shape[0] for r in rows)
@@ -152,11 +158,7 @@ class RunningBatch:
             width = max(old[name].shape[1], new[name].shape[1])
             fill = self.pad if name == "text" else self.eos
             for side in (old, new):
-                extra = width - side[name].shape[1]
-                if name == "text" and extra:
-                    side[name] = torch.cat((side[name], fill.expand(side[name].shape[0], extra, -1)), dim=1)
-                else:
-                    side[name] = _right_pad(side[name], 1, extra, fill)
+                side[name] = _right_pad(side[name], 1, width - side[name].shape[1], fill)
         merged = {name: torch.cat((old[name], new[name])) for name in old
                   if name not in ("keys", "values", "settings")}
         merged["keys"] = [torch.cat(pair) for pair in zip(old["keys"], new["keys"], strict=True)]
@@ -208,8 +210,7 @@ class RunningBatch:
         """Row `index`'s frames so far, [F, 16] on the CPU, up to its end code (as qwen-tts cuts)."""
         s = self.state
         made = s["history"][index, : int(s["frame"][index])].to("cpu", copy=True)  # never a view of the buffers
-        ends = (made[:, 0] == self.eos).nonzero()
-        return made[: int(ends[0])] if ends.numel() else made
+        return until_end(made, self.eos)
 
     def remove(self, indices: list[int]) -> list[Row]:
         """Take rows out (ended, or cancelled); returns them. Cache columns no row needs any more go too."""
