@@ -39,7 +39,7 @@ from tts_runner.model_store import RANDOM_MARKER
 
 log = logging.getLogger(__name__)
 
-ALIGN_RATE = 16000
+SCORE_RATE = 16000  # what DNSMOS and pocketsphinx both take
 COLUMNS = ("run", "duration_s", "rtf", "generation_s", "retries", "runaways", "lufs", "dnsmos_ovrl", "dnsmos_sig",
            "aligned")
 
@@ -126,8 +126,8 @@ def dnsmos(samples: np.ndarray, rate: int) -> dict:
     import librosa
     from speechmos import dnsmos as model
 
-    audio16 = np.clip(librosa.resample(samples, orig_sr=rate, target_sr=16000), -1.0, 1.0)
-    scores = model.run(audio16, sr=16000)
+    audio16 = np.clip(librosa.resample(samples, orig_sr=rate, target_sr=SCORE_RATE), -1.0, 1.0)
+    scores = model.run(audio16, sr=SCORE_RATE)
     return {"dnsmos_ovrl": round(float(scores["ovrl_mos"]), 2), "dnsmos_sig": round(float(scores["sig_mos"]), 2)}
 
 
@@ -141,12 +141,12 @@ def aligns(samples: np.ndarray, rate: int, text: str) -> bool | None:
     import librosa
     from pocketsphinx import Decoder
 
-    decoder = Decoder(samprate=ALIGN_RATE, loglevel="FATAL", bestpath=False)
+    decoder = Decoder(samprate=SCORE_RATE, loglevel="FATAL", bestpath=False)
     words = _words(text, lambda w: decoder.lookup_word(w) is not None)
     if not words:
         return None
     decoder.set_align_text(words)
-    audio16 = librosa.resample(samples, orig_sr=rate, target_sr=ALIGN_RATE)
+    audio16 = librosa.resample(samples, orig_sr=rate, target_sr=SCORE_RATE)
     peak = float(np.abs(audio16).max(initial=0.0))
     if peak > 0:  # its feature normalisation starts from a loud recording's: quiet speech found no path
         audio16 = audio16 * (0.9 / peak)
@@ -159,7 +159,10 @@ def aligns(samples: np.ndarray, rate: int, text: str) -> bool | None:
 
 
 def score(run: Run, samples: np.ndarray, rate: int) -> None:
-    """The run's DNSMOS and alignment, from its audio."""
+    """The run's DNSMOS and alignment, from its audio (resampled once to the 16 kHz both models take)."""
+    import librosa
+
+    samples, rate = librosa.resample(samples, orig_sr=rate, target_sr=SCORE_RATE), SCORE_RATE
     try:
         run.scores.update(dnsmos(samples, rate))
     except Exception as exc:  # noqa: BLE001 - a score that cannot be had is left empty, said in the log
