@@ -17,8 +17,8 @@ os.environ.setdefault("RUNPOD_LOG_LEVEL", "WARN")
 
 import runpod  # noqa: E402  (reads the level at import)
 
-from tts_runner.scheduler import Ticket  # noqa: E402
-from tts_runner.worker import Worker  # noqa: E402
+from tts_runner.edge.worker import Worker  # noqa: E402
+from tts_runner.serving.scheduler import Ticket  # noqa: E402
 
 WORKER = Worker.from_env()
 _DONE = object()

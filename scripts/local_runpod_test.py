@@ -43,7 +43,7 @@ def build_payload(args: argparse.Namespace) -> dict:
 
 
 def run_local(payload: dict) -> dict:
-    from tts_runner.worker import Worker
+    from tts_runner.edge.worker import Worker
 
     worker = Worker.from_env()
     return worker.handle({"id": "local-test", **payload})

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-PATH = Path(__file__).resolve().parents[1] / "tts_runner" / "decode" / "sampling.py"
+PATH = Path(__file__).resolve().parents[1] / "tts_runner" / "engines" / "sampling.py"
 MUTANTS = {  # name: (text in sampling.py, what it becomes)
     "temperature ignored": ("    warped = scores / temperature\n", "    warped = scores\n"),
     "subtalker settings swapped": ('settings["subtalker_top_k"], settings["subtalker_top_p"], settings["seed"]',

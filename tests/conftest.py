@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.config import FAST
-from tts_runner import config as config_mod
+from tts_runner.edge import config as config_mod
 from tts_runner.tools.tiny_model import build_all
 
 
@@ -41,7 +41,7 @@ def cfg(tiny_env):
 
 @pytest.fixture(scope="session")
 def worker(tiny_env):
-    from tts_runner.worker import Worker
+    from tts_runner.edge.worker import Worker
 
     w = Worker.from_env(FAST)
     assert w.startup_error is None, w.startup_error
@@ -57,7 +57,7 @@ def model(worker):
 def batch_model(tiny_env):
     """A model without a scheduler: the batch path (each job runs its own batches, as the stock
     engine and scheduler.enabled=false do). The scheduled path has its own tests (test_scheduler.py)."""
-    from tts_runner.model_store import ModelStore
+    from tts_runner.serving.store import ModelStore
 
     cfg = config_mod.load(FAST)
     return ModelStore(cfg.models, cfg.runtime, max_batch=16).get("1.7B-CustomVoice")

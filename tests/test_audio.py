@@ -6,7 +6,7 @@ import soundfile as sf
 from mutagen.mp3 import MP3
 
 from tests.helpers.media import agrees, file_seconds
-from tts_runner import audio
+from tts_runner.audio import dsp as audio
 
 
 def test_crossfade_length_arithmetic():

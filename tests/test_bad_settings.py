@@ -6,11 +6,11 @@ import torch
 
 from tests.helpers.config import FAST
 from tests.helpers.env import environment
-from tts_runner import config as config_mod
-from tts_runner import payload as payload_mod
+from tts_runner.audio.sinks import deliver
+from tts_runner.edge import config as config_mod
+from tts_runner.edge import payload as payload_mod
+from tts_runner.edge.worker import Worker
 from tts_runner.errors import InputError, SinkError
-from tts_runner.sinks import deliver
-from tts_runner.worker import Worker
 
 
 def start_up_error(overrides=(), **env) -> str:

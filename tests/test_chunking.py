@@ -1,6 +1,6 @@
 import pytest
 
-from tts_runner.chunking import split_text
+from tts_runner.job.chunking import split_text
 
 
 def test_short_text_is_one_chunk():

@@ -10,7 +10,7 @@ import soundfile as sf
 
 from tests.helpers.config import FAST
 from tests.helpers.servers import REPO, audio_server
-from tts_runner.worker import Worker
+from tts_runner.edge.worker import Worker
 
 ANNA = (REPO / "jobs" / "voices" / "anna.wav").read_bytes()
 ANNA_SAYS = "Hello, I am Anna, and this is how I sound when I read the news."

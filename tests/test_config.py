@@ -5,10 +5,10 @@ import re
 from omegaconf import OmegaConf
 
 from tests.helpers.env import environment
-from tts_runner import config as config_mod
-from tts_runner import payload as payload_mod
-from tts_runner.__main__ import resolve_job
-from tts_runner.sinks import resolve_kind
+from tts_runner.audio.sinks import resolve_kind
+from tts_runner.edge import config as config_mod
+from tts_runner.edge import payload as payload_mod
+from tts_runner.edge.cli import resolve_job
 
 
 def test_defaults_match_the_documented_api():

@@ -9,8 +9,8 @@ import torch
 
 from tests.helpers.config import FAST
 from tests.helpers.decode import GREEDY, SPEAKERS, TEXTS, codes
-from tts_runner import config as config_mod
-from tts_runner.model_store import ModelStore
+from tts_runner.edge import config as config_mod
+from tts_runner.serving.store import ModelStore
 
 FLASH = importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available()
 

@@ -15,8 +15,8 @@ import torch
 from scipy.stats import kstest
 from transformers.cache_utils import DynamicCache
 
-from tts_runner import config as config_mod
-from tts_runner.model_store import ModelStore
+from tts_runner.edge import config as config_mod
+from tts_runner.serving.store import ModelStore
 
 ROWS, FRAMES = 32, 20
 PROMPT = "The same sentence for every row, so that every row samples from one prompt."

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tests.helpers.decode import GREEDY, SPEAKERS, TEXTS, codes
-from tts_runner.model import ChunkRequest
+from tts_runner.serving.model import ChunkRequest
 
 
 @pytest.mark.parametrize("n", [1, 3])
@@ -63,7 +63,7 @@ def test_the_model_runs_jobs_on_the_fast_loop_and_falls_back_on_failure(model, m
         def broken(*args, **kwargs):
             raise RuntimeError("injected fast-loop failure")
 
-        monkeypatch.setattr("tts_runner.decode.fast.generate", broken)
+        monkeypatch.setattr("tts_runner.engines.fast.generate", broken)
         wavs, _ = model.generate([ChunkRequest("Falls back.", "ryan", "english", None)],
                                  {"max_new_tokens": 16, "min_new_tokens": 16})
         assert wavs[0].size == 15 * 1920 and model.engine == "stock"

@@ -8,12 +8,12 @@ from omegaconf import OmegaConf
 
 from tests.helpers.config import FAST
 from tests.helpers.decode import GREEDY, SPEAKERS, TEXTS, codes
-from tts_runner import config as config_mod
-from tts_runner.decode import fast
-from tts_runner.decode.graph import GraphEngine
+from tts_runner.edge import config as config_mod
+from tts_runner.engines import fast
+from tts_runner.engines.graph import GraphEngine
 from tts_runner.errors import ModelError
-from tts_runner.model import ChunkRequest
-from tts_runner.model_store import ModelStore, resolve_engine, resolve_graph, resolve_sync_every
+from tts_runner.serving.model import ChunkRequest
+from tts_runner.serving.store import ModelStore, resolve_engine, resolve_graph, resolve_sync_every
 
 # Buckets 1, 2, 4: a batch of 3 runs in bucket 4 with one spare slot, and shrinks as items end.
 GRAPH = ["runtime.engine=graph", "runtime.graph.buckets=[1,2,4]", "runtime.graph.max_len=160"]
@@ -108,7 +108,7 @@ def test_jobs_run_on_the_graph_engine(graph):
 
 
 def test_a_call_too_big_for_the_buffers_uses_the_fast_loop(graph, caplog):
-    caplog.set_level(logging.INFO, logger="tts_runner.model")
+    caplog.set_level(logging.INFO, logger="tts_runner.serving.model")
     requests = [ChunkRequest(t, s, "english", None) for t, s in zip(TEXTS, SPEAKERS, strict=True)] * 2
     wavs, _ = graph.generate(requests, {"max_new_tokens": 16, "min_new_tokens": 16})  # 6 rows > bucket 4
     assert [w.size for w in wavs] == [15 * 1920] * 6 and graph.engine == "graph"
@@ -179,13 +179,13 @@ def test_buckets_stop_at_the_one_that_holds_the_largest_batch(max_batch, buckets
 
 
 def test_a_batch_above_every_bucket_is_warned_about_at_start_up(caplog):
-    with caplog.at_level(logging.WARNING, logger="tts_runner.model_store"):
+    with caplog.at_level(logging.WARNING, logger="tts_runner.serving.store"):
         assert resolve_graph(OmegaConf.create({"buckets": [1, 8]}), 16)["buckets"] == (1, 8)
     assert "batching.max_batch_size=16 is above the largest graph bucket (8)" in caplog.text
 
 
 def test_the_worker_sizes_the_graph_buckets_by_its_batch(tiny_env):
-    from tts_runner.worker import Worker
+    from tts_runner.edge.worker import Worker
 
     w = Worker.from_env(FAST + GRAPH + ["batching.max_batch_size=4", "runtime.graph.buckets=[1,2,8,16]"])
     assert w.startup_error is None and w.store.graph["buckets"] == (1, 2, 8)
@@ -208,7 +208,7 @@ def test_auto_picks_the_engine_measured_fastest_on_the_device(device, engine):
 
 def test_other_engines_are_not_warned_about_graph_buckets(tiny_env, caplog):
     cfg = config_mod.load(FAST + ["runtime.engine=fast", "runtime.graph.buckets=[1,8]"])
-    with caplog.at_level(logging.WARNING, logger="tts_runner.model_store"):
+    with caplog.at_level(logging.WARNING, logger="tts_runner.serving.store"):
         ModelStore(cfg.models, cfg.runtime, max_batch=16)
     assert "graph bucket" not in caplog.text
 

@@ -5,7 +5,7 @@ import torch
 from scipy.stats import kstest
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
-from tts_runner.decode.sampling import candidates, draw, uniform, warp
+from tts_runner.engines.sampling import candidates, draw, uniform, warp
 
 
 def test_warping_keeps_the_codes_hf_keeps_row_by_row():

@@ -3,7 +3,7 @@
 import pytest
 
 from tests.helpers.servers import REPO, audio_server
-from tts_runner.fetch import FetchError, checked_address, fetch
+from tts_runner.voice.fetch import FetchError, checked_address, fetch
 
 RECORDING = (REPO / "jobs" / "voices" / "anna.wav").read_bytes()
 

@@ -14,8 +14,8 @@ import torch
 
 from tests.helpers.config import FAST
 from tests.helpers.decode import GREEDY, SPEAKERS, TEXTS, codes
-from tts_runner import config as config_mod
-from tts_runner.model_store import ModelStore
+from tts_runner.edge import config as config_mod
+from tts_runner.serving.store import ModelStore
 from tts_runner.tools.bench import AGREEMENT_TEXTS
 
 pytestmark = pytest.mark.gpu
@@ -106,7 +106,7 @@ def test_greedy_agreement_in_bfloat16_is_reported(tiny_env):
 
 def test_a_batch_that_runs_out_of_memory_splits_and_the_worker_answers_the_next_job(tiny_env, caplog):
     """A real CUDA OOM: the process's memory is capped between what one chunk and a batch of 16 need."""
-    from tts_runner.worker import Worker
+    from tts_runner.edge.worker import Worker
 
     worker = Worker(config_mod.load([*CUDA, "runtime.engine=fast", "sampling.max_new_tokens=61",
                                      "sampling.min_new_tokens=61", "batching.max_batch_size=16"]))
@@ -128,7 +128,7 @@ def test_a_batch_that_runs_out_of_memory_splits_and_the_worker_answers_the_next_
     torch.cuda.empty_cache()
     total = torch.cuda.get_device_properties(0).total_memory
     cap = torch.cuda.memory_reserved() + int((need_one * need_batch) ** 0.5)
-    caplog.set_level(logging.WARNING, logger="tts_runner.runner")
+    caplog.set_level(logging.WARNING, logger="tts_runner.job.run")
     torch.cuda.set_per_process_memory_fraction(cap / total)
     try:
         answer = worker.handle(batch)
@@ -147,7 +147,7 @@ def test_the_scheduler_admits_rows_into_captured_graphs_and_codes_equal_stock(ti
     greedy codes in float32 equal the stock library's, each request alone."""
     from tests.test_scheduler import GREEDY as SCHEDULED_GREEDY
     from tests.test_scheduler import JOB_A, JOB_B, request, wait_rounds
-    from tts_runner.scheduler import Ticket
+    from tts_runner.serving.scheduler import Ticket
 
     torch.backends.cuda.matmul.allow_tf32 = False
     cfg = config_mod.load([*FAST, *CUDA, *GRAPH, "runtime.dtype=float32"])

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from tests.helpers.config import NATURAL
 from tests.helpers.servers import runpod_api
-from tts_runner.worker import Worker
+from tts_runner.edge.worker import Worker
 
 VALID = [
     {"text": "Hello there."},

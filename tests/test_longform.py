@@ -14,14 +14,14 @@ from omegaconf import OmegaConf
 from tests.helpers.config import FAST
 from tests.helpers.faults import model_calls
 from tests.helpers.media import agrees
-from tts_runner import config as config_mod
-from tts_runner import payload as payload_mod
+from tts_runner.edge import config as config_mod
+from tts_runner.edge import payload as payload_mod
+from tts_runner.edge.worker import Worker
 from tts_runner.errors import GenerationError
-from tts_runner.model import SAMPLES_PER_FRAME
-from tts_runner.model_store import ModelStore
-from tts_runner.runner import frame_budget, run_job, synthesize
+from tts_runner.job.run import frame_budget, run_job, synthesize
+from tts_runner.serving.model import SAMPLES_PER_FRAME
+from tts_runner.serving.store import ModelStore
 from tts_runner.tools.tiny_model import build_variant
-from tts_runner.worker import Worker
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import contextlib
 import numpy as np
 import pytest
 
-from tts_runner.model import SAMPLES_PER_FRAME, ChunkRequest, length_groups
+from tts_runner.serving.model import SAMPLES_PER_FRAME, ChunkRequest, length_groups
 
 GREEDY = {"do_sample": False, "max_new_tokens": 40, "min_new_tokens": 2}
 

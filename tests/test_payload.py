@@ -4,7 +4,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tts_runner import payload as payload_mod
+from tts_runner.edge import payload as payload_mod
 from tts_runner.errors import InputError
 
 

@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 
 from tests.helpers.servers import REPO
-from tts_runner import report
+from tts_runner.sweeps import report
 
 SPEECH = REPO / "tests" / "fixtures" / "speech"
 SAID = "The quick brown fox jumps over the lazy dog near the river bank."

@@ -10,12 +10,12 @@ from omegaconf import OmegaConf
 from tests.helpers.config import FAST
 from tests.helpers.faults import model_calls
 from tests.helpers.media import agrees
-from tts_runner import config as config_mod
-from tts_runner import payload as payload_mod
+from tts_runner.edge import config as config_mod
+from tts_runner.edge import payload as payload_mod
 from tts_runner.errors import GenerationError, InputError
-from tts_runner.model import SAMPLES_PER_FRAME
-from tts_runner.model_store import ModelStore
-from tts_runner.runner import generate_all, make_batches, plan, synthesize
+from tts_runner.job.run import generate_all, make_batches, plan, synthesize
+from tts_runner.serving.model import SAMPLES_PER_FRAME
+from tts_runner.serving.store import ModelStore
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ import json
 import re
 
 from tests.helpers.servers import REPO
-from tts_runner import config as config_mod
-from tts_runner import payload as payload_mod
+from tts_runner.edge import config as config_mod
+from tts_runner.edge import payload as payload_mod
 
 
 def environment_read() -> set[str]:

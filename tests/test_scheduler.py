@@ -13,10 +13,10 @@ import torch
 
 from tests.helpers.config import FAST, NATURAL
 from tests.helpers.decode import codes as library_codes
+from tts_runner.edge.worker import Worker
 from tts_runner.errors import WorkerBusy
-from tts_runner.model import ChunkRequest
-from tts_runner.scheduler import Scheduler, Ticket
-from tts_runner.worker import Worker
+from tts_runner.serving.model import ChunkRequest
+from tts_runner.serving.scheduler import Scheduler, Ticket
 
 GREEDY = {"do_sample": False, "subtalker_dosample": False, "max_new_tokens": 40, "repetition_penalty": 1.05}
 JOB_A = [("A short one.", "ryan", 6), ("A considerably longer sentence, so that the rows are left-padded.", "vivian", 25),
@@ -38,8 +38,8 @@ def wait_rounds(scheduler: Scheduler, n: int) -> None:
 @pytest.fixture(scope="module")
 def graph_model(tiny_env):
     """The graph engine (run eagerly on the CPU: the code a GPU captures) under a scheduler."""
-    from tts_runner import config as config_mod
-    from tts_runner.model_store import ModelStore
+    from tts_runner.edge import config as config_mod
+    from tts_runner.serving.store import ModelStore
 
     cfg = config_mod.load([*FAST, "runtime.engine=graph", "runtime.graph.buckets=[1,2,4,8]", "runtime.graph.max_len=160"])
     return ModelStore(cfg.models, cfg.runtime, max_batch=8, scheduler=cfg.scheduler).get("1.7B-CustomVoice")
@@ -149,7 +149,7 @@ def test_a_job_that_fails_fails_alone_and_its_neighbours_come_out_as_alone(fresh
 
 def test_a_failed_decode_round_is_retried_and_the_job_succeeds(fresh_worker, monkeypatch):
     worker = fresh_worker()
-    from tts_runner.decode.running import RunningBatch
+    from tts_runner.engines.running import RunningBatch
 
     real, failures = RunningBatch.step, []
 
@@ -209,9 +209,9 @@ def test_a_chunk_too_long_for_the_graph_buffers_runs_on_the_fast_loop_beside_the
 
 def test_a_job_whose_sink_fails_fails_alone(worker, tmp_path):
     """Two jobs share the model's rows; one's sink cannot write (a file where its folder should be)."""
-    from tts_runner import payload as payload_mod
+    from tts_runner.edge import payload as payload_mod
     from tts_runner.errors import SinkError
-    from tts_runner.runner import run_job
+    from tts_runner.job.run import run_job
 
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file")

@@ -4,11 +4,11 @@ one is drawn and returned; a chunk draws the same whichever batch it lands in.""
 import pytest
 
 from tests.helpers.config import FAST
-from tts_runner import config as config_mod
-from tts_runner import payload as payload_mod
-from tts_runner.audio import decode
-from tts_runner.model_store import ModelStore
-from tts_runner.runner import chunk_seed, synthesize
+from tts_runner.audio.dsp import decode
+from tts_runner.edge import config as config_mod
+from tts_runner.edge import payload as payload_mod
+from tts_runner.job.run import chunk_seed, synthesize
+from tts_runner.serving.store import ModelStore
 
 SEGMENTS = [{"text": f"Line {i} of a short dialogue, long enough to sample a few dozen frames."} for i in range(6)]
 

@@ -8,8 +8,8 @@ import pytest
 from tests.helpers.config import FAST
 from tests.helpers.env import environment
 from tests.helpers.servers import free_port, process
-from tts_runner.sinks import object_key
-from tts_runner.worker import Worker
+from tts_runner.audio.sinks import object_key
+from tts_runner.edge.worker import Worker
 
 SECRET = "wrong-secret-key-PLANTED"
 
@@ -74,7 +74,7 @@ def test_an_upload_is_tried_again_until_the_store_answers(tiny_env, caplog):
         worker = Worker.from_env(FAST + ["sink.upload_attempts=6"])
         late.start()
         try:
-            with caplog.at_level("WARNING", logger="tts_runner.sinks"):
+            with caplog.at_level("WARNING", logger="tts_runner.audio.sinks"):
                 out = worker.handle({"id": "late", "input": {"text": "Delivered in the end."}})
             assert "audio_url" in out, out
             assert requests.get(out["audio_url"], timeout=10).content[:4] == b"RIFF"

@@ -14,7 +14,7 @@ import soundfile as sf
 
 from tests.helpers.config import NATURAL
 from tests.helpers.servers import runpod_api
-from tts_runner.worker import Worker
+from tts_runner.edge.worker import Worker
 
 TEXT = ("The first sentence of a streamed job is here. A second one follows it, a little longer than the first. "
         "And a third, so that the segment has several chunks to crossfade.")

@@ -98,9 +98,9 @@ def test_the_runs_of_a_batched_sweep_hand_their_chunks_over_into_one_prefill(mod
     sleep standing for each run's planning); without the hold the first would be admitted alone and
     the others would join it frames later. One run ends without handing anything over (it failed
     before generating): the others are not held for it, and wait() counts it."""
-    from tts_runner import sweeps
-    from tts_runner.model import ChunkRequest
-    from tts_runner.scheduler import Scheduler, Ticket
+    from tts_runner.serving.model import ChunkRequest
+    from tts_runner.serving.scheduler import Scheduler, Ticket
+    from tts_runner.sweeps import runs as sweeps
 
     scheduler = Scheduler(model, max_rows=8, queue_limit=100, sync_every=1)
     admitted: list[int] = []

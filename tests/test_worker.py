@@ -10,8 +10,8 @@ import torch
 from tests.helpers.config import FAST
 from tests.helpers.env import environment
 from tests.helpers.media import file_seconds
-from tts_runner.model import device_broken
-from tts_runner.worker import Worker
+from tts_runner.edge.worker import Worker
+from tts_runner.serving.model import device_broken
 
 
 def test_text_job_returns_wav_matching_its_metadata(worker):
@@ -150,7 +150,7 @@ def test_concurrent_jobs_with_different_voices_and_formats_get_their_own_results
 
 
 def test_each_worker_replaces_the_log_filter_instead_of_stacking_them(tiny_env):
-    from tts_runner.redact import RedactingFilter
+    from tts_runner.edge.redact import RedactingFilter
 
     Worker.from_env(FAST)
     Worker.from_env(FAST)
@@ -167,8 +167,8 @@ def test_text_that_looks_like_an_interpolation_is_spoken_literally(worker, monke
 
 
 @pytest.mark.parametrize("path, loop", [
-    ("scheduler.enabled=true", "tts_runner.decode.running.RunningBatch.step"),  # the scheduler's loop
-    ("scheduler.enabled=false", "tts_runner.decode.fast.generate"),             # one batch per call
+    ("scheduler.enabled=true", "tts_runner.engines.running.RunningBatch.step"),  # the scheduler's loop
+    ("scheduler.enabled=false", "tts_runner.engines.fast.generate"),             # one batch per call
 ])
 def test_a_broken_gpu_fails_the_job_then_the_worker_refuses_work_and_exits(tiny_env, monkeypatch, path, loop):
     """worker-vllm's rule: after a CUDA error that may have broken the context, nothing runs on it."""

@@ -1,4 +1,4 @@
-"""Errors whose messages are fit to show a user. tts_runner.worker turns them into the
+"""Errors whose messages are fit to show a user. tts_runner.edge.worker turns them into the
 endpoint's {"error", "traceback"}; anything else is reported as an internal error."""
 
 

@@ -10,7 +10,7 @@ import subprocess
 import tempfile
 import wave
 
-from tts_runner.audio import ffmpeg_path
+from tts_runner.audio.dsp import ffmpeg_path
 
 
 def file_seconds(data: bytes, fmt: str, rate: int = 24000) -> float:

@@ -49,11 +49,11 @@ from pathlib import Path
 
 import torch
 
-from tts_runner import config as config_mod
-from tts_runner import payload as payload_mod
-from tts_runner.model import ChunkRequest, Model
-from tts_runner.model_store import ModelStore
-from tts_runner.runner import chunk_seed, run_job
+from tts_runner.edge import config as config_mod
+from tts_runner.edge import payload as payload_mod
+from tts_runner.job.run import chunk_seed, run_job
+from tts_runner.serving.model import ChunkRequest, Model
+from tts_runner.serving.store import ModelStore
 
 
 @dataclass

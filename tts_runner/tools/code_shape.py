@@ -106,20 +106,21 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def functions(root: Path = PACKAGE) -> list[Function]:
-    out = []
+    out: list[Function] = []
+
+    def walk(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                args = child.args
+                every = [*args.posonlyargs, *args.args, *args.kwonlyargs]
+                count = len([a for a in every if a.arg not in ("self", "cls")]) + bool(args.vararg) + bool(args.kwarg)
+                out.append(Function(f"{prefix}{child.name}", child.end_lineno - child.lineno + 1, count))
+                walk(child, f"{prefix}{child.name}.")
+            elif isinstance(child, ast.ClassDef):
+                walk(child, f"{prefix}{child.name}.")
+
     for name, path in modules(root).items():
-        def walk(node: ast.AST, prefix: str) -> None:
-            for child in ast.iter_child_nodes(node):
-                if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                    args = child.args
-                    every = [*args.posonlyargs, *args.args, *args.kwonlyargs]
-                    count = len([a for a in every if a.arg not in ("self", "cls")])
-                    count += bool(args.vararg) + bool(args.kwarg)
-                    out.append(Function(f"{name}:{prefix}{child.name}", child.end_lineno - child.lineno + 1, count))
-                    walk(child, f"{prefix}{child.name}.")
-                elif isinstance(child, ast.ClassDef):
-                    walk(child, f"{prefix}{child.name}.")
-        walk(ast.parse(path.read_text()), "")
+        walk(ast.parse(path.read_text()), f"{name}:")
     return out
 
 

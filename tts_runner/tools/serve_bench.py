@@ -57,7 +57,7 @@ class Row:
 
 
 def sentences(n: int, seed: int) -> list[str]:
-    from tts_runner import payload as payload_mod
+    from tts_runner.edge import payload as payload_mod
 
     _, spec = payload_mod.load_job_spec("podcast")
     lines = [s["text"] for s in spec["segments"]]
@@ -258,8 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["QWEN_TTS_MODEL_DIR"] = str(args.model_dir)
     if args.device:
         os.environ["QWEN_TTS_DEVICE"] = args.device
+    from tts_runner.edge.worker import Worker
     from tts_runner.tools.bench import device_name
-    from tts_runner.worker import Worker
 
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("tts_runner").setLevel(logging.WARNING)  # a line per job would bury the table

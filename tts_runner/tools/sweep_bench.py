@@ -9,7 +9,7 @@ A sweep of N temperatures over one job spec (`sampling.seed` fixed), measured tw
    three things, in turns, `--repeats` times each (the medians are printed):
    - *one batched job*: the sweep's own chunk requests (the same texts, voices, seeds and each run's
      settings, so the same frames) handed to the model's scheduler together as one job, and decoded;
-   - *the batched sweep*: each run handed to `tts_runner.sweeps` exactly as `python -m tts_runner -m`
+   - *the batched sweep*: each run handed to `tts_runner.sweeps.runs` exactly as `python -m tts_runner -m`
      hands it (`multirun.batched=true`), all started together, each planning, generating, assembling,
      encoding and writing its files; timed from the start to the last run's end;
    - *one after another*: the same runs, each waiting for the last (`multirun.batched=false`).
@@ -45,8 +45,8 @@ def settings(count: int) -> list[str]:
 
 def run_configs(job: str, values: list[str], seed: int) -> list:
     """The resolved config of each run of the sweep, as the command line resolves it."""
-    from tts_runner import config as config_mod
-    from tts_runner.__main__ import resolve_job
+    from tts_runner.edge import config as config_mod
+    from tts_runner.edge.cli import resolve_job
 
     configs = []
     for value in values:
@@ -59,8 +59,8 @@ class InProcess:
     """The three ways of running the sweep's work on one loaded model."""
 
     def __init__(self, configs: list, folder: Path):
-        from tts_runner.model_store import ModelStore
-        from tts_runner.redact import protect
+        from tts_runner.edge.redact import protect
+        from tts_runner.serving.store import ModelStore
 
         first = configs[0]
         store = ModelStore(first.models, first.runtime, max_batch=int(first.batching.max_batch_size),
@@ -75,9 +75,9 @@ class InProcess:
     def one_job(self) -> tuple[float, float]:
         """Seconds for the sweep's chunks as one job (handed over together, generated, decoded as they
         end), and the seconds of audio they make (before trimming)."""
-        from tts_runner.model import SAMPLE_RATE
-        from tts_runner.runner import prepare, seeded
-        from tts_runner.scheduler import Ticket
+        from tts_runner.job.run import prepare, seeded
+        from tts_runner.serving.model import SAMPLE_RATE
+        from tts_runner.serving.scheduler import Ticket
 
         started = time.perf_counter()
         items = []
@@ -98,8 +98,8 @@ class InProcess:
     def sweep(self, batched: bool) -> float:
         """Seconds for the sweep's runs, started together (batched) or one after another, each run
         whole: plan, generate, assemble, encode, write its audio and result.json."""
-        from tts_runner import sweeps
-        from tts_runner.__main__ import _run
+        from tts_runner.edge.cli import _run
+        from tts_runner.sweeps import runs as sweeps
 
         self.count += 1
         started = time.perf_counter()

@@ -6,7 +6,7 @@ qwen_tts's own classes and saved with `save_pretrained`, so they load through th
 `Qwen3TTSModel.from_pretrained`. Their audio is noise, but every code path is real: text
 tokenizer, batching, speech-tokenizer decode, sample rate and durations.
 
-Each folder carries a marker file (`RANDOM_WEIGHTS`); tts_runner.model_store logs a warning when it
+Each folder carries a marker file (`RANDOM_WEIGHTS`); tts_runner.serving.store logs a warning when it
 loads such a model, so nobody mistakes it for a real one.
 """
 
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tts_runner.library import import_qwen_tts
-from tts_runner.model_store import RANDOM_MARKER
+from tts_runner.engines.library import import_qwen_tts
+from tts_runner.serving.store import RANDOM_MARKER
 
 import_qwen_tts()
 

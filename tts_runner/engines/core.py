@@ -11,8 +11,8 @@ import torch
 from qwen_tts.core.models.modeling_qwen3_tts import apply_rotary_pos_emb
 from transformers.cache_utils import DynamicCache
 
-from tts_runner.decode.cache import StaticCache
-from tts_runner.decode.sampling import RowSettings, draw_subcode
+from tts_runner.engines.cache import StaticCache
+from tts_runner.engines.sampling import RowSettings, draw_subcode
 
 
 @dataclass

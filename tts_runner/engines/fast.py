@@ -23,8 +23,8 @@ from collections.abc import Callable
 
 import torch
 
-from tts_runner.decode.core import Predictor, TalkerResult, frame_embedding, prefill
-from tts_runner.decode.sampling import RowSettings, candidates, next_code
+from tts_runner.engines.core import Predictor, TalkerResult, frame_embedding, prefill
+from tts_runner.engines.sampling import RowSettings, candidates, next_code
 
 
 def _full_batch(hidden: torch.Tensor, codes: torch.Tensor, rows: torch.Tensor, batch: int, eos: int) -> tuple:

@@ -18,11 +18,11 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, relevance
 from omegaconf import DictConfig, OmegaConf
 
-from tts_runner.audio import MP3_MAX_KBPS_BELOW_32K, OPUS_RATES
+from tts_runner.audio.dsp import MP3_MAX_KBPS_BELOW_32K, OPUS_RATES
 from tts_runner.errors import InputError, PayloadError
 
 SCHEMA_PATH = Path(__file__).with_name("payload.schema.json")
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 JOBS_DIR = REPO_ROOT / "jobs"
 
 MAX_DEPTH = 8  # a valid payload nests 3 levels (input.segments[i].text)

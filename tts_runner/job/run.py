@@ -32,12 +32,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from tts_runner import audio, clones, sinks
-from tts_runner.chunking import split_text
+from tts_runner.audio import dsp as audio
+from tts_runner.audio import sinks
 from tts_runner.errors import DeviceFailure, GenerationError, InputError, JobCancelled, SinkError
-from tts_runner.model import SAMPLE_RATE, SAMPLES_PER_FRAME, ChunkRequest, Model
-from tts_runner.scheduler import Ticket
-from tts_runner.voices import resolve_language, resolve_voice
+from tts_runner.job.chunking import split_text
+from tts_runner.serving.model import SAMPLE_RATE, SAMPLES_PER_FRAME, ChunkRequest, Model
+from tts_runner.serving.scheduler import Ticket
+from tts_runner.voice import clones
+from tts_runner.voice.voices import resolve_language, resolve_voice
 
 log = logging.getLogger(__name__)
 

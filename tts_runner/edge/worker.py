@@ -22,15 +22,15 @@ from collections.abc import Iterator
 
 from omegaconf import DictConfig
 
-from tts_runner import config as config_mod
-from tts_runner import payload as payload_mod
+from tts_runner.edge import config as config_mod
+from tts_runner.edge import payload as payload_mod
+from tts_runner.edge.redact import protect, redact
 from tts_runner.errors import DeviceFailure, InputError, TTSError
-from tts_runner.model import SAMPLE_RATE
-from tts_runner.model_store import ModelStore
-from tts_runner.redact import protect, redact
-from tts_runner.runner import run_job
-from tts_runner.scheduler import Ticket
-from tts_runner.stream import stream_job
+from tts_runner.job.run import run_job
+from tts_runner.job.stream import stream_job
+from tts_runner.serving.model import SAMPLE_RATE
+from tts_runner.serving.scheduler import Ticket
+from tts_runner.serving.store import ModelStore
 
 log = logging.getLogger(__name__)
 

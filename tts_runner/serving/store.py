@@ -20,7 +20,7 @@ from tts_runner.errors import InputError, ModelError
 if TYPE_CHECKING:
     import torch
 
-    from tts_runner.model import Model
+    from tts_runner.serving.model import Model
 
 log = logging.getLogger(__name__)
 
@@ -205,12 +205,12 @@ class ModelStore:
         if (path / RANDOM_MARKER).exists():
             log.warning("Model %s at %s has RANDOM weights (built by tts_runner.tools.tiny_model): "
                         "its audio is noise. Use it for tests only.", variant, path)
-        from tts_runner.library import import_qwen_tts
+        from tts_runner.engines.library import import_qwen_tts
 
         import_qwen_tts()  # quietly: its import-time banners say nothing about a job
         from qwen_tts import Qwen3TTSModel
 
-        from tts_runner.model import Model
+        from tts_runner.serving.model import Model
 
         attention = self.runtime.attention
         kwargs = dict(device_map=self.device, dtype=self.dtype,
@@ -221,7 +221,7 @@ class ModelStore:
         except Exception as exc:  # noqa: BLE001 - a corrupt folder can fail in many ways
             raise ModelError(f"Model '{variant}' at {path} could not be loaded: {type(exc).__name__}: {exc}") from exc
         tts.model.eval()
-        from tts_runner.clones import PromptCache
+        from tts_runner.voice.clones import PromptCache
 
         model = Model(tts, kind=self.models.variants[variant].kind, name=variant,
                       engine=self.engine, graph=self.graph,
@@ -239,8 +239,8 @@ class ModelStore:
         """One short generation, so the first job does not pay for lazy initialisation."""
         import numpy as np
 
-        from tts_runner.clones import Reference
-        from tts_runner.model import ChunkRequest
+        from tts_runner.serving.model import ChunkRequest
+        from tts_runner.voice.clones import Reference
 
         started = time.perf_counter()
         speaker = model.speakers[0] if model.speakers else None

@@ -9,6 +9,6 @@ Hugging Face `generate()` (the `stock` engine).
 - `graph`: the `graph` engine, one fixed-shape frame over static buffers, captured as a CUDA graph.
 """
 
-from tts_runner.library import import_qwen_tts
+from tts_runner.engines.library import import_qwen_tts
 
 import_qwen_tts()  # before the submodules import from it: quietly

@@ -6,7 +6,7 @@ context (`stream.left_context_frames` frames before the new ones; the decoder is
 opening of a chunk is there before its end). Finished chunks behind the head wait their turn.
 
 The pieces are exactly the samples the whole job would have: each chunk's silent edges trimmed,
-chunks crossfaded, segments joined with their gap, as tts_runner.runner.Assembler builds them, except
+chunks crossfaded, segments joined with their gap, as tts_runner.job.run.Assembler builds them, except
 loudness matching, which needs a whole segment (a streamed job is left at the level the model made
 it). A sample goes out once nothing to come can change it: not before the first loud window of its
 chunk is known (leading trim), nor within the last loud window + keep (trailing trim) or the last
@@ -30,11 +30,11 @@ import soundfile as sf
 import torch
 from omegaconf import DictConfig
 
-from tts_runner import audio
+from tts_runner.audio import dsp as audio
 from tts_runner.errors import GenerationError, InputError
-from tts_runner.model import SAMPLE_RATE, SAMPLES_PER_FRAME, Model
-from tts_runner.runner import chunk_places, generate_scheduled, prepare, segment_metadata
-from tts_runner.scheduler import Ticket
+from tts_runner.job.run import chunk_places, generate_scheduled, prepare, segment_metadata
+from tts_runner.serving.model import SAMPLE_RATE, SAMPLES_PER_FRAME, Model
+from tts_runner.serving.scheduler import Ticket
 
 
 class StreamAssembler:

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from transformers.cache_utils import DynamicCache
 
-from tts_runner.decode.core import Predictor, frame_embedding, prefill
-from tts_runner.decode.sampling import SETTINGS, RowSettings, candidates, next_code
+from tts_runner.engines.core import Predictor, frame_embedding, prefill
+from tts_runner.engines.sampling import SETTINGS, RowSettings, candidates, next_code
 
 
 @dataclass

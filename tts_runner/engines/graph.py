@@ -30,10 +30,10 @@ from dataclasses import dataclass
 import torch
 from qwen_tts.core.models.modeling_qwen3_tts import apply_multimodal_rotary_pos_emb
 
-from tts_runner.decode.cache import StaticCache
-from tts_runner.decode.core import Predictor, TalkerResult, frame_embedding, layer_step, prefill
-from tts_runner.decode.running import candidates_of, prefill_rows, rows_settings, rows_text, until_end
-from tts_runner.decode.sampling import RowSettings, next_code
+from tts_runner.engines.cache import StaticCache
+from tts_runner.engines.core import Predictor, TalkerResult, frame_embedding, layer_step, prefill
+from tts_runner.engines.running import candidates_of, prefill_rows, rows_settings, rows_text, until_end
+from tts_runner.engines.sampling import RowSettings, next_code
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The runs of a batched sweep: each on a thread of its own, so they share the model's rows through
 its scheduler. Hydra launches the runs one after another; a run handed over here waits until the
-launcher is done (the sweep's end: tts_runner.report.ReportCallback) or `START_AT` runs are waiting,
+launcher is done (the sweep's end: tts_runner.sweeps.report.ReportCallback) or `START_AT` runs are waiting,
 then they all start at once, under a hold on their scheduler's admission (Scheduler.held) until each
 has handed its chunks over (or ended first), so that their chunks meet in the same prefill and the
 same batches from the first frame. A module of its own, so that `python -m tts_runner` (run as
@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from tts_runner.scheduler import Scheduler
+    from tts_runner.serving.scheduler import Scheduler
 
 START_AT = 64  # runs waiting to start: enough to fill the scheduler's rows
 HAND_OVER_SECONDS = 30.0  # the longest a hold waits for the runs to hand their chunks over

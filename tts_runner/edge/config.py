@@ -21,7 +21,7 @@ from tts_runner.errors import InputError
 class SettingError(InputError):
     """A configuration value (conf/, environment, command line) is out of range."""
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def load(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:

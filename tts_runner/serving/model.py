@@ -5,7 +5,7 @@ as one left-padded batch through qwen-tts and returns one waveform per request, 
 model owns two seams into the library, both on this instance only:
 
 - `talker.generate`, where the **engine** runs: `stock` (the library's Hugging Face generate),
-  `fast` or `graph` (tts_runner.decode). Here the end-of-speech floor is raised to
+  `fast` or `graph` (tts_runner.engines). Here the end-of-speech floor is raised to
   `min_new_tokens` (qwen-tts hard-codes 2 and forwards no argument to change it) and each request's
   frame budget reaches the loop;
 - the speech tokenizer's `decode` (codes -> audio): qwen-tts decodes a batch in one call padded to
@@ -32,11 +32,11 @@ import numpy as np
 import torch
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 
-from tts_runner.clones import PromptCache, Reference
-from tts_runner.decode import fast
-from tts_runner.decode.graph import GraphEngine
+from tts_runner.engines import fast
+from tts_runner.engines.graph import GraphEngine
 from tts_runner.errors import DeviceFailure
-from tts_runner.scheduler import Scheduler
+from tts_runner.serving.scheduler import Scheduler
+from tts_runner.voice.clones import PromptCache, Reference
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Voice cloning with the Base models: the reference recording and its clone prompt.
 
 A reference comes from a payload (`ref_audio`: base64 of a WAV, FLAC, MP3 or OGG file, or an
-https:// URL, fetched under tts_runner.fetch's rules) or from a saved voice of the config
+https:// URL, fetched under tts_runner.voice.fetch's rules) or from a saved voice of the config
 (`voices.clones.<name>`: a path or URL only the config sets). Either way it is checked against the
 `cloning` limits (decodable, at least 1 s, at most 30 s, at most 10 MB, not silent), each refusal
 naming where it came from, and brought to mono at 24 kHz. Its clone prompt (the speaker embedding,
@@ -26,12 +26,12 @@ import numpy as np
 import soundfile as sf
 from omegaconf import DictConfig
 
-from tts_runner import audio
+from tts_runner.audio import dsp as audio
 from tts_runner.errors import InputError
-from tts_runner.fetch import FetchError, fetch
+from tts_runner.voice.fetch import FetchError, fetch
 
 RATE = 24000  # what the speaker encoder and the speech tokenizer take
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True, eq=False)

@@ -42,9 +42,9 @@ import torch
 from tts_runner.errors import DeviceFailure, WorkerBusy
 
 if TYPE_CHECKING:
-    from tts_runner.decode.graph import GraphRows
-    from tts_runner.decode.running import RunningBatch
-    from tts_runner.model import ChunkRequest, Model
+    from tts_runner.engines.graph import GraphRows
+    from tts_runner.engines.running import RunningBatch
+    from tts_runner.serving.model import ChunkRequest, Model
 
 log = logging.getLogger(__name__)
 
@@ -219,8 +219,8 @@ class Scheduler:
         self.rounds += 1
 
     def _admit(self, pending: list[Pending]) -> None:
-        from tts_runner.decode.graph import GraphRows
-        from tts_runner.decode.running import Row, RunningBatch
+        from tts_runner.engines.graph import GraphRows
+        from tts_runner.engines.running import Row, RunningBatch
 
         live = [p for p in pending if not p.ticket.cancelled]
         for p in pending:
@@ -262,7 +262,7 @@ class Scheduler:
                     row.tag.future.cancel()
 
     def _fail(self, exc: BaseException, admit: list[Pending]) -> None:
-        from tts_runner.model import device_broken
+        from tts_runner.serving.model import device_broken
 
         touched = [p for p in admit if not p.future.done()]
         for batch in self.batches:

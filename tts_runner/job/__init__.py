@@ -1,0 +1,1 @@
+"""A job's stages: plan, generate, check, assemble, describe, deliver (and stream)."""
