@@ -18,14 +18,13 @@ os.environ.setdefault("RUNPOD_LOG_LEVEL", "WARN")
 import runpod  # noqa: E402  (reads the level at import)
 
 from tts_runner.edge.worker import Worker  # noqa: E402
-from tts_runner.serving.scheduler import Ticket  # noqa: E402
 
 WORKER = Worker.from_env()
 _DONE = object()
 
 
 async def handler(job: dict) -> dict:
-    ticket = Ticket(str(job.get("id", "local")))
+    ticket = WORKER.ticket(job)
     try:
         return await asyncio.to_thread(WORKER.handle, job, ticket)
     except asyncio.CancelledError:
@@ -35,7 +34,7 @@ async def handler(job: dict) -> dict:
 
 async def stream_handler(job: dict):
     """Worker.stream on a thread, its pieces handed over as they come."""
-    ticket = Ticket(str(job.get("id", "local")))
+    ticket = WORKER.ticket(job)
     loop = asyncio.get_running_loop()
     pieces: asyncio.Queue = asyncio.Queue()
 

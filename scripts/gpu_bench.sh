@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything the GPU is needed for, in one device call (issue: "The GPU, observed"), results under $OUT:
-#   1. the CUDA tests (tests/test_gpu.py, marker gpu) on the tiny models, while the CPU builds a
+#   1. the CUDA tests (tests/gpu/test_gpu.py, marker gpu) on the tiny models, while the CPU builds a
 #      random model of the published 1.7B-CustomVoice dimensions (bf16);
 #   2. the bench on that model, bf16, one process: one stream (stock, fast, graph), the 30-minute
 #      podcast chunks -> WAV at batch 64 and 128 (fast, graph), the seed's path (stock, one chunk at
@@ -30,7 +30,7 @@ python3 -c "import torch, transformers, qwen_tts; print('torch', torch.__version
     > "$out/build.log" 2>&1
   echo "model build: exit $?, $(( ($(date +%s%N) - start) / 1000000 )) ms" >> "$out/build.log" ) &
 build=$!
-timeout "${TESTS_TIMEOUT:-200}" python3 -m pytest -m gpu tests/test_gpu.py -q -rA -p no:cacheprovider 2>&1 | tee "$out/gpu-tests.log" \
+timeout "${TESTS_TIMEOUT:-200}" python3 -m pytest -m gpu tests/gpu/test_gpu.py -q -rA -p no:cacheprovider 2>&1 | tee "$out/gpu-tests.log" \
   | tail -30
 wait "$build"
 cat "$out/build.log"

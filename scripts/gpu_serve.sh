@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Serving on the GPU, one device call (issue: "Serve many jobs at once"), results under $OUT:
-#   1. the CUDA tests (tests/test_gpu.py), the scheduler's captured-graph test among them, while the CPU
+#   1. the CUDA tests (tests/gpu/test_gpu.py), the scheduler's captured-graph test among them, while the CPU
 #      builds a random model of the published 1.7B-CustomVoice dimensions (bf16);
 #   2. the serving bench on it: 128 one-sentence requests at concurrency 1, 16 and 64, the scheduler
 #      (graph engine, 64 rows) against one job at a time, plus streamed (time to first audio), and the
@@ -27,7 +27,7 @@ fi
     > "$out/build.log" 2>&1; echo "model build: exit $?" >> "$out/build.log" ) &
 build=$!
 if [[ -z "${TINY:-}" ]]; then
-  timeout "${TESTS_TIMEOUT:-200}" python3 -m pytest -m gpu tests/test_gpu.py -q -rA -p no:cacheprovider 2>&1 \
+  timeout "${TESTS_TIMEOUT:-200}" python3 -m pytest -m gpu tests/gpu/test_gpu.py -q -rA -p no:cacheprovider 2>&1 \
     | tee "$out/gpu-tests.log" | tail -20
 fi
 wait "$build"

@@ -1,5 +1,5 @@
-"""Break the decode core's sampler on purpose, one way at a time, and show that the distribution
-test (tests/test_decode_distribution.py) fails for each: `python scripts/sampler_mutants.py`.
+"""Break the engines' sampler (tts_runner/engines/draw.py) on purpose, one way at a time, and show that the distribution
+test (tests/unit/engines/test_distribution.py) fails for each: `python scripts/sampler_mutants.py`.
 The source file is restored afterwards, whatever happens."""
 
 import os
@@ -7,14 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-PATH = Path(__file__).resolve().parents[1] / "tts_runner" / "engines" / "sampling.py"
-MUTANTS = {  # name: (text in sampling.py, what it becomes)
+PATH = Path(__file__).resolve().parents[1] / "tts_runner" / "engines" / "draw.py"
+MUTANTS = {  # name: (text in draw.py, what it becomes)
     "temperature ignored": ("    warped = scores / temperature\n", "    warped = scores\n"),
-    "subtalker settings swapped": ('settings["subtalker_top_k"], settings["subtalker_top_p"], settings["seed"]',
-                                   'settings["top_k"], settings["top_p"], settings["seed"]'),
+    "subtalker settings swapped": ('sampling["subtalker_top_k"], sampling["subtalker_top_p"], sampling["seed"]',
+                                   'sampling["top_k"], sampling["top_p"], sampling["seed"]'),
     "penalty ignored": ("    scores = torch.where(seen, torch.where(scores < 0, scores * penalty, scores / penalty), "
                         "scores)\n", ""),
-    "floor ignored": ('    end.masked_fill_(frame < settings["min_new_tokens"], float("-inf"))', "    pass"),
+    "floor ignored": ('    end.masked_fill_(frame < sampling["min_new_tokens"], float("-inf"))', "    pass"),
     "suppression ignored": ('    scores = scores.masked_fill(blocked, float("-inf"))\n', ""),
 }
 
@@ -27,7 +27,7 @@ def main() -> int:
             assert original.count(before) == 1, f"{name}: the text to change is not in {PATH.name}"
             PATH.write_text(original.replace(before, after))
             out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:warnings",
-                                  "tests/test_decode_distribution.py"], capture_output=True, text=True,
+                                  "tests/unit/engines/test_distribution.py"], capture_output=True, text=True,
                                  cwd=PATH.parents[2], env=os.environ).stdout
             failed = [line.split("[", 1)[1].rstrip("]") for line in out.splitlines() if line.startswith("FAILED")]
             print(f"{name}: {out.strip().splitlines()[-1]}" + "".join(f"\n    {f}" for f in failed), flush=True)

@@ -1,5 +1,9 @@
 """Shared fixtures: tiny random-weight models built once per session by tts_runner.tools.tiny_model
-and loaded through the real Qwen3TTSModel.from_pretrained path, on the CPU."""
+and loaded through the real Qwen3TTSModel.from_pretrained path, on the CPU.
+
+The suite mirrors the package: tests/unit/<folder>/ for each folder of tts_runner/, tests/e2e/ for
+the entry points as a user meets them (the worker, HTTP, the command line, long and hostile jobs),
+tests/gpu/ for CUDA only (marker `gpu`), tests/helpers/ for what several modules share."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.config import FAST
+from tests.helpers.config import FAST, load_model
 from tts_runner.edge import config as config_mod
 from tts_runner.tools.tiny_model import build_all
 
@@ -56,20 +60,18 @@ def model(worker):
 @pytest.fixture(scope="session")
 def batch_model(tiny_env):
     """A model without a scheduler: the batch path (each job runs its own batches, as the stock
-    engine and scheduler.enabled=false do). The scheduled path has its own tests (test_scheduler.py)."""
-    from tts_runner.serving.store import ModelStore
-
-    cfg = config_mod.load(FAST)
-    return ModelStore(cfg.models, cfg.runtime, max_batch=16).get("1.7B-CustomVoice")
+    engine and scheduler.enabled=false do). The scheduled path has its own tests (unit/serving/test_scheduler.py)."""
+    return load_model(["scheduler.enabled=false"])
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `gpu` are skipped where CUDA is absent (CI has no GPU)."""
+    """Tests under tests/gpu/ carry the `gpu` marker, and tests marked `gpu` are skipped where CUDA is
+    absent (CI has no GPU)."""
     import torch
 
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs CUDA (marker gpu)")
+    skip = None if torch.cuda.is_available() else pytest.mark.skip(reason="needs CUDA (marker gpu)")
     for item in items:
-        if "gpu" in item.keywords:
+        if "tests/gpu/" in item.nodeid:
+            item.add_marker(pytest.mark.gpu)
+        if skip is not None and "gpu" in item.keywords:
             item.add_marker(skip)

@@ -1,5 +1,5 @@
-"""Errors whose messages are fit to show a user. tts_runner.edge.worker turns them into the
-endpoint's {"error", "traceback"}; anything else is reported as an internal error."""
+"""Errors whose messages are fit to show a user. The worker (tts_runner/edge/worker.py) turns them into
+the endpoint's {"error", "traceback"}; anything else is reported as an internal error."""
 
 
 class TTSError(Exception):
@@ -8,6 +8,10 @@ class TTSError(Exception):
 
 class InputError(TTSError):
     """The payload or job spec is invalid."""
+
+
+class SettingError(InputError):
+    """A configuration value (conf/, environment, command line) is out of range."""
 
 
 class ModelError(TTSError):

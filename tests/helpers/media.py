@@ -10,7 +10,15 @@ import subprocess
 import tempfile
 import wave
 
-from tts_runner.audio.dsp import ffmpeg_path
+import numpy as np
+
+from tts_runner.audio.formats import ffmpeg_path
+
+
+def tone(seconds: float, rate: int = 24000, level: float = 0.3, hz: float = 440.0) -> np.ndarray:
+    """A sine of `hz` at `level`, `seconds` long."""
+    t = np.arange(int(round(seconds * rate))) / rate
+    return (level * np.sin(2 * np.pi * hz * t)).astype(np.float32)
 
 
 def file_seconds(data: bytes, fmt: str, rate: int = 24000) -> float:

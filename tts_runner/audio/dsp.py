@@ -1,23 +1,13 @@
-"""Assembly and encoding: chunks (trimmed) -> segment (crossfaded, loudness-matched) -> job (joined)
--> resampled -> WAV, MP3, FLAC, Ogg Opus or raw PCM bytes. Reads the `audio` config group and
-`chunking.crossfade_ms` / `segment_gap_ms`."""
+"""Signal processing on float samples: trimming silence, crossfading chunks, joining segments,
+loudness (ITU-R BS.1770) under a true-peak ceiling, resampling. Pure functions of arrays; the job's
+assemble stage (tts_runner/job/assemble.py) decides what to apply."""
 
 from __future__ import annotations
 
 import functools
-import io
-import shutil
-import subprocess
-import warnings
 
 import numpy as np
-import soundfile as sf
 
-from tts_runner.errors import SinkError
-
-FORMATS = ("wav", "mp3", "flac", "opus", "pcm")
-OPUS_RATES = (8000, 12000, 16000, 24000, 48000)  # the rates Opus codes
-MP3_MAX_KBPS_BELOW_32K = 160  # MPEG-2 layer III (16 to 24 kHz) stops at 160 kbps; 320 needs 32 kHz or more
 WINDOW_MS = 10  # trimming looks at the level of 10 ms windows
 
 
@@ -241,64 +231,3 @@ def join_segments(segments: list[np.ndarray], sample_rate: int, gap_ms: float) -
     spans = [(round(at / sample_rate, 3), round((at + s.size) / sample_rate, 3))
              for at, s in zip(starts, segments, strict=True)]
     return (np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)), spans
-
-
-def encode(audio: np.ndarray, sample_rate: int, fmt: str, mp3_bitrate: int = 128) -> bytes:
-    """Mono 16-bit audio as WAV, FLAC, Ogg Opus, raw PCM (little-endian) or MP3 (ffmpeg, at
-    `mp3_bitrate` kbps). Opus takes 8, 12, 16, 24 or 48 kHz."""
-    pcm = np.clip(audio, -1.0, 1.0, dtype=np.float32)  # the job's audio is finite: every chunk was checked
-    pcm[np.isnan(pcm)] = 0.0  # (but the encoder must never pass a NaN on)
-    if fmt == "pcm":
-        return (np.round(pcm * 32767)).astype("<i2").tobytes()
-    if fmt in ("flac", "opus"):
-        out = io.BytesIO()
-        if fmt == "opus" and sample_rate not in OPUS_RATES:
-            raise ValueError(f"Opus codes {', '.join(map(str, OPUS_RATES))} Hz, not {sample_rate}")
-        sf.write(out, pcm, sample_rate, format="FLAC" if fmt == "flac" else "OGG",
-                 subtype="PCM_16" if fmt == "flac" else "OPUS")
-        return out.getvalue()
-    buf = io.BytesIO()
-    sf.write(buf, pcm, sample_rate, format="WAV", subtype="PCM_16")
-    if fmt == "wav":
-        return buf.getvalue()
-    if fmt == "mp3":
-        with warnings.catch_warnings():  # pydub warns at import when ffmpeg is not on PATH
-            warnings.simplefilter("ignore", RuntimeWarning)
-            from pydub import AudioSegment
-        AudioSegment.converter = ffmpeg_path()
-        segment = AudioSegment.from_wav(io.BytesIO(buf.getvalue()))
-        out = io.BytesIO()
-        segment.export(out, format="mp3", bitrate=f"{int(mp3_bitrate)}k")
-        return out.getvalue()
-    raise ValueError(f"unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
-
-
-def decode(data: bytes, fmt: str) -> tuple[np.ndarray, int]:
-    """Decode encoded audio back to float samples (MP3 through ffmpeg)."""
-    if fmt == "mp3":
-        proc = subprocess.run(
-            [ffmpeg_path(), "-hide_banner", "-loglevel", "error", "-f", "mp3", "-i", "pipe:0",
-             "-f", "wav", "-acodec", "pcm_s16le", "pipe:1"],
-            input=data, capture_output=True, check=False,
-        )
-        if proc.returncode != 0:
-            raise SinkError(f"ffmpeg could not decode the MP3: {proc.stderr.decode(errors='replace')[:300]}")
-        data = proc.stdout
-    samples, sample_rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
-    return samples, sample_rate
-
-
-@functools.cache
-def ffmpeg_path() -> str:
-    """ffmpeg from PATH, else the binary the imageio-ffmpeg package bundles."""
-    found = shutil.which("ffmpeg")
-    if found:
-        return found
-    try:
-        import imageio_ffmpeg
-
-        return imageio_ffmpeg.get_ffmpeg_exe()
-    except Exception as exc:  # noqa: BLE001 - any failure means: no ffmpeg
-        raise SinkError(
-            "MP3 needs ffmpeg: install it (apt-get install ffmpeg) or the imageio-ffmpeg package."
-        ) from exc

@@ -1,6 +1,6 @@
 """Where the encoded audio goes: inline base64, an S3 presigned URL, or a file.
 
-Reads the `sink` config group. `auto` picks S3 when a bucket and both credentials are set, and
+Takes the `sink` config group as a `Sink`. `auto` picks S3 when a bucket and both credentials are set, and
 base64 otherwise. `check()` says what is missing before any audio is made. An upload that fails for
 a reason that may pass (no connection, a timeout, a 5xx, throttling) is tried again, a bounded
 number of times with growing pauses; a refusal (bad credentials, no such bucket) is not. Object
@@ -15,9 +15,8 @@ import logging
 import re
 import secrets
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-
-from omegaconf import DictConfig
 
 from tts_runner.errors import SinkError
 
@@ -30,17 +29,36 @@ KINDS = ("auto", "base64", "s3", "file")
 PASSING = {"RequestTimeout", "RequestTimeTooSkewed", "SlowDown", "ServiceUnavailable", "InternalError", "Throttling"}
 
 
-def resolve_kind(sink: DictConfig) -> str:
+@dataclass(frozen=True)
+class Sink:
+    """Where a job's audio goes, and what each kind needs (credentials never in a repr)."""
+
+    kind: str = "auto"                 # auto | base64 | s3 | file
+    max_inline_bytes: int = 15_000_000  # base64: the largest answer
+    bucket: str | None = None
+    access_key: str | None = field(default=None, repr=False)
+    secret_key: str | None = field(default=None, repr=False)
+    endpoint_url: str | None = None
+    region: str | None = "us-east-1"
+    prefix: str = "tts-output/"
+    url_expiry_seconds: int = 3600
+    upload_attempts: int = 4
+    upload_backoff_seconds: float = 0.5
+    dir: Path | None = None            # file: the folder (None: ./outputs)
+    keep: Path | None = None           # where the audio is written when delivery fails (None: nowhere)
+
+
+def resolve_kind(sink: Sink) -> str:
     if sink.kind != "auto":
         return sink.kind
     return "s3" if s3_configured(sink) else "base64"
 
 
-def s3_configured(sink: DictConfig) -> bool:
-    return all(sink.get(k) for k in ("bucket", "access_key", "secret_key"))
+def s3_configured(sink: Sink) -> bool:
+    return bool(sink.bucket and sink.access_key and sink.secret_key)
 
 
-def check(sink: DictConfig) -> None:
+def check(sink: Sink) -> None:
     """What can be known before any audio is made: the kind exists, and S3 has what it needs."""
     if sink.kind not in KINDS:
         raise SinkError(f"Unknown sink kind '{sink.kind}'; use auto, base64, s3 or file.")
@@ -48,16 +66,26 @@ def check(sink: DictConfig) -> None:
         raise SinkError("The s3 sink needs S3_BUCKET, S3_ACCESS_KEY and S3_SECRET_KEY to be set.")
 
 
-def deliver(data: bytes, fmt: str, sink: DictConfig, job_id: str, name: str = "tts",
-            out_dir: Path | None = None) -> dict:
-    """Send the audio; return the response fields that point to it."""
+def deliver(data: bytes, fmt: str, sink: Sink, job_id: str, name: str = "tts") -> dict:
+    """Send the audio; return the response fields that point to it. When it fails and the sink
+    says where to keep the audio, it is written there and the error says so."""
+    try:
+        return _send(data, fmt, sink, job_id, name)
+    except SinkError as exc:
+        if sink.keep is None:
+            raise
+        kept = write_file(data, fmt, sink.keep, name)
+        raise SinkError(f"{exc} The audio is kept at {kept}.") from None
+
+
+def _send(data: bytes, fmt: str, sink: Sink, job_id: str, name: str) -> dict:
     kind = resolve_kind(sink)
     if kind == "base64":
         return {"audio_base64": inline(data, fmt, sink.max_inline_bytes)}
     if kind == "s3":
         return {"audio_url": upload_s3(data, fmt, sink, job_id)}
     if kind == "file":
-        return {"audio_path": str(write_file(data, fmt, Path(sink.dir or out_dir or "outputs"), name))}
+        return {"audio_path": str(write_file(data, fmt, Path(sink.dir or "outputs"), name))}
     raise SinkError(f"Unknown sink kind '{kind}'; use auto, base64, s3 or file.")
 
 
@@ -79,7 +107,7 @@ def object_key(prefix: str, job_id: str, fmt: str) -> str:
     return f"{prefix}{safe_id}-{secrets.token_hex(8)}.{fmt}"
 
 
-def upload_s3(data: bytes, fmt: str, sink: DictConfig, job_id: str) -> str:
+def upload_s3(data: bytes, fmt: str, sink: Sink, job_id: str) -> str:
     """Upload, then return a presigned GET URL valid for sink.url_expiry_seconds."""
     if not s3_configured(sink):
         raise SinkError("The s3 sink needs S3_BUCKET, S3_ACCESS_KEY and S3_SECRET_KEY to be set.")
@@ -98,7 +126,7 @@ def upload_s3(data: bytes, fmt: str, sink: DictConfig, job_id: str) -> str:
     )
     key = object_key(sink.prefix, job_id, fmt)
     where = f"bucket '{sink.bucket}'" + (f" at {sink.endpoint_url}" if sink.endpoint_url else "")
-    attempts = max(1, int(sink.get("upload_attempts", 1)))
+    attempts = max(1, int(sink.upload_attempts))
     for attempt in range(1, attempts + 1):
         try:
             client.put_object(Bucket=sink.bucket, Key=key, Body=data, ContentType=CONTENT_TYPES[fmt])
@@ -115,7 +143,7 @@ def upload_s3(data: bytes, fmt: str, sink: DictConfig, job_id: str) -> str:
             problem, passing = f"{type(exc).__name__}: {exc}", True
         if not passing or attempt == attempts:
             break
-        pause = float(sink.get("upload_backoff_seconds", 0.5)) * 2 ** (attempt - 1)
+        pause = float(sink.upload_backoff_seconds) * 2 ** (attempt - 1)
         log.warning("S3 upload to %s failed (attempt %d of %d: %s); trying again in %.1f s", where, attempt,
                     attempts, problem, pause)
         time.sleep(pause)

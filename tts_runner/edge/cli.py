@@ -1,6 +1,6 @@
 """Command line: `python -m tts_runner +job=jobs/podcast.yaml [key=value ...]`, `-m` for sweeps.
 
-Runs the job graph in-process and writes into the Hydra run directory: the audio (file sink)
+Runs the job in-process, stage by stage, and writes into the Hydra run directory: the audio (file sink)
 and result.json with the metadata and the resolved config. `--help` and `--cfg job` are answered
 here, quickly (no model code is imported for them); everything else goes to Hydra.
 """
@@ -14,66 +14,56 @@ import sys
 from pathlib import Path
 
 import hydra
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from tts_runner.audio import sinks
+from tts_runner.edge import build, payload
 from tts_runner.edge import config as config_mod
-from tts_runner.edge import payload as payload_mod
+from tts_runner.edge.jobs import Edge, as_config
 from tts_runner.edge.redact import protect, redact
-from tts_runner.errors import InputError, PayloadError, TTSError
-from tts_runner.serving.store import check_model_folder
+from tts_runner.errors import TTSError
+from tts_runner.job.spec import Job
 from tts_runner.sweeps import runs as sweeps
 
 log = logging.getLogger("tts_runner")
 _STORES: dict = {}  # one ModelStore per process and settings: multirun jobs reuse loaded models
 
 
-def resolve_job(cfg: DictConfig, cli_overrides: list[str]) -> DictConfig:
-    """Merge the job spec (+job=...), re-apply command-line overrides on top, and check everything
-    that can be checked before a model is loaded: the job spec, the resulting job, the settings,
-    the sink. Errors name what the user typed: the job spec's fields, or config keys."""
+def resolve_job(cfg: DictConfig, cli_overrides: list[str], keep: Path | None = None) -> Job:
+    """The job of the command line: the job spec (+job=...) with the command-line overrides over it,
+    checked as far as it can be before a model is loaded (the settings, the sink, the job, the model's
+    folder). Errors name what the user typed: the job spec's fields, or config keys. `keep`: the run
+    folder (the file sink writes there, and a failed delivery keeps the audio there)."""
     pins = config_mod.pinned_overrides(cfg, cli_overrides)
-    validator = payload_mod.build_validator(cfg)
-    if cfg.get("job"):
-        name, spec = payload_mod.load_job_spec(str(cfg.job))
-        try:
-            payload_mod.validate(spec, validator, cfg.limits.max_total_chars)
-        except PayloadError as exc:
-            raise InputError(f"Invalid job spec '{name}' at {exc.path}: {exc.detail}") from None
-        cfg = payload_mod.merge(cfg, spec)
-        cfg.input.name = name
-    cfg = config_mod.apply_pins(cfg, pins)
-    config_mod.check(cfg)
-    try:
-        payload_mod.validate(payload_mod.from_config(cfg), validator, cfg.limits.max_total_chars)
-    except PayloadError as exc:
-        key = payload_mod.config_key(exc.path)
-        raise InputError(f"Invalid setting {key}: {exc.detail}" if key else str(exc)) from None
-    sinks.check(cfg.sink)
-    check_model_folder(cfg.models, cfg.input.model)
-    return cfg
+    edge = Edge(cfg, keep)
+    name, spec = payload.load_job_spec(str(cfg.job)) if cfg.get("job") else (None, None)
+    job = edge.cli_job(spec, name, pins)
+    build.catalog(cfg.models).check(job.model)
+    return job
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="cli")
+def _store(cfg: DictConfig):
+    """The process's model store for these settings (multirun jobs reuse loaded models)."""
+    key = "\n".join(OmegaConf.to_yaml(cfg[group]) for group in ("models", "runtime", "scheduler", "cloning"))
+    key += f"\nmax_batch_size: {cfg.batching.max_batch_size}"
+    if key not in _STORES:
+        _STORES[key] = build.model_store(cfg)  # the model code loads only when a job runs
+    return _STORES[key]
+
+
+@hydra.main(version_base="1.3", config_path=str(config_mod.CONF_DIR), config_name="cli")
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
-    secrets = protect(cfg.sink)
+    secrets = protect([cfg.sink.get("access_key"), cfg.sink.get("secret_key")])
     try:
-        cfg = resolve_job(cfg, list(hydra_cfg.overrides.task))
-        # what Hydra saved is the config before the job was merged: save the job that runs instead
+        job = resolve_job(cfg, list(hydra_cfg.overrides.task), keep=out_dir)
+        # what Hydra saved is the config before the job was read: save the job that runs instead
         saved = out_dir / hydra_cfg.output_subdir / "config.yaml" if hydra_cfg.output_subdir else None
         if saved and saved.parent.is_dir():
-            saved.write_text(OmegaConf.to_yaml(cfg))
-        from tts_runner.serving.store import ModelStore  # the model code loads only when a job runs
-
-        max_batch = int(cfg.batching.max_batch_size)
-        key = OmegaConf.to_yaml(cfg.models) + OmegaConf.to_yaml(cfg.runtime) + OmegaConf.to_yaml(cfg.scheduler)
-        if key not in _STORES:
-            _STORES[key] = ModelStore(cfg.models, cfg.runtime, max_batch=max_batch, cloning=cfg.cloning,
-                                    scheduler=cfg.scheduler)
-        model = _STORES[key].get(cfg.input.model)
+            saved.write_text(yaml.safe_dump(as_config(cfg, job, resolve=False), sort_keys=False))
+        model = _store(cfg).get(job.model)
     except TTSError as exc:
         log.error("%s", redact(str(exc), secrets))
         _drop_if_empty(out_dir)
@@ -81,9 +71,9 @@ def main(cfg: DictConfig) -> None:
     if batched(cfg, hydra_cfg) and model.scheduler is not None:
         # a sweep's runs share the model's rows: this run starts with the others once Hydra has
         # launched them all (tts_runner.sweeps.runs), and the sweep's end waits for them
-        sweeps.submit(_run, cfg, model, out_dir, secrets, scheduler=model.scheduler)
+        sweeps.submit(run, job, cfg, model, out_dir, secrets, scheduler=model.scheduler)
         return
-    if not _run(cfg, model, out_dir, secrets):
+    if not run(job, cfg, model, out_dir, secrets):
         raise SystemExit(2)
 
 
@@ -95,17 +85,17 @@ def batched(cfg: DictConfig, hydra_cfg) -> bool:
             and launcher.endswith("BasicLauncher"))
 
 
-def _run(cfg: DictConfig, model, out_dir: Path, secrets) -> bool:
+def run(job: Job, cfg: DictConfig, model, out_dir: Path, secrets: list[str]) -> bool:
     """Run the job, write result.json, say where; False (and the error logged) when it failed."""
     from tts_runner.job.run import run_job
 
     try:
-        response, _ = run_job(cfg, model, job_id=cfg.input.name, out_dir=out_dir, keep=out_dir)
+        response, _ = run_job(job, model)
     except TTSError as exc:
         log.error("%s", redact(str(exc), secrets))
         _drop_if_empty(out_dir)
         return False
-    record = {**response, "config": OmegaConf.to_container(cfg, resolve=True)}
+    record = {**response, "config": as_config(cfg, job)}
     if "audio_base64" in record:
         record["audio_base64_length"] = len(record.pop("audio_base64"))
     result_path = out_dir / "result.json"
@@ -127,7 +117,7 @@ def _drop_if_empty(out_dir: Path) -> None:
 def help_text() -> str:
     """Our --help: the jobs, the config groups and their options, examples."""
     jobs = []
-    for path in sorted(payload_mod.JOBS_DIR.glob("*.yaml")):
+    for path in sorted(payload.JOBS_DIR.glob("*.yaml")):
         first = next((line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")), "")
         jobs.append(f"  {path.stem:<10} {first}")
     groups = []
@@ -172,12 +162,12 @@ def _flags_first(argv: list[str]) -> list[str]:
 
 
 def print_job(argv: list[str]) -> None:
-    """`--cfg job`: the config with the job spec and the command line merged, as it would run."""
+    """`--cfg job`: the config with the job spec and the command line in it, as it would run."""
     resolve = "--resolve" in argv
     skip = {"--cfg", "-c", "job", "--cfg=job", "--resolve"}
     overrides = [a for a in argv if a not in skip and not a.startswith("-")]
-    cfg = resolve_job(config_mod.load(overrides, config_name="cli"), overrides)
-    print(OmegaConf.to_yaml(cfg, resolve=resolve), end="")
+    cfg = config_mod.load(overrides, config_name="cli")
+    print(yaml.safe_dump(as_config(cfg, resolve_job(cfg, overrides), resolve=resolve), sort_keys=False), end="")
 
 
 def cli(argv: list[str]) -> int:

@@ -2,7 +2,8 @@
 
 Lowest first: conf defaults < environment (${oc.env:...} in conf/) < job (payload or job spec)
 < command-line overrides. Hydra applies command-line overrides while composing, before the job
-spec is known, so the CLI pins the values it set and puts them back after merging the job.
+spec is known, so the command line's values are pinned (`pinned_overrides`) and laid over the job
+by the edge (tts_runner/edge/jobs.py) once the spec is read.
 """
 
 from __future__ import annotations
@@ -14,12 +15,6 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
-
-from tts_runner.errors import InputError
-
-
-class SettingError(InputError):
-    """A configuration value (conf/, environment, command line) is out of range."""
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -38,33 +33,5 @@ def pinned_overrides(cfg: DictConfig, overrides: Sequence[str]) -> dict[str, Any
         if key == "job" or key.startswith("hydra") or override.is_delete():
             continue
         node = OmegaConf.select(cfg, key, throw_on_missing=False)
-        pins[key] = OmegaConf.to_container(node) if isinstance(node, DictConfig) else node
+        pins[key] = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
     return pins
-
-
-def apply_pins(cfg: DictConfig, pins: dict[str, Any]) -> DictConfig:
-    for key, value in pins.items():
-        OmegaConf.update(cfg, key, value, merge=False, force_add=True)
-    return cfg
-
-
-def check(cfg: DictConfig) -> None:
-    """The settings of `batching` and `audio` that no payload carries: each bad one is one clear
-    error at start-up (the worker) or before anything runs (the command line)."""
-    def number(path: str, value, low: float, high: float, nullable: bool = False) -> None:
-        if value is None and nullable:
-            return
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-            allowed = f"a number from {low} to {high}" + (" or null" if nullable else "")
-            raise SettingError(f"Invalid setting {path}={value!r}: use {allowed}.")
-
-    batching, post = cfg.batching, cfg.audio
-    if batching.runaway not in ("retry", "keep"):
-        raise SettingError(f"Invalid setting batching.runaway={batching.runaway!r}: use retry or keep.")
-    budget = batching.frame_budget
-    number("batching.frame_budget.seconds_per_char", budget.seconds_per_char, 0.001, 10, nullable=True)
-    number("batching.frame_budget.factor", budget.factor, 0.1, 100)
-    number("batching.frame_budget.margin_seconds", budget.margin_seconds, 0, 600)
-    number("audio.trim.threshold_db", post.trim.threshold_db, -120, 0, nullable=True)
-    number("audio.trim.keep_ms", post.trim.keep_ms, 0, 1000)
-    number("audio.true_peak_dbtp", post.true_peak_dbtp, -20, 0)

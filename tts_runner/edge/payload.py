@@ -1,15 +1,17 @@
-"""The edge: validate a job's input (RunPod payload or job spec) and merge it onto the config.
+"""A job's input (a RunPod payload, or a job spec), checked: payload.schema.json with the limits of
+the `limits` group filled in, and the rules a schema cannot say. Each error names the JSON path of
+the offending field and what is allowed, without echoing large values back.
 
-Validation is done once, here, against payload.schema.json with the limits of the `limits`
-config group filled in. Everything past this module trusts its input. Each error names the
-JSON path of the offending field and what is allowed, without echoing large values back.
+`FIELDS` says where each field of the input sits in the config (conf defaults, environment, command
+line): the edge reads a job's defaults from there (`defaults`), lays the payload and the command
+line's values over them, and names config keys in the command line's errors (`config_key`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, relevance
 from omegaconf import DictConfig, OmegaConf
 
-from tts_runner.audio.dsp import MP3_MAX_KBPS_BELOW_32K, OPUS_RATES
+from tts_runner.audio.formats import MP3_MAX_KBPS_BELOW_32K, OPUS_RATES
 from tts_runner.errors import InputError, PayloadError
 
 SCHEMA_PATH = Path(__file__).with_name("payload.schema.json")
@@ -27,11 +29,15 @@ JOBS_DIR = REPO_ROOT / "jobs"
 
 MAX_DEPTH = 8  # a valid payload nests 3 levels (input.segments[i].text)
 
-# params.* fields that are not sampling settings
-_INPUT_PARAMS = ("language", "instruct")
-_INPUT_FIELDS = ("text", "segments", "voice", "model", "output_format", "ref_audio", "ref_text", "stream")
-# payload fields that set the `audio` config group
-_AUDIO_FIELDS = ("sample_rate", "mp3_bitrate", "loudness_lufs")
+# Each field of a job's input and the config key that holds its default; params.* not listed here
+# sit in the `sampling` group under their own name.
+FIELDS = {
+    "text": "input.text", "segments": "input.segments", "voice": "input.voice", "model": "input.model",
+    "output_format": "input.output_format", "ref_audio": "input.ref_audio", "ref_text": "input.ref_text",
+    "stream": "input.stream", "sample_rate": "audio.sample_rate", "mp3_bitrate": "audio.mp3_bitrate",
+    "loudness_lufs": "audio.loudness_lufs", "params.language": "input.language", "params.instruct": "input.instruct",
+}
+SAMPLING_GROUP = "sampling"
 
 
 def build_validator(cfg: DictConfig) -> Draft202012Validator:
@@ -94,72 +100,69 @@ def config_key(path: str) -> str | None:
     if path == "$":
         return None
     key = path.removeprefix("$.")
-    if key.startswith("params."):
-        name = key.removeprefix("params.")
-        return f"input.{name}" if name.split(".")[0] in _INPUT_PARAMS else f"sampling.{name}"
-    if key.split(".")[0].split("[")[0] in _AUDIO_FIELDS:
-        return f"audio.{key}"
-    return f"input.{key}"
+    head, rest = _split_head(key)
+    if head == "params":
+        name, rest = _split_head(rest.removeprefix("."))
+        return FIELDS.get(f"params.{name}", f"{SAMPLING_GROUP}.{name}") + rest
+    return (FIELDS.get(head) or f"input.{head}") + rest
 
 
-def to_overrides(payload: dict) -> dict:
-    """Map a validated payload onto the config's shape: input.*, audio.* and sampling.*."""
-    params = dict(payload.get("params") or {})
-    overrides: dict[str, dict] = {"input": {}, "sampling": {}, "audio": {}}
-    for key in _INPUT_FIELDS:
-        if key in payload:
-            overrides["input"][key] = payload[key]
-    for key in _AUDIO_FIELDS:
-        if key in payload:
-            overrides["audio"][key] = payload[key]
-    for key in _INPUT_PARAMS:
-        if key in params:
-            overrides["input"][key] = params.pop(key)
-    for key, value in params.items():
-        if key in ("top_k", "subtalker_top_k", "max_new_tokens", "min_new_tokens", "seed"):
-            value = None if value is None else int(value)
-        elif not isinstance(value, bool):
-            value = float(value)
-        overrides["sampling"][key] = value
-    if "text" in payload:
-        overrides["input"]["segments"] = None
-    elif "segments" in payload:
-        overrides["input"]["text"] = None
-    return overrides
+def _split_head(key: str) -> tuple[str, str]:
+    """("segments", "[0].voice") for "segments[0].voice"; ("params", ".top_k") for "params.top_k"."""
+    cut = min([i for i in (key.find("."), key.find("[")) if i >= 0], default=len(key))
+    return key[:cut], key[cut:]
 
 
-def from_config(cfg: DictConfig) -> dict:
-    """The payload a resolved config amounts to (the inverse of to_overrides), so values set
-    on the command line or by the environment pass the same validation as a payload's."""
-    job = OmegaConf.to_container(cfg.input, resolve=True)
-    payload = {k: job[k] for k in _INPUT_FIELDS if job.get(k) is not None}
-    params = {k: v for k, v in OmegaConf.to_container(cfg.sampling, resolve=True).items() if v is not None}
-    params.update({k: job[k] for k in _INPUT_PARAMS if job.get(k) is not None})
-    payload["params"] = params
-    audio = OmegaConf.to_container(cfg.audio, resolve=True)
-    payload.update({k: audio[k] for k in _AUDIO_FIELDS if k != "loudness_lufs" or audio[k] is not None})
-    return payload
+def defaults(cfg: DictConfig) -> dict:
+    """A job's input as the config alone gives it (conf defaults, environment, command line): the
+    fields it sets, in the payload's shape."""
+    payload: dict[str, Any] = {}
+    params: dict[str, Any] = {}
+    for field, key in FIELDS.items():
+        value = _plain(OmegaConf.select(cfg, key))
+        if value is not None:
+            (params if field.startswith("params.") else payload)[field.removeprefix("params.")] = value
+    for name, value in OmegaConf.to_container(cfg[SAMPLING_GROUP], resolve=True).items():
+        if value is not None:
+            params[name] = value
+    return {**payload, "params": params}
 
 
-def merge(cfg: DictConfig, payload: dict) -> DictConfig:
-    """A new config: `cfg` with the payload's values on top, every string in it taken literally."""
-    return OmegaConf.merge(cfg, _literal(to_overrides(payload)))
+def from_config_keys(values: Mapping[str, Any]) -> dict:
+    """The job-input fields among config keys and their values (the command line's), in the payload's
+    shape; other keys are left out."""
+    keys = {key: field for field, key in FIELDS.items()}
+    payload: dict[str, Any] = {}
+    params: dict[str, Any] = {}
+    for key, value in _flat(values):
+        field = keys.get(key) or (f"params.{key.removeprefix(SAMPLING_GROUP + '.')}"
+                                  if key.startswith(SAMPLING_GROUP + ".") else None)
+        if field is not None:
+            (params if field.startswith("params.") else payload)[field.removeprefix("params.")] = value
+    return {**payload, "params": params} if params else payload
 
 
-_INTERPOLATION = re.compile(r"(\\*)\$\{")
+def as_config(payload: Mapping[str, Any]) -> dict:
+    """A job's input in the config's shape: {"input": {...}, "sampling": {...}, "audio": {...}}."""
+    out: dict[str, dict] = {}
+    fields = {**{k: v for k, v in payload.items() if k != "params"},
+              **{f"params.{k}": v for k, v in payload.get("params", {}).items()}}
+    for field, value in fields.items():
+        group, _, name = (FIELDS.get(field) or f"{SAMPLING_GROUP}.{field.removeprefix('params.')}").partition(".")
+        out.setdefault(group, {})[name] = value
+    return out
 
 
-def _literal(value: Any) -> Any:
-    """Escape OmegaConf interpolations in a payload's strings: a text that says `${oc.env:...}` is
-    spoken as written, never resolved (which would read the worker's environment into the audio)
-    and never a parse error. Backslashes just before `${` are doubled, as OmegaConf's grammar wants."""
-    if isinstance(value, str):
-        return _INTERPOLATION.sub(lambda m: m.group(1) * 2 + "\\${", value)
-    if isinstance(value, dict):
-        return {k: _literal(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_literal(v) for v in value]
-    return value
+def _flat(values: Mapping[str, Any], prefix: str = ""):
+    for key, value in values.items():
+        if isinstance(value, Mapping) and f"{prefix}{key}" not in FIELDS.values():
+            yield from _flat(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def load_job_spec(ref: str, cwd: Path | None = None) -> tuple[str, dict]:

@@ -69,8 +69,9 @@ def install_log_filter(secrets: list[str]) -> None:
         handler.addFilter(log_filter)
 
 
-def protect(sink: Any) -> list[str]:
-    """The secrets to mask (environment plus the sink's credentials), with logging masked too."""
-    secrets = secret_values([sink.get("access_key"), sink.get("secret_key")])
+def protect(credentials: Iterable[str | None] = ()) -> list[str]:
+    """The secrets to mask (the environment's plus `credentials`, e.g. the sink's keys), with
+    logging masked too."""
+    secrets = secret_values(credentials)
     install_log_filter(secrets)
     return secrets

@@ -1,10 +1,10 @@
 """The RunPod worker's logic (handler.py is its thin entry point).
 
-At start-up: compose the config (defaults + environment), build the payload validator, load
-the default model and warm it up. A failure there is kept, and every job is answered with it
-instead of the worker crash-looping. Per job: validate the input, merge it onto the config, run
-the job graph, answer {audio_base64 | audio_url, metadata} or {error, traceback}. Nothing
-returned or logged contains a secret. A GPU failure that may have broken the CUDA context (not out
+At start-up: compose the config (defaults + environment), build the edge (the payload validator
+and the recipe every job shares), load the default model and warm it up. A failure there is kept,
+and every job is answered with it instead of the worker crash-looping. Per job: the edge makes the
+payload a Job, the job's stages make it, and the answer is {audio_base64 | audio_url, metadata} or
+{error, traceback}. Nothing returned or logged contains a secret. A GPU failure that may have broken the CUDA context (not out
 of memory) is answered with `refresh_worker`, later jobs are refused, and the process exits, so
 RunPod replaces the worker.
 """
@@ -22,15 +22,17 @@ from collections.abc import Iterator
 
 from omegaconf import DictConfig
 
+from tts_runner.audio.codec import SAMPLE_RATE
+from tts_runner.edge import build
 from tts_runner.edge import config as config_mod
-from tts_runner.edge import payload as payload_mod
+from tts_runner.edge.jobs import Edge
 from tts_runner.edge.redact import protect, redact
 from tts_runner.errors import DeviceFailure, InputError, TTSError
 from tts_runner.job.run import run_job
+from tts_runner.job.spec import Job
 from tts_runner.job.stream import stream_job
-from tts_runner.serving.model import SAMPLE_RATE
-from tts_runner.serving.scheduler import Ticket
 from tts_runner.serving.store import ModelStore
+from tts_runner.serving.ticket import Ticket
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ class Worker:
     def __init__(self, cfg: DictConfig, startup_error: str | None = None):
         """Start the worker on `cfg`; with `startup_error`, load nothing and answer every job with it."""
         self.cfg = cfg
-        self.secrets = protect(cfg.sink)
+        self.secrets = protect([cfg.sink.get("access_key"), cfg.sink.get("secret_key")])
         self.startup_error = redact(startup_error, self.secrets)
         self.store: ModelStore | None = None
         self.device_failure: str | None = None  # set once the GPU failed: every later job is refused
@@ -58,18 +60,13 @@ class Worker:
             return
         started = time.perf_counter()
         try:
-            config_mod.check(cfg)
-            self.validator = payload_mod.build_validator(cfg)
-            defaults = {**payload_mod.from_config(cfg), "text": "start-up check"}
-            defaults.pop("segments", None)
+            self.edge = Edge(cfg)
             try:
-                payload_mod.validate(defaults, self.validator, cfg.limits.max_total_chars)
+                self.edge.job({"text": "start-up check"})
             except TTSError as exc:
                 raise TTSError(f"Invalid configuration (conf/ or environment): {exc}") from None
-            self.store = ModelStore(cfg.models, cfg.runtime, max_batch=int(cfg.batching.max_batch_size),
-                                    cloning=cfg.cloning,
-                                    scheduler=cfg.scheduler)
-            self.store.get(cfg.models.default)
+            self.store = build.model_store(cfg)
+            self.store.get(self.store.catalog.default)
         except Exception as exc:  # noqa: BLE001 - kept and reported to every job
             self.startup_error = redact(_message(exc), self.secrets)
             log.error("Worker start-up failed; every job will be answered with: %s", self.startup_error)
@@ -90,38 +87,36 @@ class Worker:
     def concurrency_modifier(self, current: int) -> int:
         return max(1, int(self.cfg.worker.concurrency))
 
-    def _resolve(self, job: dict) -> DictConfig:
-        """The job's config: the payload validated and merged onto the worker's (raises TTSError)."""
+    def ticket(self, job: dict) -> Ticket:
+        """A handle to cancel `job` with (RunPod stopped it, its client went away)."""
+        return Ticket(str(job.get("id", "local")))
+
+    def _job(self, job: dict) -> Job:
+        """The payload as a Job (raises TTSError)."""
         if self.startup_error:
             raise TTSError(f"The worker failed to start: {self.startup_error}")
         if self.device_failure:
             raise DeviceFailure(f"This worker is unhealthy and about to be replaced: {self.device_failure}")
-        payload = payload_mod.validate(job.get("input"), self.validator, self.cfg.limits.max_total_chars)
-        cfg = payload_mod.merge(self.cfg, payload)
-        # the payload with the worker's own settings around it (an opus request against an
-        # operator's 44.1 kHz output, say) must make sense as a whole
-        payload_mod.validate(payload_mod.from_config(cfg), self.validator, self.cfg.limits.max_total_chars)
-        return cfg
+        return self.edge.job(job.get("input"), id=str(job.get("id", "local")))
 
     def handle(self, job: dict, ticket: Ticket | None = None) -> dict:
         """Answer one RunPod job; never raises. `ticket` lets the caller cancel it."""
         try:
-            cfg = self._resolve(job)
-            if cfg.input.stream:
+            spec = self._job(job)
+            if spec.stream:
                 raise InputError("Invalid input at $.stream: this worker does not stream (its handler is not a "
                                  "generator). Start it with TTS_RUNNER_STREAMING=true (worker.streaming), or leave "
                                  "stream out to get the whole file.")
-            return self._whole(cfg, job, ticket)
+            return self._whole(spec, job, ticket)
         except Exception as exc:  # noqa: BLE001 - every failure becomes {error, traceback}
             return self._failure(job, exc)
 
-    def _whole(self, cfg: DictConfig, job: dict, ticket: Ticket | None) -> dict:
-        """A resolved job's one answer, the whole file (raises on failure)."""
-        model = self.store.get(cfg.input.model)
-        response, _ = run_job(cfg, model, str(job.get("id", "local")), progress=self._progress(job),
-                              ticket=ticket or Ticket(str(job.get("id", "local"))))
+    def _whole(self, spec: Job, job: dict, ticket: Ticket | None) -> dict:
+        """A job's one answer, the whole file (raises on failure)."""
+        model = self.store.get(spec.model)
+        response, _ = run_job(spec, model, progress=self._progress(job), ticket=ticket or self.ticket(job))
         meta = {k: v for k, v in response["metadata"].items() if k != "segments"}
-        log.info("Job %s done: %s", job.get("id", "local"), json.dumps(meta))
+        log.info("Job %s done: %s", spec.id, json.dumps(meta))
         return redact(response, self.secrets)
 
     def stream(self, job: dict, ticket: Ticket | None = None) -> Iterator[dict]:
@@ -129,27 +124,26 @@ class Worker:
         yields its audio in pieces, {audio_base64, format, sample_rate, piece}, the last one with
         the metadata; any other job yields its one answer (handle's)."""
         try:
-            cfg = self._resolve(job)
+            spec = self._job(job)
         except Exception as exc:  # noqa: BLE001
             yield self._failure(job, exc)
             return
-        if not cfg.input.stream:
+        if not spec.stream:
             try:
-                yield self._whole(cfg, job, ticket)
+                yield self._whole(spec, job, ticket)
             except Exception as exc:  # noqa: BLE001
                 yield self._failure(job, exc)
             return
-        ticket = ticket or Ticket(str(job.get("id", "local")))
+        ticket = ticket or self.ticket(job)
         piece = 0
         try:
-            model = self.store.get(cfg.input.model)
-            for data, metadata in stream_job(cfg, model, ticket):
+            for data, metadata in stream_job(spec, self.store.get(spec.model), ticket):
                 answer = {"audio_base64": base64.b64encode(data).decode("ascii"),
-                          "format": "mp3" if cfg.input.output_format == "mp3" else "pcm",
+                          "format": "mp3" if spec.output.format == "mp3" else "pcm",
                           "sample_rate": SAMPLE_RATE, "piece": piece}
                 if metadata is not None:
                     answer["metadata"] = metadata
-                    log.info("Job %s streamed: %s", job.get("id", "local"),
+                    log.info("Job %s streamed: %s", spec.id,
                              json.dumps({k: v for k, v in metadata.items() if k != "segments"}))
                 piece += 1
                 yield redact(answer, self.secrets)

@@ -1,18 +1,71 @@
-"""What both decode loops share: prefill, one decoder layer over a static cache, a frame's input
-embedding, and the code predictor's 15 sub-steps. All of it uses the model's own modules and
-weights; nothing here syncs with the host, so the graph loop can capture it."""
+"""What both loops share: a row, prefill, one decoder layer over a static cache, a frame's input
+embedding, the code predictor's 15 sub-steps, and the codes a row made. All of it uses the model's
+own modules and weights; nothing in a frame syncs with the host, so the graph loop can capture it."""
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from qwen_tts.core.models.modeling_qwen3_tts import apply_rotary_pos_emb
 from transformers.cache_utils import DynamicCache
 
 from tts_runner.engines.cache import StaticCache
-from tts_runner.engines.sampling import RowSettings, draw_subcode
+from tts_runner.engines.draw import SamplingTensors, draw_subcode
+from tts_runner.engines.library import apply_rotary_pos_emb
+from tts_runner.engines.sampling import Sampling
+
+
+@dataclass
+class Row:
+    """One chunk's part of a talker call: what qwen-tts's prompt builder made for it, and how its
+    codes are chosen."""
+
+    prompt: torch.Tensor  # [P, H] the talker's input embeddings of its prompt, unpadded
+    text: torch.Tensor    # [T, H] the text added to frames 0..T-1 (after it: the pad embedding)
+    sampling: Sampling    # its own floor, frame budget and seed set (Sampling.for_row)
+    tag: Any = None       # whoever runs the row: how it knows it again
+
+
+class RowBatch:
+    """What both running batches are: at most `capacity` rows, joining (`admit`) and leaving
+    (`remove`) between frames; `step` runs one frame for every row, `finished` says which have ended
+    (a host sync), `codes` gives a row's frames. engines.loop runs one call's rows through them; the
+    scheduler runs rows that come and go."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.rows: list[Row] = []
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def free(self) -> int:
+        return self.capacity - len(self.rows)
+
+    def fits(self, row: Row) -> bool:
+        """Can this batch hold the row to its end?"""
+        return True
+
+    def close(self) -> None:
+        """Give back what the batch holds (nothing, unless it says otherwise)."""
+
+    def admit(self, rows: list[Row]) -> None:
+        raise NotImplementedError
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+    def finished(self) -> list[int]:
+        raise NotImplementedError
+
+    def codes(self, index: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def remove(self, indices: list[int]) -> list[Row]:
+        raise NotImplementedError
 
 
 @dataclass
@@ -40,6 +93,44 @@ def prefill(talker: torch.nn.Module, inputs_embeds: torch.Tensor, attention_mask
     out = talker.model(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=positions,
                        past_key_values=cache, use_cache=True)
     return Prefill(cache, out.last_hidden_state[:, -1:], mask, deltas)
+
+
+def prefill_rows(talker: torch.nn.Module, rows: list[Row], pad: torch.Tensor) -> Prefill:
+    """The talker's prefill of `rows`' prompts together, left-padded to the longest."""
+    width = max(r.prompt.shape[0] for r in rows)
+    embeds = pad.new_zeros(len(rows), width, pad.shape[-1])
+    mask = torch.zeros(len(rows), width, dtype=torch.long, device=pad.device)
+    for i, row in enumerate(rows):
+        embeds[i, width - row.prompt.shape[0]:] = row.prompt
+        mask[i, width - row.prompt.shape[0]:] = 1
+    return prefill(talker, embeds, mask)
+
+
+def rows_text(rows: list[Row], pad: torch.Tensor, length: int) -> torch.Tensor:
+    """[rows, length, H]: each row's trailing text, then the pad embedding (past its text, as stock)."""
+    text = pad.reshape(1, 1, -1).expand(len(rows), length, -1).clone()
+    for i, row in enumerate(rows):
+        count = min(row.text.shape[0], length)
+        text[i, :count] = row.text[:count]
+    return text
+
+
+def rows_sampling(rows: list[Row], device: torch.device) -> SamplingTensors:
+    return SamplingTensors.of([row.sampling for row in rows], device)
+
+
+def blocked_codes(vocab: int, suppress: list[int] | None, device: torch.device) -> torch.Tensor:
+    """[V] bool: the codes the talker may never choose (qwen-tts's suppress_tokens)."""
+    blocked = torch.zeros(vocab, dtype=torch.bool, device=device)
+    if suppress:
+        blocked[torch.tensor(suppress, device=device)] = True
+    return blocked
+
+
+def until_end(made: torch.Tensor, eos: int) -> torch.Tensor:
+    """A row's frames [F, 16] up to (not including) its first end code, as qwen-tts cuts them."""
+    ends = (made[:, 0] == eos).nonzero()
+    return made[: int(ends[0])] if ends.numel() else made
 
 
 def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
@@ -102,10 +193,10 @@ class Predictor:
             ~causal, torch.finfo(like.dtype).min)
         self.cos, self.sin = model.rotary_emb(like.new_zeros(1, slots, model.config.hidden_size), self.positions[None])
 
-    def __call__(self, hidden: torch.Tensor, first_embed: torch.Tensor, settings: RowSettings,
+    def __call__(self, hidden: torch.Tensor, first_embed: torch.Tensor, sampling: SamplingTensors,
                  frame: torch.Tensor | int, candidates: int | None = None) -> torch.Tensor:
         """[B, 1, H] talker hidden state and [B, 1, H] embedding of code 0 of frame `frame` -> [B, 15]
-        codes 1..15 (`candidates`: see sampling.draw)."""
+        codes 1..15 (`candidates`: see draw.draw)."""
         p = self.predictor
         cache = self.cache.rows(hidden.shape[0])
         x = p.small_to_mtp_projection(torch.cat((hidden, first_embed), dim=1))
@@ -117,7 +208,7 @@ class Predictor:
             at, mask = self.positions[start:end], self.masks[start:end][None, None]
             for i, layer in enumerate(self.layers):
                 x = layer_step(layer, x, rope, cache, i, at, mask)
-            code = draw_subcode(head(p.model.norm(x[:, -1])), settings, frame, group + 1, candidates)
+            code = draw_subcode(head(p.model.norm(x[:, -1])), sampling, frame, group + 1, candidates)
             codes.append(code)
             if group + 1 < len(p.lm_head):
                 x = p.small_to_mtp_projection(self.embeddings[group](code[:, None]))

@@ -1,18 +1,18 @@
-"""The `graph` engine: one fixed-shape frame over static buffers, captured as a CUDA graph.
+"""The `graph` engine's loop: one fixed-shape frame over static buffers, captured as a CUDA graph.
 
 The fast loop removes Hugging Face's machinery, but still launches every kernel of a frame from
 Python: on a GPU the step is launch-bound. Here a frame is a fixed sequence of kernels over fixed
 buffers, so on CUDA it is captured once per batch bucket and replayed each frame:
 
 - every tensor a frame touches lives in `State`, allocated once for the largest bucket and the
-  configured length; bucket b uses the first b rows (views), so all buckets share memory;
-- the talker's cache is a `StaticCache`: a frame writes its keys and values at a position held in
-  a device tensor and attends over the whole buffer under a mask of valid positions;
-- the frame index, the cache position and every sampling setting (per row, set per call, never
-  frozen at capture) are device tensors; codes are chosen by the decode core's `sampling`;
-- ended rows are masked to end-of-speech; every `sync_every` frames the host asks which rows are
-  still going and, when they fit a smaller bucket, moves them to the front and switches to that
-  bucket's graph.
+  configured length; bucket b uses the first b slots (views), so all buckets share memory;
+- the talker's cache is a `StaticCache`: a frame writes its keys and values at each row's own
+  position, held in a device tensor, and attends over the whole buffer under a mask of valid positions;
+- each row's frame index, cache position and sampling (set when it joins, never frozen at capture)
+  are device tensors; codes are chosen by `draw`, as in the fast loop;
+- `GraphRows` runs the buffers as a batch that rows join (a prefill copied into free slots) and
+  leave (by ending; when the rows left fit a smaller bucket, the live slots move to the front and
+  that bucket's graph runs from then on).
 
 On the CPU (and when nothing is captured) the same frame runs eagerly: the exactness tests run the
 code a GPU captures. The prompt is prefilled by the talker's own forward and copied in.
@@ -22,20 +22,26 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from qwen_tts.core.models.modeling_qwen3_tts import apply_multimodal_rotary_pos_emb
 
 from tts_runner.engines.cache import StaticCache
-from tts_runner.engines.core import Predictor, TalkerResult, frame_embedding, layer_step, prefill
-from tts_runner.engines.running import candidates_of, prefill_rows, rows_settings, rows_text, until_end
-from tts_runner.engines.sampling import RowSettings, next_code
-
-log = logging.getLogger(__name__)
+from tts_runner.engines.core import (
+    Predictor,
+    Row,
+    RowBatch,
+    blocked_codes,
+    frame_embedding,
+    layer_step,
+    prefill_rows,
+    rows_sampling,
+    rows_text,
+    until_end,
+)
+from tts_runner.engines.draw import SamplingTensors, candidates, next_code
+from tts_runner.engines.library import apply_multimodal_rotary_pos_emb
 
 
 @dataclass
@@ -53,7 +59,7 @@ class State:
     codes: torch.Tensor        # [R, L, G] frame t's 16 codes at index t - 1
     frame: torch.Tensor        # [R, 1] the frame index t each row is at
     position: torch.Tensor     # [R, 1] the cache position each row's frame t writes
-    settings: RowSettings      # per-row sampling
+    sampling: SamplingTensors  # per-row sampling
 
     def map(self, fn) -> State:
         """A State of fn(tensor) for every per-row tensor (the cache's and settings' included)."""
@@ -62,8 +68,8 @@ class State:
             value = getattr(self, f.name)
             if isinstance(value, StaticCache):
                 value = StaticCache([fn(t) for t in value.keys], [fn(t) for t in value.values])
-            elif isinstance(value, RowSettings):
-                value = RowSettings({k: fn(t) for k, t in value.tensors.items()})
+            elif isinstance(value, SamplingTensors):
+                value = SamplingTensors({k: fn(t) for k, t in value.tensors.items()})
             else:
                 value = fn(value)
             out[f.name] = value
@@ -76,7 +82,7 @@ class State:
 
 
 class GraphEngine:
-    """Static-shape decoding of one talker, with one CUDA graph per batch bucket when captured."""
+    """Static-shape frames of one talker, with one CUDA graph per batch bucket when captured."""
 
     def __init__(self, talker: torch.nn.Module, buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64),
                  max_len: int = 1280, sync_every: int = 8):
@@ -91,17 +97,17 @@ class GraphEngine:
         self.codec_embedding = talker.get_input_embeddings()
         pmodel = talker.code_predictor.model
         if any(layer.attention_type != "full_attention" for layer in pmodel.layers[: pmodel.config.num_hidden_layers]):
-            raise NotImplementedError("graph decoding supports full-attention code predictors only")
+            raise NotImplementedError("the graph engine supports full-attention code predictors only")
         if getattr(config, "sliding_window", None) and config.sliding_window < self.max_len:
-            raise NotImplementedError("graph decoding does not support a sliding-window talker")
+            raise NotImplementedError("the graph engine does not support a sliding-window talker")
         self.state: State | None = None
         self.predictor: Predictor | None = None
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.capture_seconds = 0.0
-        self.busy = False  # the scheduler's rows are in the buffers (GraphRows): one-call generate must not run
+        self.busy = False  # a GraphRows holds the buffers: no other may take them
 
     # ---- buffers -------------------------------------------------------------------------------
-    def _allocate(self, like: torch.Tensor) -> None:
+    def allocate(self, like: torch.Tensor) -> None:
         rows, length, config = self.buckets[-1], self.max_len, self.talker.config
         device = like.device
         self.state = State(
@@ -116,7 +122,7 @@ class GraphEngine:
             codes=torch.full((rows, length, self.groups), self.eos, dtype=torch.long, device=device),
             frame=torch.ones(rows, 1, dtype=torch.long, device=device),
             position=torch.zeros(rows, 1, dtype=torch.long, device=device),
-            settings=RowSettings.allocate(rows, device),
+            sampling=SamplingTensors.allocate(rows, device),
         )
         self.predictor = Predictor(self.talker.code_predictor, rows, like)
         self.blocked = torch.zeros(config.vocab_size, dtype=torch.bool, device=device)
@@ -130,16 +136,13 @@ class GraphEngine:
             return 0
         return sum(t.numel() * t.element_size() for t in self.state.tensors()) + self.predictor.nbytes
 
-    def fits(self, batch: int, prompt_len: int, max_new_tokens: int) -> bool:
-        return batch <= self.buckets[-1] and prompt_len + max_new_tokens <= self.max_len
-
     def bucket(self, n: int) -> int:
         return next(b for b in self.buckets if b >= n)
 
     # ---- one frame -----------------------------------------------------------------------------
     def _choose(self, s: State, hidden: torch.Tensor) -> None:
         """The next first-codebook code of every row from the talker's hidden state."""
-        token = next_code(self.talker.codec_head(hidden[:, -1]), s.settings, s.frame, s.seen, s.unfinished,
+        token = next_code(self.talker.codec_head(hidden[:, -1]), s.sampling, s.frame, s.seen, s.unfinished,
                           self.blocked, self.eos)
         s.token.copy_(token)
         s.seen.scatter_(1, token[:, None], True)
@@ -149,7 +152,7 @@ class GraphEngine:
         """Frame t: codes 1..15 for the last code, the frame's talker step, the next code."""
         first = s.token[:, None]
         last = s.codes.shape[1] - 1  # rows past the buffers (ended, or spare) write in the last place
-        rest = self.predictor(s.hidden, self.codec_embedding(first), s.settings, s.frame - 1)
+        rest = self.predictor(s.hidden, self.codec_embedding(first), s.sampling, s.frame - 1)
         at = (s.frame - 1).clamp(max=last)
         s.codes.scatter_(1, at[:, :, None].expand(-1, 1, self.groups), torch.cat((first, rest), dim=1)[:, None])
         x = frame_embedding(self.codec_embedding, self.predictor.embeddings, first, rest)
@@ -175,7 +178,7 @@ class GraphEngine:
         """Allocate the buffers and capture one CUDA graph per bucket; returns the seconds it took."""
         started = time.perf_counter()
         if self.state is None:
-            self._allocate(like)
+            self.allocate(like)
         pool = torch.cuda.graph_pool_handle()
         for b in self.buckets:
             view = self.views[b]
@@ -201,98 +204,21 @@ class GraphEngine:
         runs the frame's operations one by one instead of replaying the captured graph."""
         self._reset_counters()
         for _ in range(frames):
-            self._frame(self.views[bucket]) if eager else self._run(bucket)
+            self._frame(self.views[bucket]) if eager else self.run(bucket)
 
     def _reset_counters(self) -> None:
         self.state.frame.fill_(1)
         self.state.position.zero_()
 
-    def _run(self, b: int) -> None:
+    def run(self, b: int) -> None:
+        """One frame of bucket `b`: its captured graph replayed, or the frame run eagerly."""
         graph = self.graphs.get(b)
         if graph is not None:
             graph.replay()
         else:
             self._frame(self.views[b])
 
-    # ---- a call --------------------------------------------------------------------------------
-    def _prefill(self, s: State, embeds: torch.Tensor, mask: torch.Tensor) -> int:
-        """The prompt through the talker's own forward, copied into the bucket's cache; returns its length."""
-        start = prefill(self.talker, embeds, mask)
-        s.cache.load([layer.keys for layer in start.cache.layers], [layer.values for layer in start.cache.layers])
-        prompt = start.mask.shape[1]
-        s.valid.zero_()
-        s.valid[:, :prompt].copy_(start.mask.bool())
-        s.deltas.copy_(start.deltas.view(-1))
-        s.hidden.copy_(start.hidden)
-        return prompt
-
-    def _load_slots(self, s: State, batch: int, trailing: torch.Tensor, pad: torch.Tensor) -> None:
-        """Per-row text and fresh code state: real rows first, spare slots finished."""
-        n = min(trailing.shape[1], s.text.shape[1])
-        s.text[:, :n].copy_(trailing[:, :n])
-        s.text[:, n:] = pad.reshape(pad.shape[0], 1, -1)  # past the text: the pad embedding, as stock
-        s.codes.fill_(self.eos)
-        s.seen.zero_()
-        s.token.fill_(self.eos)
-        s.unfinished.copy_(torch.arange(s.unfinished.shape[0], device=s.unfinished.device) < batch)
-
-    def _load_settings(self, s: State, kwargs: dict, fill: torch.Tensor) -> None:
-        s.settings.load(RowSettings.from_call(kwargs, fill))
-        self.blocked.zero_()
-        if kwargs.get("suppress_tokens"):
-            self.blocked[torch.tensor(kwargs["suppress_tokens"], device=self.blocked.device)] = True
-
-    def generate(self, inputs_embeds, attention_mask, trailing_text_hidden, tts_pad_embed,
-                 progress: Callable[[int, int], None] | None = None, **kwargs) -> TalkerResult:
-        """Drop-in for `talker.generate(...)` as qwen-tts calls it (a call that `fits`); `progress`
-        hears (frames stepped, rows still going) at every host check."""
-        if self.state is None:
-            self._allocate(inputs_embeds)
-        batch = inputs_embeds.shape[0]
-        max_new = int(kwargs["max_new_tokens"])
-        b = self.bucket(batch)
-        s = self.views[b]
-        # spare slots repeat the last row and start finished
-        fill = torch.cat((torch.arange(batch), torch.full((b - batch,), batch - 1, dtype=torch.long)))
-        fill = fill.to(inputs_embeds.device)
-        prompt = self._prefill(s, inputs_embeds.index_select(0, fill), attention_mask.index_select(0, fill))
-        pad = tts_pad_embed if tts_pad_embed.shape[0] == 1 else tts_pad_embed.index_select(0, fill)
-        self._load_slots(s, batch, trailing_text_hidden.index_select(0, fill), pad)
-        self._load_settings(s, kwargs, fill)
-        s.frame.zero_()
-        s.position.fill_(prompt)
-        self._choose(s, s.hidden)  # frame 0's code comes from the prefill
-        s.frame.fill_(1)
-
-        slots = list(range(batch))  # the original row in each live slot
-        result = torch.full((batch, max(max_new - 1, 0), self.groups), self.eos, dtype=torch.long,
-                            device=inputs_embeds.device)
-        frames = 0
-        for frames in range(1, max_new):
-            self._run(b)
-            if frames % self.sync_every and frames < max_new - 1:
-                continue
-            alive = self.views[b].unfinished.nonzero().view(-1).tolist()  # the host sync
-            if progress:
-                progress(frames + 1, len(alive))
-            if not alive:
-                break
-            smaller = self.bucket(len(alive))
-            if smaller < b:
-                self._flush(result, slots, frames)
-                slots = [slots[i] for i in alive]
-                self._compact(b, alive, smaller)
-                b = smaller
-        self._flush(result, slots, frames)
-        result = result[:, :frames]
-        empty = inputs_embeds.new_zeros(batch, 1, 1)  # callers of talker.generate ignore the hidden states
-        return TalkerResult(hidden_states=[((empty,), None)] + [((empty,), result[:, i]) for i in range(frames)])
-
-    def _flush(self, result: torch.Tensor, slots: list[int], frames: int) -> None:
-        rows = torch.tensor(slots, device=result.device)
-        result[:, :frames].index_copy_(0, rows, self.state.codes[: len(slots), :frames])
-
-    def _compact(self, b: int, alive: list[int], smaller: int) -> None:
+    def compact(self, b: int, alive: list[int], smaller: int) -> None:
         """Move the live slots to the front and fill the smaller bucket's spare slots with a finished
         copy of the first."""
         index = torch.tensor(alive + [alive[0]] * (smaller - len(alive)), device=self.state.token.device)
@@ -301,43 +227,34 @@ class GraphEngine:
         self.state.unfinished[len(alive):smaller] = False
 
 
-class GraphRows:
-    """The graph engine's buffers as a running batch for the scheduler (the interface of
-    running.RunningBatch): every row owns a slot, with its own frame and cache position, so rows
-    join between frames by a prefill copied into free slots, and leave by ending. A frame runs the
-    smallest bucket holding the highest slot in use (its captured graph on CUDA); when the rows
-    left fit a smaller bucket, the live slots move to the front."""
+class GraphRows(RowBatch):
+    """The graph engine's buffers as a running batch (the interface of running.RunningBatch): every
+    row owns a slot, with its own frame and cache position, so rows join between frames by a prefill
+    copied into free slots, and leave by ending. A frame runs the smallest bucket holding the highest
+    slot in use (its captured graph on CUDA); when the rows left fit a smaller bucket, the live
+    slots move to the front. One GraphRows holds the buffers at a time (`GraphEngine.busy`)."""
 
     def __init__(self, engine: GraphEngine, pad_embed: torch.Tensor, suppress: list[int] | None, like: torch.Tensor):
+        super().__init__(engine.buckets[-1])
         self.engine = engine
         if engine.state is None:
-            engine._allocate(like)
-        self.capacity = engine.buckets[-1]
+            engine.allocate(like)
         self.pad = pad_embed.reshape(1, 1, -1)
-        self.rows: list = []        # the rows in use ...
-        self.slots: list[int] = []  # ... and the slot each one holds
+        self.slots: list[int] = []  # the slot each row holds
         engine.state.unfinished.zero_()
-        engine.blocked.zero_()
-        if suppress:
-            engine.blocked[torch.tensor(suppress, device=like.device)] = True
+        engine.blocked.copy_(blocked_codes(engine.blocked.shape[0], suppress, engine.blocked.device))
         engine.busy = True
 
-    def __len__(self) -> int:
-        return len(self.rows)
+    def fits(self, row: Row) -> bool:
+        """A row fits when its prompt and frame budget fit the buffers (runtime.graph.max_len)."""
+        return row.prompt.shape[0] + row.sampling.max_frames + 2 <= self.engine.max_len
 
-    @property
-    def free(self) -> int:
-        return self.capacity - len(self.rows)
-
-    def fits(self, row) -> bool:
-        return row.prompt.shape[0] + int(row.settings["max_frames"]) + 2 <= self.engine.max_len
-
-    def admit(self, rows: list) -> None:
+    def admit(self, rows: list[Row]) -> None:
         """Prefill `rows` together and load them into the lowest free slots."""
         e, s = self.engine, self.engine.state
         for row in rows:
             if not self.fits(row):
-                raise ValueError(f"a chunk of {row.prompt.shape[0]} prompt positions and up to {row.settings['max_frames']} "
+                raise ValueError(f"a chunk of {row.prompt.shape[0]} prompt positions and up to {row.sampling.max_frames} "
                                  f"frames does not fit the graph buffers ({e.max_len} positions: runtime.graph.max_len)")
         taken = set(self.slots)
         slots = [i for i in range(self.capacity) if i not in taken][: len(rows)]
@@ -351,12 +268,12 @@ class GraphRows:
         valid = torch.zeros(n, length, dtype=torch.bool, device=s.valid.device)
         valid[:, :width] = start.mask.bool()
         text = rows_text(rows, self.pad, length)
-        settings = rows_settings(rows, index.device)
+        sampling = rows_sampling(rows, index.device)
         frame = torch.zeros(n, 1, dtype=torch.long, device=index.device)
         seen = torch.zeros(n, s.seen.shape[1], dtype=torch.bool, device=index.device)
         unfinished = torch.ones(n, dtype=torch.bool, device=index.device)
-        k = candidates_of(self.rows + rows)[0]
-        token = next_code(e.talker.codec_head(start.hidden[:, -1]), settings, frame, seen, unfinished, e.blocked, e.eos, k)
+        k = candidates([r.sampling for r in self.rows + rows])[0]
+        token = next_code(e.talker.codec_head(start.hidden[:, -1]), sampling, frame, seen, unfinished, e.blocked, e.eos, k)
         seen.scatter_(1, token[:, None], True)
         fresh = {"valid": valid, "deltas": start.deltas.view(-1), "hidden": start.hidden, "token": token,
                  "unfinished": unfinished & (token != e.eos), "seen": seen, "text": text,
@@ -364,16 +281,18 @@ class GraphRows:
                  "frame": frame + 1, "position": torch.full((n, 1), width, dtype=torch.long, device=index.device)}
         for name, value in fresh.items():
             getattr(s, name).index_copy_(0, index, value.to(getattr(s, name).dtype))
-        for name, value in settings.tensors.items():
-            s.settings.tensors[name].index_copy_(0, index, value)
+        for name, value in sampling.tensors.items():
+            s.sampling.tensors[name].index_copy_(0, index, value)
         self.rows.extend(rows)
         self.slots.extend(slots)
 
     def step(self) -> None:
+        """One frame for every row (the smallest bucket that holds the highest slot in use)."""
         e = self.engine
-        e._run(e.bucket(max(self.slots) + 1))
+        e.run(e.bucket(max(self.slots) + 1))
 
     def finished(self) -> list[int]:
+        """Indices of the rows that have ended (a host sync)."""
         if not self.rows:
             return []
         ended = (~self.engine.state.unfinished).nonzero().view(-1).tolist()
@@ -381,11 +300,12 @@ class GraphRows:
         return sorted(where[slot] for slot in ended if slot in where)
 
     def codes(self, index: int) -> torch.Tensor:
+        """Row `index`'s frames so far, [F, 16] on the CPU, up to its end code (as qwen-tts cuts)."""
         s, slot = self.engine.state, self.slots[index]
         made = s.codes[slot, : int(s.frame[slot]) - 1].to("cpu", copy=True)  # never a view: slots are reused
         return until_end(made, self.engine.eos)
 
-    def remove(self, indices: list[int]) -> list:
+    def remove(self, indices: list[int]) -> list[Row]:
         """Free the rows' slots (ended, or cancelled); move the rest to the front when they fit a smaller bucket."""
         if not indices:
             return []
@@ -399,9 +319,10 @@ class GraphRows:
         if self.slots:
             now, smaller = e.bucket(max(self.slots) + 1), e.bucket(len(self.slots))
             if smaller < now:
-                e._compact(now, self.slots, smaller)
+                e.compact(now, self.slots, smaller)
                 self.slots = list(range(len(self.slots)))
         return taken
 
     def close(self) -> None:
+        """Give the buffers back (another GraphRows may take them)."""
         self.engine.busy = False

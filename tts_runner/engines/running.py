@@ -1,34 +1,41 @@
-"""A running batch that rows join and leave between frames: the fast loop, for the scheduler.
+"""The `fast` engine's loop: a running batch that rows join and leave between frames.
 
-`fast.generate` runs the rows of one call from prefill to their ends. Here rows come and go: the
-scheduler (tts_runner/scheduler.py) takes finished rows out at each host check and admits waiting
-ones, which are prefilled as a group and merged into the running batch. Merging left-pads the
-shorter side (its cache, its attention mask, and its rope offsets, so every row keeps its own
-positions). Each row counts its own frames, so its floor, budget, trailing text and random draws
-are its own, exactly as when it runs alone: the greedy codes of a row do not depend on its company
-(tests/test_scheduler.py).
+qwen-tts generates each frame through Hugging Face `generate()` twice over: once per frame for the
+talker and, inside every talker step, a whole second `generate()` for the code predictor's 15
+sub-steps; most of a step is that machinery, not arithmetic. This loop runs the same modules and
+weights without it: one prefill of the rows' prompts (left-padded), then one forward per frame with
+a growing key/value cache (the library's own attention); the code predictor and every choice of a
+code are the engines' core's (`core.Predictor`, `draw`).
+
+Rows come and go: whoever runs the batch (the scheduler, or one call's `loop.run_to_end`) takes
+finished rows out at each host check and admits waiting ones, which are prefilled as a group and
+merged in. Merging left-pads the shorter side (its cache, its attention mask, and its rope offsets,
+so every row keeps its own positions); taking rows out drops them from the cache, so a batch stops
+paying for chunks that are done while its longest one finishes. Each row counts its own frames, so
+its floor, budget, trailing text and random draws are its own, exactly as when it runs alone: the
+greedy codes of a row do not depend on its company, and equal the stock library's in float32
+(tests/unit/engines/test_fast.py, tests/unit/serving/test_scheduler.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers.cache_utils import DynamicCache
 
-from tts_runner.engines.core import Predictor, frame_embedding, prefill
-from tts_runner.engines.sampling import SETTINGS, RowSettings, candidates, next_code
-
-
-@dataclass
-class Row:
-    """One chunk's part of a talker call: what qwen-tts's prompt builder made for it."""
-
-    prompt: torch.Tensor  # [P, H] the talker's input embeddings of its prompt, unpadded
-    text: torch.Tensor    # [T, H] the text added to frames 0..T-1 (after it: the pad embedding)
-    settings: dict        # sampling.SETTINGS for this row, as scalars (max_frames and seed included)
-    tag: Any = None       # the scheduler's handle
+from tts_runner.engines.core import (
+    Predictor,
+    Row,
+    RowBatch,
+    blocked_codes,
+    frame_embedding,
+    prefill_rows,
+    rows_sampling,
+    rows_text,
+    until_end,
+)
+from tts_runner.engines.draw import SamplingTensors, candidates, next_code
 
 
 def _left_pad(t: torch.Tensor, dim: int, n: int) -> torch.Tensor:
@@ -47,75 +54,21 @@ def _right_pad(t: torch.Tensor, dim: int, n: int, fill) -> torch.Tensor:
     return torch.cat((t, torch.as_tensor(fill, dtype=t.dtype, device=t.device).expand(shape)), dim=dim)
 
 
-def until_end(made: torch.Tensor, eos: int) -> torch.Tensor:
-    """A row's frames [F, 16] up to (not including) its first end code, as qwen-tts cuts them."""
-    ends = (made[:, 0] == eos).nonzero()
-    return made[: int(ends[0])] if ends.numel() else made
-
-
-def prefill_rows(talker: torch.nn.Module, rows: list[Row], pad: torch.Tensor):
-    """The talker's prefill of `rows`' prompts together, left-padded to the longest (core.prefill)."""
-    width = max(r.prompt.shape[0] for r in rows)
-    embeds = pad.new_zeros(len(rows), width, pad.shape[-1])
-    mask = torch.zeros(len(rows), width, dtype=torch.long, device=pad.device)
-    for i, row in enumerate(rows):
-        embeds[i, width - row.prompt.shape[0]:] = row.prompt
-        mask[i, width - row.prompt.shape[0]:] = 1
-    return prefill(talker, embeds, mask)
-
-
-def rows_text(rows: list[Row], pad: torch.Tensor, length: int) -> torch.Tensor:
-    """[rows, length, H]: each row's trailing text, then the pad embedding (past its text, as stock)."""
-    text = pad.reshape(1, 1, -1).expand(len(rows), length, -1).clone()
-    for i, row in enumerate(rows):
-        count = min(row.text.shape[0], length)
-        text[i, :count] = row.text[:count]
-    return text
-
-
-def rows_settings(rows: list[Row], device: torch.device) -> RowSettings:
-    """The rows' sampling settings, one row each."""
-    one = torch.zeros(1, dtype=torch.long, device=device)
-    return RowSettings.stack([RowSettings.from_call(r.settings, one) for r in rows])
-
-
-def candidates_of(rows: list[Row]) -> tuple[int | None, int | None]:
-    """How many best codes the talker's and the code predictor's draws need (see sampling.draw)."""
-    def column(name: str) -> list:
-        return [row.settings.get(name, SETTINGS[name][1]) for row in rows]
-
-    return (candidates({"top_k": column("top_k"), "do_sample": column("do_sample")}),
-            candidates({"subtalker_top_k": column("subtalker_top_k"),
-                        "subtalker_dosample": column("subtalker_dosample")}, "subtalker_top_k", "subtalker_dosample"))
-
-
-class RunningBatch:
-    """The rows being decoded by one talker, at most `capacity` of them."""
+class RunningBatch(RowBatch):
+    """The rows one talker is running, at most `capacity` of them; any row fits (the cache grows)."""
 
     def __init__(self, talker: torch.nn.Module, pad_embed: torch.Tensor, suppress: list[int] | None,
                  capacity: int, like: torch.Tensor):
-        self.talker, self.capacity = talker, capacity
+        super().__init__(capacity)
+        self.talker = talker
         self.eos = talker.config.codec_eos_token_id
         self.groups = talker.config.num_code_groups
         self.pad = pad_embed.reshape(1, 1, -1)
         self.codec_embedding = talker.get_input_embeddings()
         self.predictor = Predictor(talker.code_predictor, capacity, like)
-        self.blocked = torch.zeros(talker.config.vocab_size, dtype=torch.bool, device=like.device)
-        if suppress:
-            self.blocked[torch.tensor(suppress, device=like.device)] = True
-        self.rows: list[Row] = []
+        self.blocked = blocked_codes(talker.config.vocab_size, suppress, like.device)
         self.state: dict[str, Any] = {}
         self._k = (1, 1)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    @property
-    def free(self) -> int:
-        return self.capacity - len(self.rows)
-
-    def close(self) -> None:
-        """Nothing to give back: the batch's tensors go with it."""
 
     # ---- rows in ---------------------------------------------------------------------------------
     def admit(self, rows: list[Row]) -> None:
@@ -126,7 +79,7 @@ class RunningBatch:
         start = prefill_rows(self.talker, rows, self.pad)
         # one pad column at least: frames past every text
         text = rows_text(rows, self.pad, max(r.text.shape[0] for r in rows) + 1)
-        settings = rows_settings(rows, device)
+        sampling = rows_sampling(rows, device)
         new = {
             "keys": [layer.keys for layer in start.cache.layers],
             "values": [layer.values for layer in start.cache.layers],
@@ -134,11 +87,11 @@ class RunningBatch:
             "frame": torch.zeros(n, 1, dtype=torch.long, device=device),
             "seen": torch.zeros(n, self.talker.config.vocab_size, dtype=torch.bool, device=device),
             "unfinished": torch.ones(n, dtype=torch.bool, device=device),
-            "history": torch.full((n, int(settings["max_frames"].max()) + 1, self.groups), self.eos,
+            "history": torch.full((n, max(r.sampling.max_frames for r in rows) + 1, self.groups), self.eos,
                                   dtype=torch.long, device=device),
-            "settings": settings,
+            "sampling": sampling,
         }
-        self._k = candidates_of(self.rows + rows)
+        self._k = candidates([r.sampling for r in self.rows + rows])
         new["token"] = self._choose(new)
         self._merge(new)
         self.rows.extend(rows)
@@ -160,16 +113,16 @@ class RunningBatch:
             for side in (old, new):
                 side[name] = _right_pad(side[name], 1, width - side[name].shape[1], fill)
         merged = {name: torch.cat((old[name], new[name])) for name in old
-                  if name not in ("keys", "values", "settings")}
+                  if name not in ("keys", "values", "sampling")}
         merged["keys"] = [torch.cat(pair) for pair in zip(old["keys"], new["keys"], strict=True)]
         merged["values"] = [torch.cat(pair) for pair in zip(old["values"], new["values"], strict=True)]
-        merged["settings"] = RowSettings.stack([old["settings"], new["settings"]])
+        merged["sampling"] = SamplingTensors.stack([old["sampling"], new["sampling"]])
         self.state = merged
 
     # ---- a frame ---------------------------------------------------------------------------------
     def _choose(self, s: dict) -> torch.Tensor:
         """Each row's next first-codebook code, for its frame `s["frame"]`."""
-        token = next_code(self.talker.codec_head(s["hidden"][:, -1]), s["settings"], s["frame"], s["seen"],
+        token = next_code(self.talker.codec_head(s["hidden"][:, -1]), s["sampling"], s["frame"], s["seen"],
                           s["unfinished"], self.blocked, self.eos, self._k[0])
         s["seen"].scatter_(1, token[:, None], True)
         s["unfinished"] &= token != self.eos
@@ -179,7 +132,7 @@ class RunningBatch:
         """One frame for every row: codes 1..15 of its last code, the talker's step, its next code."""
         s = self.state
         first = s["token"][:, None]
-        rest = self.predictor(s["hidden"], self.codec_embedding(first), s["settings"], s["frame"], self._k[1])
+        rest = self.predictor(s["hidden"], self.codec_embedding(first), s["sampling"], s["frame"], self._k[1])
         codes = torch.cat((first, rest), dim=1)
         s["history"].scatter_(1, s["frame"].clamp(max=s["history"].shape[1] - 1)[:, :, None].expand(-1, 1, self.groups),
                               codes[:, None])
@@ -229,7 +182,7 @@ class RunningBatch:
         for name, value in list(s.items()):
             if name in ("keys", "values"):
                 s[name] = [t.index_select(0, index) for t in value]
-            elif name == "settings":
+            elif name == "sampling":
                 s[name] = value.select(index)
             else:
                 s[name] = value.index_select(0, index)
@@ -239,5 +192,5 @@ class RunningBatch:
             s["values"] = [v[:, :, lead:] for v in s["values"]]
             s["mask"] = s["mask"][:, lead:]
             s["deltas"] = s["deltas"] + lead
-        self._k = candidates_of(self.rows)
+        self._k = candidates([r.sampling for r in self.rows])
         return taken

@@ -1,170 +1,58 @@
-"""Choosing codes from scores, one row at a time: the talker's logits processing, then warp and draw.
+"""How codes are chosen, as one plain value: `Sampling`.
 
-Both loops choose every code here, with settings held per row as device tensors (a batch may mix
-greedy and sampled rows, temperatures, floors and budgets), and with no host round trip, so the
-graph loop can capture it. The steps and their order are Hugging Face's for qwen-tts's calls:
-repetition penalty, the end-of-speech floor (`min_new_tokens`) and suppressed codes (talker only),
-then temperature, top-k, and top-p over what top-k kept.
-
-Randomness is per row: each row has a seed, and the uniform numbers behind its draws are a hash of
-(seed, frame, sub-step, code), so a row draws the same codes whatever else shares its batch, with
-no generator state to carry (and nothing for a CUDA graph to capture but integer arithmetic).
+A job holds one (its `params`, validated at the edge); each of its chunks' rows holds its own copy,
+with the row's end-of-speech floor, frame budget and random stream filled in (`for_row`); the
+engines' loops turn the rows' values into device tensors (`draw.SamplingTensors`). No torch here, so
+the edge builds jobs without loading any model code.
 """
 
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass, fields, replace
 
-# The arguments of qwen-tts's `talker.generate` that choose codes, named as it names them, with
-# the default used when a call leaves one out, and each one's dtype as a row tensor.
-SETTINGS: dict[str, tuple[torch.dtype, float | int | bool | None]] = {
-    "do_sample": (torch.bool, True),
-    "temperature": (torch.float32, 0.9),
-    "top_k": (torch.long, 50),
-    "top_p": (torch.float32, 1.0),
-    "repetition_penalty": (torch.float32, 1.05),
-    "subtalker_dosample": (torch.bool, True),
-    "subtalker_temperature": (torch.float32, 0.9),
-    "subtalker_top_k": (torch.long, 50),
-    "subtalker_top_p": (torch.float32, 1.0),
-    "min_new_tokens": (torch.long, 2),  # the end-of-speech floor, in frames
-    "max_frames": (torch.long, None),   # the frame budget: the row ends there (None: max_new_tokens)
-    "seed": (torch.long, None),         # the row's random stream (None: drawn from torch's generator)
-}
-SEED_RANGE = 2**31
+SEED_RANGE = 2**31  # seeds are 0 .. 2**31 - 1
+LIBRARY_FLOOR = 2   # qwen-tts's own end-of-speech floor, in frames
 
 
-class RowSettings:
-    """One [rows, 1] device tensor per setting of SETTINGS."""
+@dataclass(frozen=True)
+class Sampling:
+    """The talker's and the code predictor's sampling, named as qwen-tts names them; the defaults are
+    the documented API's (conf/sampling/default.yaml)."""
 
-    def __init__(self, tensors: dict[str, torch.Tensor]):
-        self.tensors = tensors
+    do_sample: bool = True            # False: greedy (and the code predictor too, unless told)
+    temperature: float = 0.3
+    top_k: int = 50                   # 0: off
+    top_p: float = 0.85               # 1.0: off
+    repetition_penalty: float = 1.0
+    subtalker_dosample: bool | None = None  # None: as do_sample
+    subtalker_temperature: float = 0.3
+    subtalker_top_k: int = 50
+    subtalker_top_p: float = 0.85
+    max_new_tokens: int = 1024        # the cap: at most max_new_tokens - 1 frames
+    min_new_tokens: int = 60          # the end-of-speech floor, in frames
+    seed: int | None = None           # a job's seed, or a row's random stream
+    max_frames: int | None = None     # a row's frame budget: it ends there (None: the cap)
 
-    def __getitem__(self, name: str) -> torch.Tensor:
-        return self.tensors[name]
+    def __post_init__(self) -> None:
+        if self.subtalker_dosample is None:
+            object.__setattr__(self, "subtalker_dosample", self.do_sample)
 
-    @classmethod
-    def allocate(cls, rows: int, device: torch.device) -> RowSettings:
-        return cls({name: torch.zeros(rows, 1, dtype=dtype, device=device) for name, (dtype, _) in SETTINGS.items()})
+    def library_kwargs(self) -> dict:
+        """The sampling arguments of qwen-tts's generate calls."""
+        names = ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "subtalker_dosample",
+                 "subtalker_temperature", "subtalker_top_k", "subtalker_top_p", "max_new_tokens")
+        return {name: getattr(self, name) for name in names}
 
-    @classmethod
-    def from_call(cls, kwargs: dict, fill: torch.Tensor) -> RowSettings:
-        """The settings of a talker.generate call for the rows `fill` (each an index into the call's
-        requests). A value is one scalar for the call or a list with one per request."""
-        tensors = {}
-        for name, (dtype, default) in SETTINGS.items():
-            value = kwargs.get(name, default)
-            if value is None and name == "max_frames":  # the call's own cap
-                value = kwargs["max_new_tokens"]
-            elif value is None and name == "seed":  # reproducible under torch.manual_seed
-                value = torch.randint(SEED_RANGE, (int(fill.max()) + 1,)).tolist()
-            values = value if isinstance(value, (list, tuple)) else [value]
-            column = torch.tensor([float(v) for v in values], dtype=torch.float64, device=fill.device)
-            column = column.expand(int(fill.max()) + 1) if column.numel() == 1 else column
-            tensors[name] = column.index_select(0, fill)[:, None].to(dtype)
-        return cls(tensors)
+    def for_row(self, floor: int | None, budget: int | None, seed: int) -> Sampling:
+        """One row's sampling: its own floor (None: this one's min_new_tokens), at least the library's 2
+        and at most the cap; its frame budget, capped as the cap caps one call (max_new_tokens - 1
+        frames); its seed."""
+        cap = self.max_new_tokens
+        floor = self.min_new_tokens if floor is None else floor
+        budget = cap if budget is None else max(1, int(budget))
+        return replace(self, min_new_tokens=max(LIBRARY_FLOOR, min(int(floor), cap)), max_frames=min(budget, cap - 1),
+                       seed=int(seed))
 
     @classmethod
-    def stack(cls, parts: list[RowSettings]) -> RowSettings:
-        """The rows of `parts`, one after another."""
-        return cls({name: torch.cat([p.tensors[name] for p in parts]) for name in parts[0].tensors})
-
-    def load(self, other: RowSettings) -> None:
-        """Copy `other` into the first rows."""
-        for name, tensor in other.tensors.items():
-            self.tensors[name][: tensor.shape[0]].copy_(tensor)
-
-    def rows(self, n: int) -> RowSettings:
-        return RowSettings({name: t[:n] for name, t in self.tensors.items()})
-
-    def select(self, index: torch.Tensor) -> RowSettings:
-        return RowSettings({name: t.index_select(0, index) for name, t in self.tensors.items()})
-
-
-def warp(scores: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """Float32 scores [B, V] after temperature, then top-k, then top-p over what top-k kept, as HF's
-    warpers do, with per-row settings ([B, 1]; top_k 0 and top_p >= 1 mean off). Codes left out get
-    -inf; the best code always stays."""
-    warped = scores / temperature
-    ranked, order = warped.sort(dim=-1)  # ascending, as HF's top-p sorts
-    vocab = ranked.shape[-1]
-    k = torch.where(top_k > 0, top_k, vocab).clamp(1, vocab)
-    keep = ranked >= ranked.gather(1, vocab - k)
-    cumulative = ranked.masked_fill(~keep, float("-inf")).softmax(dim=-1).cumsum(dim=-1)
-    keep &= (cumulative > 1 - top_p) | (top_p >= 1)
-    keep[:, -1].fill_(True)  # the best code always stays
-    return warped.masked_fill(~torch.zeros_like(keep).scatter(1, order, keep), float("-inf"))
-
-
-_MASK32 = 0xFFFFFFFF
-
-
-def _hash32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer mixer (int64 tensors holding values below 2**32; products stay below 2**63)."""
-    x = (((x >> 16) ^ x) * 0x45D9F3B) & _MASK32
-    x = (((x >> 16) ^ x) * 0x45D9F3B) & _MASK32
-    return (x >> 16) ^ x
-
-
-def uniform(seeds: torch.Tensor, frame: torch.Tensor | int, substep: int, codes: torch.Tensor) -> torch.Tensor:
-    """Uniform numbers in (0, 1), one per (row, code) of `codes` ([B, N] code ids): a hash of the
-    row's seed ([B, 1]), the frame, the sub-step (0 the talker, 1..15 the code predictor) and the code."""
-    h = _hash32(_hash32(_hash32(seeds & _MASK32) ^ frame) ^ substep)
-    bits = _hash32(h ^ codes)
-    return ((bits.float() + 0.5) * 2.0**-32).clamp_(max=1.0 - 2.0**-24)
-
-
-def draw(scores: torch.Tensor, do_sample: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
-         top_p: torch.Tensor, seeds: torch.Tensor, frame: torch.Tensor | int, substep: int,
-         candidates: int | None = None) -> torch.Tensor:
-    """One code per row: greedy rows take the argmax of the scores, sampling rows draw from the
-    warped distribution by an exponential race (the argmax of p / Exp(1) is a draw from p), with the
-    row's own uniform numbers (see `uniform`) and no host round trip. `candidates` (at least every
-    sampling row's top_k; None: all codes) warps and draws over only that many best codes: the same
-    draw, for less work."""
-    greedy = scores.argmax(dim=-1)
-    if candidates is not None and candidates < scores.shape[-1]:
-        scores, index = scores.topk(candidates, dim=-1)
-    else:
-        index = torch.arange(scores.shape[-1], device=scores.device).expand_as(scores)
-    probs = warp(scores, temperature, top_k, top_p).softmax(dim=-1)
-    race = -uniform(seeds, frame, substep, index).log()  # Exp(1) per code
-    drawn = index.gather(1, (probs / race).argmax(dim=-1, keepdim=True)).squeeze(1)
-    return torch.where(do_sample.squeeze(1), drawn, greedy)
-
-
-def candidates(settings: dict, top_k: str = "top_k", do_sample: str = "do_sample") -> int | None:
-    """The fewest best codes a call's sampling rows can draw from (the largest top_k), read from the
-    call's arguments on the host; None when a sampling row has top-k off (every code is a candidate)."""
-    ks, samples = settings.get(top_k, SETTINGS[top_k][1]), settings.get(do_sample, SETTINGS[do_sample][1])
-    rows = max((len(v) for v in (ks, samples) if isinstance(v, (list, tuple))), default=1)
-    ks, samples = ([v] * rows if not isinstance(v, (list, tuple)) else v for v in (ks, samples))
-    sampled = [int(k) for k, sample in zip(ks, samples, strict=True) if sample]
-    if not sampled:
-        return 1  # greedy rows take the argmax over every code anyway
-    return None if min(sampled) <= 0 else max(sampled)
-
-
-def draw_subcode(scores: torch.Tensor, settings: RowSettings, frame: torch.Tensor | int, group: int,
-                 candidates: int | None = None) -> torch.Tensor:
-    """Code predictor code `group` (1..15) of frame `frame`: the subtalker settings, nothing else."""
-    return draw(scores.float(), settings["subtalker_dosample"], settings["subtalker_temperature"],
-                settings["subtalker_top_k"], settings["subtalker_top_p"], settings["seed"], frame, group, candidates)
-
-
-def next_code(scores: torch.Tensor, settings: RowSettings, frame: torch.Tensor | int, seen: torch.Tensor,
-              unfinished: torch.Tensor, blocked: torch.Tensor, eos: int, candidates: int | None = None) -> torch.Tensor:
-    """The talker's next first-codebook code per row, for frame `frame`: repetition penalty over the
-    codes a row has made (`seen`, [B, V] bool), the floor held on the end code, suppressed codes
-    (`blocked`, [V] bool, the end code never among them), warp and draw. Rows already ended, or at
-    their frame budget, get the end code."""
-    scores = scores.float()
-    penalty = settings["repetition_penalty"]
-    scores = torch.where(seen, torch.where(scores < 0, scores * penalty, scores / penalty), scores)
-    scores = scores.masked_fill(blocked, float("-inf"))
-    end = scores[:, eos:eos + 1]
-    end.masked_fill_(frame < settings["min_new_tokens"], float("-inf"))  # the floor holds the end code back
-    token = draw(scores, settings["do_sample"], settings["temperature"], settings["top_k"], settings["top_p"],
-                 settings["seed"], frame, 0, candidates)
-    going = unfinished & (frame < settings["max_frames"]).view(-1)
-    return torch.where(going, token, eos)
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))

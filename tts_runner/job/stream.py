@@ -6,13 +6,13 @@ context (`stream.left_context_frames` frames before the new ones; the decoder is
 opening of a chunk is there before its end). Finished chunks behind the head wait their turn.
 
 The pieces are exactly the samples the whole job would have: each chunk's silent edges trimmed,
-chunks crossfaded, segments joined with their gap, as tts_runner.job.run.Assembler builds them, except
+chunks crossfaded, segments joined with their gap, as tts_runner.job.assemble builds them, except
 loudness matching, which needs a whole segment (a streamed job is left at the level the model made
 it). A sample goes out once nothing to come can change it: not before the first loud window of its
 chunk is known (leading trim), nor within the last loud window + keep (trailing trim) or the last
 crossfade of what is known. So the pieces joined equal the audio of the same job, seed and settings
 run without streaming and with `loudness_lufs: null`, to within the decoder's float rounding (it
-decodes a shorter window: 1 LSB of PCM16 at most; tests/test_stream.py).
+decodes a shorter window: 1 LSB of PCM16 at most; tests/e2e/test_stream.py).
 
 A head chunk that has been partly streamed cannot be retried (too short, or ran away): the stream
 ends with an error naming it.
@@ -28,29 +28,34 @@ from dataclasses import replace
 import numpy as np
 import soundfile as sf
 import torch
-from omegaconf import DictConfig
 
-from tts_runner.audio import dsp as audio
+from tts_runner.audio import dsp, formats
+from tts_runner.audio.codec import SAMPLE_RATE, SAMPLES_PER_FRAME
 from tts_runner.errors import GenerationError, InputError
-from tts_runner.job.run import chunk_places, generate_scheduled, prepare, segment_metadata
-from tts_runner.serving.model import SAMPLE_RATE, SAMPLES_PER_FRAME, Model
-from tts_runner.serving.scheduler import Ticket
+from tts_runner.job import describe
+from tts_runner.job.assemble import chunk_places, trimmed
+from tts_runner.job.events import Events
+from tts_runner.job.generate import generate
+from tts_runner.job.plan import Chunk, Plan, plan
+from tts_runner.job.spec import Job
+from tts_runner.serving.model import Model
+from tts_runner.serving.ticket import Ticket
 
 
 class StreamAssembler:
-    """The job's audio so far and how much of it is final. Chunks are `runner.Chunk`s."""
+    """The job's audio so far and how much of it is final."""
 
-    def __init__(self, model: Model, chunks: list, num_segments: int, chunking: DictConfig, post: DictConfig,
-                 settings: DictConfig | dict):
-        self.model, self.post = model, post
-        self.left_context = settings.get("left_context_frames")
-        self.first_frames = int(settings.get("first_piece_frames") or 1)
-        self.piece_frames = int(settings.get("piece_frames") or 1)
+    def __init__(self, model: Model, chunks: Plan, job: Job):
+        pacing, chunking = job.recipe.pacing, job.recipe.chunking
+        self.model, self.job = model, job
+        self.left_context = pacing.left_context_frames
+        self.first_frames = max(1, pacing.first_piece_frames)
+        self.piece_frames = max(1, pacing.piece_frames)
         self.crossfade_ms = chunking.crossfade_ms
         self.crossfade = int(round(SAMPLE_RATE * chunking.crossfade_ms / 1000.0))
         self.gap = int(round(SAMPLE_RATE * chunking.segment_gap_ms / 1000.0))
-        self.order: list[list] = [[] for _ in range(num_segments)]  # chunks of each segment, in order
-        for chunk in sorted(chunks, key=lambda c: (c.segment, c.position)):
+        self.order: list[list[Chunk]] = [[] for _ in range(chunks.segments)]  # chunks of each segment, in order
+        for chunk in sorted(chunks.chunks, key=lambda c: (c.segment, c.position)):
             self.order[chunk.segment].append(chunk)
         self.cond = threading.Condition()
         self.done: dict[int, np.ndarray] = {}       # chunk index -> its audio, accepted
@@ -64,6 +69,10 @@ class StreamAssembler:
         self.start = 0                              # where the segment being sent starts
         self.finished = False
         self.error: BaseException | None = None
+
+    def events(self) -> Events:
+        """What the generate stage tells this assembler."""
+        return Events(result=self.add, retry=self.retry, listener=self.listener)
 
     # ---- what the generation side tells it (job thread, scheduler thread) -------------------------
     def listener(self, chunk):
@@ -151,15 +160,13 @@ class StreamAssembler:
             if chunk.index not in self.done:
                 self.head = (index, codes.shape[0], samples)
 
-    def _trimmed(self, samples: np.ndarray, whole: bool) -> np.ndarray | None:
-        """A chunk's audio with its silent edges cut (as audio.trim_silence); for a chunk still running
-        (`whole` False), the part of it certain to stay: None while its first loud window is unknown."""
-        trim = self.post.trim
-        if trim.threshold_db is None:
+    def _running(self, samples: np.ndarray) -> np.ndarray | None:
+        """The part of a running chunk's audio certain to stay once its silent edges are cut (as
+        assemble.trimmed cuts the whole chunk): None while its first loud window is unknown."""
+        trim = self.job.recipe.mastering.trim
+        if trim is None:
             return samples
-        if whole:
-            return audio.trim_silence(samples, SAMPLE_RATE, trim.threshold_db, trim.keep_ms)
-        span = audio.loud_span(samples, SAMPLE_RATE, trim.threshold_db, trim.keep_ms)
+        span = dsp.loud_span(samples, SAMPLE_RATE, trim.threshold_db, trim.keep_ms)
         return None if span is None else samples[span[0]:span[1]]
 
     def _release(self) -> np.ndarray:
@@ -170,15 +177,15 @@ class StreamAssembler:
             for chunk in chunks:
                 if chunk.index not in self.done:
                     break
-                parts.append(self._trimmed(self.done[chunk.index], whole=True))
+                parts.append(trimmed(self.done[chunk.index], self.job))
             complete = len(parts) == len(chunks)
-            known = audio.crossfade_concat(parts, SAMPLE_RATE, self.crossfade_ms)
+            known = dsp.crossfade_concat(parts, SAMPLE_RATE, self.crossfade_ms)
             stable = known.size if complete else max(0, known.size - self.crossfade)
             head = None if complete else chunks[len(parts)]
             if head is not None and self.head and self.head[0] == head.index:
-                piece = self._trimmed(self.head[2], whole=False)
+                piece = self._running(self.head[2])
                 if piece is not None and piece.size > 2 * self.crossfade:
-                    with_head = audio.crossfade_concat([*parts, piece], SAMPLE_RATE, self.crossfade_ms)
+                    with_head = dsp.crossfade_concat([*parts, piece], SAMPLE_RATE, self.crossfade_ms)
                     if with_head.size - self.crossfade > stable:
                         known, stable = with_head, with_head.size - self.crossfade
                         if stable > self.sent:
@@ -187,8 +194,8 @@ class StreamAssembler:
             self.sent = max(self.sent, stable)
             self.total += out.size
             if complete:
-                places = chunk_places(audio.crossfade_spans([p.size for p in parts], SAMPLE_RATE, self.crossfade_ms),
-                                      self.start, SAMPLE_RATE)
+                places = chunk_places(dsp.crossfade_spans([p.size for p in parts], SAMPLE_RATE, self.crossfade_ms),
+                                      self.start)
                 self.spans.append((round(self.start / SAMPLE_RATE, 3), round(self.total / SAMPLE_RATE, 3), places))
                 for chunk in chunks:
                     self.done.pop(chunk.index, None)
@@ -218,7 +225,7 @@ class PieceEncoder:
 
     def encode(self, samples: np.ndarray) -> bytes:
         if self.format == "pcm":
-            return audio.encode(samples, SAMPLE_RATE, "pcm")
+            return formats.encode(samples, SAMPLE_RATE, "pcm")
         self.file.write(np.clip(samples, -1.0, 1.0))
         return self._new_bytes()
 
@@ -234,30 +241,28 @@ class PieceEncoder:
         return data
 
 
-def stream_job(cfg: DictConfig, model: Model, ticket=None):
-    """Run a resolved job on the scheduler and yield (bytes, metadata) pieces in order: the job's
-    audio as PieceEncoder encodes it, metadata (a dict) with the last piece only."""
+def stream_job(job: Job, model: Model, ticket: Ticket | None = None):
+    """Run a job on the scheduler and yield (bytes, metadata) pieces in order: the job's audio as
+    PieceEncoder encodes it, metadata (a dict) with the last piece only."""
     started = time.perf_counter()
     if model.scheduler is None:
         raise InputError("Invalid input at $.stream: streaming needs the scheduler (runtime.engine fast, "
                          "scheduler.enabled true); this worker runs the stock engine or has it off.")
-    ticket = ticket or Ticket("stream")
-    chunks, num_segments, sampling = prepare(cfg, model)
-    stream = cfg.get("stream") or {}
-    assembler = StreamAssembler(model, chunks, num_segments, cfg.chunking, cfg.audio, stream)
+    ticket = ticket or Ticket(job.id)
+    chunks = plan(job, model)
+    assembler = StreamAssembler(model, chunks, job)
     outcome: dict = {}
 
-    def generate() -> None:
+    def run() -> None:
         try:
-            outcome["stats"] = generate_scheduled(model, chunks, num_segments, sampling, cfg.batching, None, assembler.add,
-                                                  ticket, assembler.listener, assembler.retry)[2]
+            outcome["stats"] = generate(model, chunks, job, assembler.events(), ticket)
             assembler.close()
         except BaseException as exc:  # noqa: BLE001 - handed to the stream's thread, which raises it
             assembler.close(exc)
 
-    worker = threading.Thread(target=generate, name="stream-generate", daemon=True)
+    worker = threading.Thread(target=run, name="stream-generate", daemon=True)
     worker.start()
-    encoder = PieceEncoder(cfg.input.output_format, int(cfg.audio.mp3_bitrate))
+    encoder = PieceEncoder(job.output.format, job.output.mp3_bitrate)
     first, held = None, b""
     try:
         for samples in assembler.pieces():
@@ -273,18 +278,7 @@ def stream_job(cfg: DictConfig, model: Model, ticket=None):
         if worker.is_alive():
             model.scheduler.cancel(ticket)
         worker.join()
-    stats = outcome["stats"]
-    metadata = {
-        "duration_seconds": round(assembler.total / SAMPLE_RATE, 3),
-        "sample_rate": SAMPLE_RATE,
-        "format": encoder.format,
-        "num_segments": num_segments,
-        "num_chunks": len(chunks),
-        "generation_time_seconds": round(time.perf_counter() - started, 3),
-        "first_audio_seconds": round(first if first is not None else time.perf_counter() - started, 3),
-        "model": model.name,
-        "seed": sampling["seed"],
-        "runaways": stats.runaways,
-        "segments": segment_metadata(chunks, assembler.spans),
-    }
-    yield held, metadata
+    took = time.perf_counter() - started
+    yield held, describe.metadata(job, chunks, outcome["stats"], assembler.spans,
+                                  duration=round(assembler.total / SAMPLE_RATE, 3), sample_rate=SAMPLE_RATE,
+                                  fmt=encoder.format, seconds=took, first_audio=took if first is None else first)

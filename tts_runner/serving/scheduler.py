@@ -1,11 +1,12 @@
-"""The scheduler of one loaded model: jobs hand it their chunks; it owns the decode loop.
+"""The scheduler of one loaded model: jobs hand it their chunks; it owns the loop that generates them.
 
-Iteration-level batching, as Orca and vLLM schedule language-model requests: one thread steps a
-running batch of rows (tts_runner/decode/running.py) and, every `sync_every` frames, at its host
-check, retires the rows that have ended (their codes go back to the job that asked) and admits
-waiting chunks into the free rows: qwen-tts builds their prompts, they are prefilled as a group and
-merged into the running batch. Every sampling setting is held per row, so jobs with different
-params share a batch.
+Iteration-level batching, as Orca and vLLM schedule language-model requests: one thread steps the
+model's running batches of rows (tts_runner/engines: the graph engine's slots and the fast loop
+beside them, or the fast loop alone) and, every `sync_every` frames, at its host check, retires the
+rows that have ended (their codes go back to the job that asked) and admits waiting chunks into the
+free rows: qwen-tts builds their prompts, they are prefilled as a group and placed as one call's rows
+are placed (engines.loop.place). Each row holds its own sampling, so jobs with different params share
+a batch.
 
 Fairness: free rows go round-robin over the jobs that have chunks waiting, in the order the jobs
 arrived (a job's own chunks in the order it gave them). A job alone gets every row (a per-job cap
@@ -13,12 +14,12 @@ would leave rows idle while a podcast runs alone), and a job that arrives while 
 every row gets every other row that frees: a short request does not wait behind a podcast, and the
 podcast keeps the rest.
 
-Codes become audio on the same thread, between rounds (`decode`): the jobs hand it their finished
+Codes become audio on the same thread, between rounds (`decode`, the speech decoder's work): the jobs hand it their finished
 chunks and it decodes everything waiting in one length-grouped call of the speech tokenizer, so
 chunks of many jobs that end together are decoded together, and the device is never split between
 the loop and a decode per job (on the CPU that thrashed: each ran its own thread pool).
 
-Bounds: at most `max_rows` rows decode at once; at most `queue_limit` chunks wait, over all jobs, and
+Bounds: at most `max_rows` rows run at once; at most `queue_limit` chunks wait, over all jobs, and
 a job that would go beyond is refused at once with WorkerBusy (never an out-of-memory later). A job
 that is cancelled loses its waiting chunks at once and its rows at the next host check. A failure in
 the loop fails the chunks it touched (the jobs retry them, as they retry a failed batch); out of
@@ -35,42 +36,47 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
+import numpy as np
 import torch
 
+from tts_runner.engines.core import Row, RowBatch
+from tts_runner.engines.loop import place, step
+from tts_runner.engines.sampling import Sampling
 from tts_runner.errors import DeviceFailure, WorkerBusy
-
-if TYPE_CHECKING:
-    from tts_runner.engines.graph import GraphRows
-    from tts_runner.engines.running import RunningBatch
-    from tts_runner.serving.model import ChunkRequest, Model
+from tts_runner.serving.device import device_broken
+from tts_runner.serving.ticket import Ticket
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(eq=False)
-class Ticket:
-    """One job's handle on the scheduler."""
+class Served(Protocol):
+    """What the scheduler asks of its model (tts_runner.serving.model.Model)."""
 
     name: str
-    cancelled: bool = False
+    lock: threading.Lock
+
+    def prompts(self, requests: list[Any]) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor, list]: ...
+    def new_batches(self, pad: torch.Tensor, suppress: list[int] | None, capacity: int) -> list[RowBatch]: ...
+    def decode(self, items: list[tuple[Any, torch.Tensor]]) -> list[np.ndarray]: ...
 
 
 @dataclass(eq=False)
 class Pending:
-    """A chunk waiting for, or holding, a row. `listener` (streaming) hears the row's codes so far
-    at every host check while it runs."""
+    """A chunk waiting for, or holding, a row: its request (a model's ChunkRequest), its row's
+    sampling, its job. `listener` (streaming) hears the row's codes so far at every host check
+    while it runs."""
 
-    request: ChunkRequest
-    settings: dict
+    request: Any
+    sampling: Sampling
     ticket: Ticket
     listener: Callable[[torch.Tensor], None] | None = None
     future: Future = field(default_factory=Future)
 
 
 class Scheduler:
-    def __init__(self, model: Model, max_rows: int, queue_limit: int, sync_every: int):
+    def __init__(self, model: Served, max_rows: int, queue_limit: int, sync_every: int):
         self.model, self.max_rows, self.queue_limit = model, int(max_rows), int(queue_limit)
         self.rows = self.max_rows  # lowered after an out-of-memory
         self.sync_every = max(1, int(sync_every))
@@ -78,9 +84,9 @@ class Scheduler:
         self.waiting: dict[Ticket, deque[Pending]] = {}  # insertion order = arrival order
         self.count = 0  # chunks waiting
         self.turn = 0   # where the round-robin goes on
-        # the running rows: the engine's batch, and for the graph engine a fast-loop batch beside it
-        # for chunks too long for its buffers (runtime.graph.max_len); rows stay where they start
-        self.batches: list[RunningBatch | GraphRows] = []
+        # the running rows: the model's batches (for the graph engine its slots, and the fast loop beside
+        # them for chunks too long for its buffers); made at the first admission, rows stay where they start
+        self.batches: list[RowBatch] = []
         self.broken: str | None = None
         self.thread: threading.Thread | None = None
         self.rounds = 0
@@ -88,9 +94,9 @@ class Scheduler:
         self.holds = 0  # holds on admission (held()): while any is on, waiting chunks wait
 
     # ---- the jobs' side --------------------------------------------------------------------------
-    def submit(self, ticket: Ticket, items: list[tuple[ChunkRequest, dict, Callable | None]]) -> list[Future]:
-        """Queue chunks of one job (request, row settings, listener); all or none: beyond the queue
-        limit, WorkerBusy."""
+    def submit(self, ticket: Ticket, items: list[tuple[Any, Sampling, Callable | None]]) -> list[Future]:
+        """Queue chunks of one job (request, its row's sampling, listener); all or none: beyond the
+        queue limit, WorkerBusy."""
         with self.cond:
             if self.broken:
                 raise DeviceFailure(self.broken)
@@ -100,7 +106,7 @@ class Scheduler:
                     f"{len(items)}, over the queue limit of {self.queue_limit} (scheduler.queue_limit). Send it again "
                     "shortly, or to another worker.")
             queue = self.waiting.setdefault(ticket, deque())
-            pending = [Pending(request, settings, ticket, listener) for request, settings, listener in items]
+            pending = [Pending(request, sampling, ticket, listener) for request, sampling, listener in items]
             queue.extend(pending)
             self.count += len(pending)
             self._start()
@@ -144,14 +150,14 @@ class Scheduler:
 
     @property
     def load(self) -> tuple[int, int]:
-        """(rows decoding, chunks waiting)."""
+        """(rows running, chunks waiting)."""
         return self.running, self.count
 
     @property
     def running(self) -> int:
         return sum(len(b) for b in self.batches)
 
-    def decode(self, items: list[tuple[ChunkRequest, torch.Tensor]]) -> list:
+    def decode(self, items: list[tuple[Any, torch.Tensor]]) -> list[np.ndarray]:
         """Waveforms for (request, codes) items, decoded with whatever other jobs are waiting for."""
         if not items:
             return []
@@ -168,7 +174,7 @@ class Scheduler:
         if not batch:
             return
         try:
-            wavs = self.model.to_audio([item for item, _ in batch])
+            wavs = self.model.decode([item for item, _ in batch])
         except Exception as exc:  # noqa: BLE001 - each job hears it
             for _, future in batch:
                 future.set_exception(exc)
@@ -177,7 +183,7 @@ class Scheduler:
                 future.set_result(wav)
 
     # ---- the loop --------------------------------------------------------------------------------
-    def _take(self, free: int) -> list[Pending]:
+    def take(self, free: int) -> list[Pending]:
         """Up to `free` waiting chunks, round-robin over the jobs in arrival order."""
         taken: list[Pending] = []
         while free > len(taken) and self.waiting:
@@ -198,7 +204,7 @@ class Scheduler:
                 while not (self.count and not self.holds) and not self.running and not self.to_decode:
                     self.cond.wait()
                 free = self.rows - self.running
-                admit = self._take(free) if free > 0 and not self.holds else []
+                admit = self.take(free) if free > 0 and not self.holds else []
             if admit or self.running:
                 self._round(admit)
             self._decode_waiting()
@@ -208,41 +214,26 @@ class Scheduler:
         try:
             with self.model.lock, torch.inference_mode():
                 if admit:
-                    self._admit(admit)
-                for _ in range(self.sync_every):
-                    for batch in self.batches:
-                        if len(batch):
-                            batch.step()
+                    self.admit(admit)
+                step(self.batches, self.sync_every)
                 self._check()
         except Exception as exc:  # noqa: BLE001 - fail what the round touched, go on serving
             self._fail(exc, admit)
         self.rounds += 1
 
-    def _admit(self, pending: list[Pending]) -> None:
-        from tts_runner.engines.graph import GraphRows
-        from tts_runner.engines.running import Row, RunningBatch
-
+    def admit(self, pending: list[Pending]) -> None:
+        """Build the prompts of the chunks taken (their job not cancelled) and place their rows."""
         live = [p for p in pending if not p.ticket.cancelled]
         for p in pending:
             if p.ticket.cancelled:
                 p.future.cancel()
         if not live:
             return
-        prompts, pad, suppress = self.model.capture([p.request for p in live])
-        rows = [Row(prompt, text, p.settings, p) for (prompt, text), p in zip(prompts, live, strict=True)]
-        like = self.model.tts.model.talker.codec_head.weight
+        prompts, pad, suppress = self.model.prompts([p.request for p in live])
+        rows = [Row(prompt, text, p.sampling, p) for (prompt, text), p in zip(prompts, live, strict=True)]
         if not self.batches:
-            if self.model.engine == "graph" and self.model.graph is not None:
-                self.batches.append(GraphRows(self.model.graph, pad, suppress, like))
-            self.batches.append(RunningBatch(self.model.tts.model.talker, pad, suppress, self.max_rows, like))
-        graph = self.batches[0] if isinstance(self.batches[0], GraphRows) else None
-        fits, rest = [], []
-        for row in rows:
-            (fits if graph is not None and len(fits) < graph.free and graph.fits(row) else rest).append(row)
-        if fits:
-            graph.admit(fits)
-        if rest:
-            self.batches[-1].admit(rest)
+            self.batches = self.model.new_batches(pad, suppress, self.max_rows)
+        place(self.batches, rows)
 
     def _check(self) -> None:
         """The host check: hand back the rows that ended, drop cancelled ones, feed listeners."""
@@ -262,8 +253,6 @@ class Scheduler:
                     row.tag.future.cancel()
 
     def _fail(self, exc: BaseException, admit: list[Pending]) -> None:
-        from tts_runner.serving.model import device_broken
-
         touched = [p for p in admit if not p.future.done()]
         for batch in self.batches:
             touched += [row.tag for row in batch.rows if not row.tag.future.done()]
@@ -280,7 +269,7 @@ class Scheduler:
                 self.count = 0
         elif isinstance(exc, torch.cuda.OutOfMemoryError):
             self.rows = max(1, self.rows // 2)
-            log.warning("Out of memory with %d rows; %s now decodes at most %d rows at once", len(touched),
+            log.warning("Out of memory with %d rows; %s now runs at most %d rows at once", len(touched),
                         self.model.name, self.rows)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()

@@ -1,6 +1,6 @@
 """The sweep report: one page that compares the runs of a multirun.
 
-    python -m tts_runner.sweeps.report DIR       (re)build DIR/report.html and DIR/report.csv
+    python -m tts_runner.report DIR       (re)build DIR/report.html and DIR/report.csv
 
 A Hydra callback (`ReportCallback`, in conf/cli.yaml) builds it at the end of every multirun. Each run
 folder under DIR (one with a result.json) becomes a row: the overrides that vary across the runs,
@@ -114,10 +114,10 @@ def varying_keys(runs: list[Run]) -> list[str]:
 
 # ---- scores --------------------------------------------------------------------------------------
 def read_audio(path: Path) -> tuple[np.ndarray, int]:
-    from tts_runner.audio import dsp as audio
+    from tts_runner.audio import formats
 
     fmt = path.suffix.lstrip(".")
-    samples, rate = audio.decode(path.read_bytes(), "wav" if fmt in ("wav", "flac", "ogg", "opus") else fmt)
+    samples, rate = formats.read(path.read_bytes(), "wav" if fmt in ("wav", "flac", "ogg", "opus") else fmt)
     return np.asarray(samples, dtype=np.float32).reshape(-1), int(rate)
 
 
@@ -323,7 +323,7 @@ class ReportCallback(Callback):
         try:
             out_html, _ = build(sweep, scores=self.scores)
         except Exception as exc:  # noqa: BLE001 - the runs are done and kept; the report can be rebuilt
-            log.error("The sweep report could not be built (%s: %s); rebuild it with python -m tts_runner.sweeps.report %s",
+            log.error("The sweep report could not be built (%s: %s); rebuild it with python -m tts_runner.report %s",
                       type(exc).__name__, exc, sweep)
         else:
             print(f"sweep report: {out_html}")

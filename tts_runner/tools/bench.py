@@ -49,11 +49,17 @@ from pathlib import Path
 
 import torch
 
+from tts_runner.edge import build, payload
 from tts_runner.edge import config as config_mod
-from tts_runner.edge import payload as payload_mod
-from tts_runner.job.run import chunk_seed, run_job
+from tts_runner.edge.jobs import Edge
+from tts_runner.engines.sampling import Sampling
+from tts_runner.job.plan import chunk_seed
+from tts_runner.job.run import run_job
+from tts_runner.job.spec import Job
+from tts_runner.serving.device import device_name
 from tts_runner.serving.model import ChunkRequest, Model
 from tts_runner.serving.store import ModelStore
+from tts_runner.tools.texts import AGREEMENT_TEXTS
 
 
 @dataclass
@@ -82,7 +88,7 @@ CHARS_PER_SECOND = 15  # read speech: ~150 words a minute
 def long_job(chunks: int, minutes: float = 0.0) -> dict:
     """The podcast dialogue repeated to `chunks` segments (each one chunk of <= 120 characters), or
     to `minutes` of read speech when given."""
-    _, spec = payload_mod.load_job_spec("podcast")
+    _, spec = payload.load_job_spec("podcast")
     lines = spec["segments"]
     segments: list[dict] = []
     if minutes:
@@ -101,15 +107,11 @@ def peak_memory_gib(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux; process peak
 
 
-def device_name(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    return "cpu"
-
-
 def load(args: argparse.Namespace) -> tuple:
-    """The resolved config (before a job is merged) and the loaded model, once for every row."""
+    """The composed config and the loaded model, once for every row: the batch path (each job its
+    own batches, no scheduler), sized for the largest batch."""
     overrides = [
+        "scheduler.enabled=false", f"batching.max_batch_size={max(args.batch_sizes)}",
         f"input.model={args.model}",
         f"sampling.max_new_tokens={args.max_new_tokens}",
         f"sampling.min_new_tokens={args.max_new_tokens if args.fixed_length else args.min_new_tokens}",
@@ -134,7 +136,7 @@ def load(args: argparse.Namespace) -> tuple:
         os.environ["QWEN_TTS_DEVICE"] = args.device
     cfg = config_mod.load(overrides)
     started = time.perf_counter()
-    store = ModelStore(cfg.models, cfg.runtime)
+    store = build.model_store(cfg)
     model = store.get(args.model)
     print(f"model {args.model} on {store.device} ({device_name(store.device)}, "
           f"{str(store.dtype).removeprefix('torch.')}), loaded and warmed up in {time.perf_counter() - started:.1f} s; "
@@ -152,26 +154,31 @@ def load(args: argparse.Namespace) -> tuple:
     return cfg, store, model
 
 
+def batched(job: Job, batch_size: int, name: str, frame_budget: bool = True) -> Job:
+    """`job` run in batches of `batch_size`, named `name` (its file), with its runaway guard or none."""
+    batching = replace(job.recipe.batching, max_batch_size=batch_size,
+                       frame_budget=job.recipe.batching.frame_budget if frame_budget else None)
+    return replace(job, name=name, recipe=replace(job.recipe, batching=batching))
+
+
 def run(args: argparse.Namespace, cfg, store: ModelStore, model: Model, job: dict, label: str,
-        runs: list[tuple[str, int]], done: list[Row]) -> list[Row]:
-    """One row per (engine, batch size): `job` through the whole job graph. Each row is also added
-    to `done` and, with --json, written at once (a run cut short keeps the rows it made)."""
-    cfg = payload_mod.merge(cfg, job)
-    print(f"\njob {label}: {len(job['segments'])} segments, {sum(len(s['text']) for s in job['segments'])} "
-          f"characters", flush=True)
+        runs: list[tuple[str, int]], done: list[Row], frame_budget: bool = True) -> list[Row]:
+    """One row per (engine, batch size): `job` through every stage. Each row is also added to `done`
+    and, with --json, written at once (a run cut short keeps the rows it made)."""
+    spec = Edge(cfg).job(job, id="bench")
+    print(f"\njob {label}: {len(job['segments'])} segments, {spec.text_length} characters", flush=True)
     rows: list[Row] = []
     for engine, batch_size in runs:
         if engine == "graph" and model.graph is None:
             continue
-        cfg.batching.max_batch_size = batch_size
-        cfg.input.name = f"bench-{label}-{engine}-b{batch_size}"
+        this = batched(spec, batch_size, f"bench-{label}-{engine}-b{batch_size}", frame_budget)
         torch.manual_seed(args.seed)
         if store.device.startswith("cuda"):
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
         with model.using(engine=engine):
-            response, result = run_job(cfg, model, job_id="bench")
+            response, result = run_job(this, model)
         wall = time.perf_counter() - started
         audio = result.duration_seconds
         base = rows[0].rtf if rows else audio / wall
@@ -180,7 +187,7 @@ def run(args: argparse.Namespace, cfg, store: ModelStore, model: Model, job: dic
                         round(audio / wall, 2), round((audio / wall) / base, 2), round(peak_memory_gib(store.device), 2),
                         round(100 * (wall - result.stats.model_seconds) / wall, 2),
                         round(1000 * result.stats.model_seconds / max(1, result.stats.frame_steps), 1),
-                        result.stats.calls, result.num_chunks, round(capture, 2), result.stats.frame_steps,
+                        result.stats.calls, result.metadata["num_chunks"], round(capture, 2), result.stats.frame_steps,
                         result.stats.runaways))
         print(format_row(rows[-1]), flush=True)
         done.append(rows[-1])
@@ -219,11 +226,10 @@ def runaway(args: argparse.Namespace, cfg, store: ModelStore, model: Model, job:
     job = {**job, "params": {**job.get("params", {}), "seed": args.seed}}
     index = len(job["segments"]) // 2
     print(f"\nforced runaway: chunk {index + 1} of the job's {len(job['segments'])}, first attempt", flush=True)
-    for guard, overrides in (("guard", {}), ("no-guard", {"seconds_per_char": None})):
-        guarded = payload_mod.merge(cfg, {})
-        guarded.batching.frame_budget.update(overrides)
+    for guard in ("guard", "no-guard"):
         with forced_runaway(model, args.seed, index, args.max_new_tokens):
-            row, = run(args, guarded, store, model, job, f"{label}-forced-runaway-{guard}", [(engine, batch)], done)
+            row, = run(args, cfg, store, model, job, f"{label}-forced-runaway-{guard}", [(engine, batch)], done,
+                       frame_budget=guard == "guard")
         print(f"  {guard}: {row.wall_s} s for {row.audio_s} s of audio, {row.frame_steps} talker steps "
               f"({row.ms_per_step} ms each), {row.runaways} runaway(s), {row.model_calls} model calls", flush=True)
 
@@ -264,8 +270,7 @@ def breakdown(model: Model, batch_sizes: list[int], frames: int) -> None:
     speech_decode = tokenizer.decode
     predictor.generate = timed("predictor", predictor.generate)
     tokenizer.decode = timed("decode", speech_decode)
-    sampling = {"max_new_tokens": frames + 1, "min_new_tokens": frames + 1, "temperature": 0.3, "top_k": 50,
-                "top_p": 0.85}
+    sampling = Sampling(max_new_tokens=frames + 1, min_new_tokens=frames + 1)
     print(f"\nstock model call, {frames} frames per item: | batch | whole call s | code predictor s | "
           "speech-tokenizer decode s | talker and sampling s |")
     for size in batch_sizes:
@@ -280,18 +285,6 @@ def breakdown(model: Model, batch_sizes: list[int], frames: int) -> None:
               f"{whole - spent['predictor'] - spent['decode']:.2f} |", flush=True)
     del predictor.generate  # back to the class's method
     tokenizer.decode = speech_decode
-
-
-AGREEMENT_TEXTS = [
-    "Welcome back to the show, where we talk about the small machines that run our lives.",
-    "Today we have a guest who has spent twenty years building radios by hand.",
-    "Short one.",
-    "It started with a broken transistor set that my grandfather kept in the kitchen.",
-    "What did you learn from taking it apart, piece by piece, on that kitchen table?",
-    "Patience, mostly, and that every circuit tells you how it wants to be fixed.",
-    "Numbers like 3.14 and dates like 1987 are read too.",
-    "Thanks for listening, and see you next week.",
-]
 
 
 def greedy_codes(model: Model, engine: str, frames: int, batch: int) -> list[torch.Tensor]:

@@ -57,9 +57,9 @@ class Row:
 
 
 def sentences(n: int, seed: int) -> list[str]:
-    from tts_runner.edge import payload as payload_mod
+    from tts_runner.edge import payload
 
-    _, spec = payload_mod.load_job_spec("podcast")
+    _, spec = payload.load_job_spec("podcast")
     lines = [s["text"] for s in spec["segments"]]
     rng = random.Random(seed)
     return [rng.choice(lines) for _ in range(n)]
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.device:
         os.environ["QWEN_TTS_DEVICE"] = args.device
     from tts_runner.edge.worker import Worker
-    from tts_runner.tools.bench import device_name
+    from tts_runner.serving.device import device_name
 
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("tts_runner").setLevel(logging.WARNING)  # a line per job would bury the table

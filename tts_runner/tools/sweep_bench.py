@@ -44,52 +44,50 @@ def settings(count: int) -> list[str]:
 
 
 def run_configs(job: str, values: list[str], seed: int) -> list:
-    """The resolved config of each run of the sweep, as the command line resolves it."""
+    """The composed config and the job of each run of the sweep, as the command line makes them."""
     from tts_runner.edge import config as config_mod
     from tts_runner.edge.cli import resolve_job
 
-    configs = []
+    runs = []
     for value in values:
         overrides = [f"+job={job}", f"sampling.temperature={value}", f"sampling.seed={seed}"]
-        configs.append(resolve_job(config_mod.load(overrides, config_name="cli"), overrides))
-    return configs
+        cfg = config_mod.load(overrides, config_name="cli")
+        runs.append((cfg, resolve_job(cfg, overrides)))
+    return runs
 
 
 class InProcess:
     """The three ways of running the sweep's work on one loaded model."""
 
-    def __init__(self, configs: list, folder: Path):
+    def __init__(self, runs: list, folder: Path):
+        from tts_runner.edge import build
         from tts_runner.edge.redact import protect
-        from tts_runner.serving.store import ModelStore
 
-        first = configs[0]
-        store = ModelStore(first.models, first.runtime, max_batch=int(first.batching.max_batch_size),
-                           cloning=first.cloning, scheduler=first.scheduler)
-        self.model = store.get(first.input.model)
+        cfg, job = runs[0]
+        self.model = build.model_store(cfg).get(job.model)
         if self.model.scheduler is None:
             raise SystemExit(f"engine {self.model.engine!r} runs no scheduler: batched sweeps need fast or graph")
-        self.configs, self.folder = configs, folder
-        self.secrets = [protect(cfg.sink) for cfg in configs]
+        self.runs, self.folder = runs, folder
+        self.secrets = protect()
         self.count = 0
 
     def one_job(self) -> tuple[float, float]:
         """Seconds for the sweep's chunks as one job (handed over together, generated, decoded as they
         end), and the seconds of audio they make (before trimming)."""
-        from tts_runner.job.run import prepare, seeded
-        from tts_runner.serving.model import SAMPLE_RATE
-        from tts_runner.serving.scheduler import Ticket
+        from tts_runner.audio.codec import SAMPLE_RATE
+        from tts_runner.job.plan import plan, seeded
+        from tts_runner.serving.ticket import Ticket
 
         started = time.perf_counter()
         items = []
-        for cfg in self.configs:
-            chunks, _, sampling = prepare(cfg, self.model)
-            for chunk in chunks:
-                request = seeded(chunk, sampling["seed"])
-                items.append((request, self.model.row_settings(request, sampling), None))
+        for _, job in self.runs:
+            for chunk in plan(job, self.model).chunks:
+                request = seeded(chunk, job.sampling.seed)
+                items.append((request, self.model.row_sampling(request, job.sampling), None))
         scheduler = self.model.scheduler
         waiting = dict(zip(scheduler.submit(Ticket("one-job"), items), items, strict=True))
         samples = 0
-        while waiting:  # decoded as they end, as a job's thread does (runner.generate_scheduled)
+        while waiting:  # decoded as they end, as a job's thread does (tts_runner/job/generate.py)
             done, _ = wait(waiting, return_when=FIRST_COMPLETED)
             wavs = scheduler.decode([(waiting.pop(future)[0], future.result()) for future in done])
             samples += sum(w.size for w in wavs)
@@ -98,20 +96,23 @@ class InProcess:
     def sweep(self, batched: bool) -> float:
         """Seconds for the sweep's runs, started together (batched) or one after another, each run
         whole: plan, generate, assemble, encode, write its audio and result.json."""
-        from tts_runner.edge.cli import _run
+        from dataclasses import replace
+
+        from tts_runner.edge.cli import run
         from tts_runner.sweeps import runs as sweeps
 
         self.count += 1
         started = time.perf_counter()
         ok = True
         with contextlib.redirect_stdout(io.StringIO()):  # each run says where it wrote
-            for i, cfg in enumerate(self.configs):
+            for i, (cfg, job) in enumerate(self.runs):
                 out = self.folder / f"{self.count}-{'batched' if batched else 'serial'}" / str(i)
                 out.mkdir(parents=True)
+                job = replace(job, recipe=replace(job.recipe, sink=replace(job.recipe.sink, dir=out, keep=out)))
                 if batched:
-                    sweeps.submit(_run, cfg, self.model, out, self.secrets[i], scheduler=self.model.scheduler)
+                    sweeps.submit(run, job, cfg, self.model, out, self.secrets, scheduler=self.model.scheduler)
                 else:
-                    ok &= _run(cfg, self.model, out, self.secrets[i])
+                    ok &= run(job, cfg, self.model, out, self.secrets)
             failed = sweeps.wait() if batched else int(not ok)
         if failed:
             raise RuntimeError(f"{failed} run(s) of the sweep failed")

@@ -117,34 +117,29 @@ def _talker_config(sizes: TinySizes, text_vocab_size: int, tts_type: str) -> dic
     section = [half - 2 * (half // 3), half // 3, half // 3]
     return dict(
         vocab_size=CODEBOOK + 1024,
-        hidden_size=sizes.talker_hidden,
-        intermediate_size=sizes.talker_intermediate,
-        num_hidden_layers=sizes.talker_layers,
-        num_attention_heads=sizes.talker_heads,
-        num_key_value_heads=sizes.talker_kv_heads,
-        head_dim=sizes.talker_head_dim,
-        num_code_groups=16,
+        **_decoder(sizes, "talker"),
         text_hidden_size=sizes.text_hidden,
         text_vocab_size=text_vocab_size,
         rope_scaling={"rope_type": "default", "mrope_section": section, "interleaved": True},
         spk_id=speakers,
         spk_is_dialect={spk: False for spk in speakers},
         codec_language_id=languages,
-        code_predictor_config=dict(
-            vocab_size=CODEBOOK,
-            hidden_size=sizes.predictor_hidden,
-            intermediate_size=sizes.predictor_intermediate,
-            num_hidden_layers=sizes.predictor_layers,
-            num_attention_heads=sizes.predictor_heads,
-            num_key_value_heads=sizes.predictor_kv_heads,
-            head_dim=sizes.predictor_head_dim,
-            num_code_groups=16,
-        ),
+        code_predictor_config=dict(vocab_size=CODEBOOK, **_decoder(sizes, "predictor")),
         **ids,
     )
 
 
-def _speech_tokenizer_config(sizes: TinySizes):
+def _decoder(sizes: TinySizes, part: str) -> dict:
+    """The decoder dimensions of the talker or the code predictor (`part`), as their configs name them."""
+    def size(name: str) -> int:
+        return getattr(sizes, f"{part}_{name}")
+
+    return dict(hidden_size=size("hidden"), intermediate_size=size("intermediate"), num_hidden_layers=size("layers"),
+                num_attention_heads=size("heads"), num_key_value_heads=size("kv_heads"), head_dim=size("head_dim"),
+                num_code_groups=16)
+
+
+def speech_tokenizer_config(sizes: TinySizes):
     from qwen_tts.core.tokenizer_12hz.configuration_qwen3_tts_tokenizer_v2 import (
         Qwen3TTSTokenizerV2Config,
     )
@@ -236,7 +231,7 @@ def build_variant(out_dir: Path, folder: str, sizes: TinySizes = TinySizes(), se
         "subtalker_top_p": 1.0, "subtalker_temperature": 0.9, "max_new_tokens": 2048,
     }, indent=2))
 
-    speech = Qwen3TTSTokenizerV2Model(_speech_tokenizer_config(sizes))
+    speech = Qwen3TTSTokenizerV2Model(speech_tokenizer_config(sizes))
     _audible(speech, generator)
     speech_dir = target / "speech_tokenizer"
     speech.save_pretrained(speech_dir)

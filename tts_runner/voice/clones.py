@@ -24,14 +24,25 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
-from omegaconf import DictConfig
 
-from tts_runner.audio import dsp as audio
+from tts_runner.audio.codec import SAMPLE_RATE
+from tts_runner.audio.dsp import resample
 from tts_runner.errors import InputError
-from tts_runner.voice.fetch import FetchError, fetch
+from tts_runner.voice.fetch import FetchError, FetchRules, fetch
+from tts_runner.voice.voices import SavedVoice
 
-RATE = 24000  # what the speaker encoder and the speech tokenizer take
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Cloning:
+    """The limits on a reference recording, and how one is fetched (the `cloning` group)."""
+
+    min_seconds: float = 1.0
+    max_seconds: float = 30.0
+    max_bytes: int = 10_000_000
+    silence_dbfs: float = -60.0
+    fetch: FetchRules = FetchRules()
 
 
 @dataclass(frozen=True, eq=False)
@@ -43,7 +54,7 @@ class Reference:
     where: str = field(default="")  # where it came from, for messages
 
 
-def decode(data: bytes, where: str, limits: DictConfig) -> np.ndarray:
+def read_recording(data: bytes, where: str, limits: Cloning) -> np.ndarray:
     """The recording as mono float32 at 24 kHz, or one clear error naming `where` and the limit."""
     if len(data) > limits.max_bytes:
         raise InputError(f"Invalid input at {where}: the recording is {len(data)} bytes, over the limit of "
@@ -65,10 +76,10 @@ def decode(data: bytes, where: str, limits: DictConfig) -> np.ndarray:
     if level < limits.silence_dbfs:
         raise InputError(f"Invalid input at {where}: the recording is silent ({level:.0f} dBFS; at least "
                          f"{limits.silence_dbfs:g} dBFS is needed).")
-    return audio.resample(samples.astype(np.float32), rate, RATE)
+    return resample(samples.astype(np.float32), rate, SAMPLE_RATE)
 
 
-def payload_bytes(value: str, where: str, cloning: DictConfig) -> bytes:
+def payload_bytes(value: str, where: str, cloning: Cloning) -> bytes:
     """A payload's ref_audio: fetched when it is a URL, decoded when it is base64."""
     if "://" in value[:16] or value.lower().startswith(("data:", "file:")):
         return fetched(value, where, cloning)
@@ -78,16 +89,16 @@ def payload_bytes(value: str, where: str, cloning: DictConfig) -> bytes:
         raise InputError(f"Invalid input at {where}: neither base64 nor an https:// URL.") from None
 
 
-def fetched(url: str, where: str, cloning: DictConfig) -> bytes:
+def fetched(url: str, where: str, cloning: Cloning) -> bytes:
     rules = cloning.fetch
     try:
-        return fetch(url, cloning.max_bytes, rules.timeout_seconds, rules.allow_http, tuple(rules.allowed_hosts),
+        return fetch(url, cloning.max_bytes, rules.timeout_seconds, rules.allow_http, rules.allowed_hosts,
                      rules.max_redirects)
     except FetchError as exc:
         raise InputError(f"Invalid input at {where}: {exc}.") from None
 
 
-def saved_bytes(name: str, clone: DictConfig, cloning: DictConfig) -> bytes:
+def saved_bytes(name: str, clone: SavedVoice, cloning: Cloning) -> bytes:
     """A saved voice's recording: a path (relative to the repository) or a URL, from the config."""
     where = f"voices.clones.{name}.audio"
     source = str(clone.audio)
@@ -100,8 +111,8 @@ def saved_bytes(name: str, clone: DictConfig, cloning: DictConfig) -> bytes:
         raise InputError(f"Invalid setting {where}: {path} cannot be read ({exc.strerror}).") from None
 
 
-def reference(data: bytes, text: str | None, where: str, cloning: DictConfig, name: str | None = None) -> Reference:
-    samples = decode(data, where, cloning)
+def reference(data: bytes, text: str | None, where: str, cloning: Cloning, name: str | None = None) -> Reference:
+    samples = read_recording(data, where, cloning)
     text = text or None
     digest = hashlib.sha256(samples.tobytes() + b"\0" + (text or "").encode()).hexdigest()
     return Reference(samples, text, digest, f"clone:{name}" if name else f"reference:{digest[:12]}", where)

@@ -19,6 +19,7 @@ import ipaddress
 import socket
 import ssl
 import time
+from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 from tts_runner.errors import InputError
@@ -28,6 +29,16 @@ REDIRECTS = (301, 302, 303, 307, 308)
 
 class FetchError(InputError):
     """The URL may not be fetched, or its answer is not one we take."""
+
+
+@dataclass(frozen=True)
+class FetchRules:
+    """How a reference is fetched (`cloning.fetch`)."""
+
+    allow_http: bool = False           # http:// as well as https:// (an unencrypted fetch)
+    timeout_seconds: float = 20.0      # the whole download, redirects included
+    max_redirects: int = 3
+    allowed_hosts: tuple[str, ...] = ()  # host:port pairs fetched even when private (tests only)
 
 
 def _public(address: str) -> bool:

@@ -1,10 +1,28 @@
-"""Voices and languages: map what a job says onto what the model accepts."""
+"""Voices and languages: map what a job says onto what the model accepts (the `voices` group)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from tts_runner.errors import InputError
+
+
+@dataclass(frozen=True)
+class SavedVoice:
+    """A voice the Base models clone by name: its recording (a path relative to the repository, or
+    an https:// URL; only the config sets it) and what the recording says (None: the speaker
+    embedding alone)."""
+
+    audio: str
+    text: str | None = None
+
+
+@dataclass(frozen=True)
+class Voices:
+    aliases: Mapping[str, str]          # male_1 -> ryan, ...
+    languages: Mapping[str, str]        # ISO code -> the library's language name
+    clones: Mapping[str, SavedVoice]    # saved voices of the Base models
 
 
 def resolve_voice(voice: str, aliases: Mapping[str, str], speakers: Iterable[str], path: str = "$.voice") -> str:

@@ -1,0 +1,143 @@
+"""Objects built at the root from the config: each group of conf/ becomes the typed value its
+consumer takes, checked here once (one clear error per bad setting), and the model store is built
+here and nowhere else. Code below the edge takes these values, never a DictConfig.
+
+| group | value | read by |
+|---|---|---|
+| chunking, batching, audio, stream | `Recipe` parts | tts_runner/job/ (plan, generate, check, assemble, stream) |
+| voices, cloning | `Voices`, `Cloning` | tts_runner/voice/ |
+| sink | `Sink` | tts_runner/audio/sinks.py |
+| models, runtime, scheduler (and cloning.cache) | `Catalog`, `Runtime`, `Serving` | tts_runner/serving/store.py |
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from tts_runner.audio import sinks
+from tts_runner.audio.sinks import Sink
+from tts_runner.errors import SettingError
+from tts_runner.job.spec import Batching, Chunking, FrameBudget, Mastering, Pacing, Recipe, Trim
+from tts_runner.serving.store import Catalog, ModelStore, Runtime, Serving, Variant
+from tts_runner.voice.clones import Cloning
+from tts_runner.voice.fetch import FetchRules
+from tts_runner.voice.voices import SavedVoice, Voices
+
+
+def plain(node: Any) -> Any:
+    """A config node as plain Python values (interpolations resolved)."""
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def _number(path: str, value, low: float, high: float, nullable: bool = False) -> None:
+    if value is None and nullable:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        allowed = f"a number from {low} to {high}" + (" or null" if nullable else "")
+        raise SettingError(f"Invalid setting {path}={value!r}: use {allowed}.")
+
+
+def batching(node: DictConfig) -> Batching:
+    if node.runaway not in ("retry", "keep"):
+        raise SettingError(f"Invalid setting batching.runaway={node.runaway!r}: use retry or keep.")
+    budget = node.get("frame_budget")
+    if budget is not None:
+        _number("batching.frame_budget.seconds_per_char", budget.seconds_per_char, 0.001, 10, nullable=True)
+        _number("batching.frame_budget.factor", budget.factor, 0.1, 100)
+        _number("batching.frame_budget.margin_seconds", budget.margin_seconds, 0, 600)
+    frames = (None if budget is None or budget.seconds_per_char is None else
+              FrameBudget(float(budget.seconds_per_char), float(budget.factor), float(budget.margin_seconds)))
+    return Batching(max_batch_size=int(node.max_batch_size), max_batch_chars=int(node.max_batch_chars),
+                    retries=int(node.retries), min_seconds_per_char=float(node.min_seconds_per_char),
+                    frame_budget=frames, runaway=str(node.runaway))
+
+
+def mastering(node: DictConfig) -> Mastering:
+    trim = node.trim
+    _number("audio.trim.threshold_db", trim.threshold_db, -120, 0, nullable=True)
+    _number("audio.trim.keep_ms", trim.keep_ms, 0, 1000)
+    _number("audio.true_peak_dbtp", node.true_peak_dbtp, -20, 0)
+    return Mastering(trim=None if trim.threshold_db is None else Trim(float(trim.threshold_db), float(trim.keep_ms)),
+                     true_peak_dbtp=float(node.true_peak_dbtp))
+
+
+def pacing(node: DictConfig | None) -> Pacing:
+    node = plain(node) or {}
+    left = node.get("left_context_frames", Pacing.left_context_frames)
+    return Pacing(first_piece_frames=int(node.get("first_piece_frames") or 1), piece_frames=int(node.get("piece_frames") or 1),
+                  left_context_frames=None if left is None else int(left))
+
+
+def voices(node: DictConfig) -> Voices:
+    clones = {name: SavedVoice(str(v.audio), v.get("text") or None) for name, v in (node.get("clones") or {}).items()}
+    return Voices(aliases=MappingProxyType(plain(node.aliases)), languages=MappingProxyType(plain(node.languages)),
+                  clones=MappingProxyType(clones))
+
+
+def cloning(node: DictConfig) -> Cloning:
+    rules = node.fetch
+    return Cloning(min_seconds=float(node.min_seconds), max_seconds=float(node.max_seconds),
+                   max_bytes=int(node.max_bytes), silence_dbfs=float(node.silence_dbfs),
+                   fetch=FetchRules(allow_http=bool(rules.allow_http), timeout_seconds=float(rules.timeout_seconds),
+                                    max_redirects=int(rules.max_redirects),
+                                    allowed_hosts=tuple(str(h) for h in rules.allowed_hosts)))
+
+
+def sink(node: DictConfig, keep: Path | None = None) -> Sink:
+    """The sink, checked before any audio is made (a kind that exists, S3 with what it needs); a file
+    sink without a folder writes into `keep` when given (the command line's run folder), and a
+    delivery that fails keeps the audio there."""
+    values = plain(node)
+    folder = values.get("dir")
+    made = Sink(kind=str(values["kind"]), max_inline_bytes=int(values.get("max_inline_bytes", Sink.max_inline_bytes)),
+                bucket=values.get("bucket"), access_key=values.get("access_key"), secret_key=values.get("secret_key"),
+                endpoint_url=values.get("endpoint_url"), region=values.get("region"),
+                prefix=str(values.get("prefix", Sink.prefix)),
+                url_expiry_seconds=int(values.get("url_expiry_seconds", Sink.url_expiry_seconds)),
+                upload_attempts=int(values.get("upload_attempts", Sink.upload_attempts)),
+                upload_backoff_seconds=float(values.get("upload_backoff_seconds", Sink.upload_backoff_seconds)),
+                dir=Path(folder) if folder else keep, keep=keep)
+    sinks.check(made)
+    return made
+
+
+def recipe(cfg: DictConfig, keep: Path | None = None) -> Recipe:
+    """How the config makes every job (SettingError or SinkError on a bad setting)."""
+    chunking = cfg.chunking
+    return Recipe(chunking=Chunking(int(chunking.max_chars), float(chunking.crossfade_ms), float(chunking.segment_gap_ms)),
+                  batching=batching(cfg.batching), mastering=mastering(cfg.audio), pacing=pacing(cfg.get("stream")),
+                  voices=voices(cfg.voices), cloning=cloning(cfg.cloning), sink=sink(cfg.sink, keep))
+
+
+def catalog(models: DictConfig) -> Catalog:
+    variants = {name: Variant(str(v.folder), str(v.kind), str(v.repo)) for name, v in models.variants.items()}
+    return Catalog(dir=str(models.dir), default=str(models.default), download=bool(models.get("download")),
+                   variants=MappingProxyType(variants))
+
+
+def runtime(node: DictConfig) -> Runtime:
+    graph = plain(node.get("graph")) or {}
+    buckets = graph.get("buckets", Runtime.graph_buckets)
+    return Runtime(device=node.device, dtype=node.dtype, attention=node.attention, engine=node.engine,
+                   sync_every=plain(node.get("sync_every", "auto")),
+                   graph_buckets=tuple(buckets) if isinstance(buckets, list) else buckets,
+                   graph_max_len=graph.get("max_len", Runtime.graph_max_len),
+                   torch_threads=plain(node.get("torch_threads", "auto")), warmup=bool(node.get("warmup", True)))
+
+
+def serving(scheduler: DictConfig, cloning: DictConfig) -> Serving:
+    cache = cloning.cache
+    return Serving(enabled=bool(scheduler.enabled), max_rows=int(scheduler.max_rows),
+                   queue_limit=int(scheduler.queue_limit), prompt_cache_entries=int(cache.max_entries),
+                   prompt_cache_megabytes=float(cache.max_megabytes))
+
+
+def model_store(cfg: DictConfig) -> ModelStore:
+    """The model store of a composed config: its catalog, runtime, largest batch, and what each model
+    serves with (a config with scheduler.enabled=false runs each job's own batches)."""
+    return ModelStore(catalog(cfg.models), runtime(cfg.runtime), max_batch=int(cfg.batching.max_batch_size),
+                      serving=serving(cfg.scheduler, cfg.cloning))

@@ -1,0 +1,77 @@
+"""The assemble stage: chunks into segments, segments into the job's audio.
+
+Each segment is built as soon as its last chunk is made, on a worker thread, so post-processing
+overlaps generation (on a GPU the host is idle while a captured frame replays): every chunk's silent
+edges trimmed (10 ms windows under `audio.trim.threshold_db`, cut to `keep_ms` beside the sound), the
+segment's chunks crossfaded (`chunking.crossfade_ms`), the segment brought to the target loudness
+under the true-peak ceiling. `finish()` joins the segments in order with `chunking.segment_gap_ms`
+between them, and says where each segment and each chunk lies in the file.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from tts_runner.audio import dsp
+from tts_runner.audio.codec import SAMPLE_RATE
+from tts_runner.job.plan import Chunk, Plan
+from tts_runner.job.spec import Job
+
+# A segment's place in the file and its chunks' places, in seconds: (start, end, [(start, end), ...])
+Span = tuple[float, float, list[tuple[float, float]]]
+
+
+def chunk_places(spans: list[tuple[int, int]], offset: int, rate: int = SAMPLE_RATE) -> list[tuple[float, float]]:
+    """Chunk spans in samples within a segment that starts at sample `offset`, as seconds in the file."""
+    return [(round((offset + a) / rate, 3), round((offset + b) / rate, 3)) for a, b in spans]
+
+
+def trimmed(samples: np.ndarray, job: Job) -> np.ndarray:
+    """A chunk's audio with its silent edges cut (the job's audio.trim; as it is with trimming off)."""
+    trim = job.recipe.mastering.trim
+    return samples if trim is None else dsp.trim_silence(samples, SAMPLE_RATE, trim.threshold_db, trim.keep_ms)
+
+
+class Assembler:
+    def __init__(self, plan: Plan, job: Job):
+        self.job = job
+        self.waiting = [0] * plan.segments  # chunks still to come, per segment
+        for chunk in plan.chunks:
+            self.waiting[chunk.segment] += 1
+        self.parts: list[dict[int, np.ndarray]] = [{} for _ in range(plan.segments)]
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="assemble")
+        self.segments: list = [None] * plan.segments
+
+    def add(self, chunk: Chunk, wav: np.ndarray) -> None:
+        self.parts[chunk.segment][chunk.position] = wav
+        self.waiting[chunk.segment] -= 1
+        if self.waiting[chunk.segment] == 0:
+            parts = [wav for _, wav in sorted(self.parts[chunk.segment].items())]
+            self.segments[chunk.segment] = self.pool.submit(self._segment, parts)
+            self.parts[chunk.segment] = {}
+
+    def _segment(self, parts: list[np.ndarray]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        job, crossfade = self.job, self.job.recipe.chunking.crossfade_ms
+        parts = [trimmed(wav, job) for wav in parts]
+        joined = dsp.crossfade_concat(parts, SAMPLE_RATE, crossfade)
+        spans = dsp.crossfade_spans([p.size for p in parts], SAMPLE_RATE, crossfade)
+        return dsp.match_loudness(joined, SAMPLE_RATE, job.output.loudness_lufs,
+                                  job.recipe.mastering.true_peak_dbtp), spans
+
+    def finish(self) -> tuple[np.ndarray, list[Span]]:
+        """The job's audio and each segment's place in it."""
+        try:
+            made = [future.result() for future in self.segments]
+        finally:
+            self.close()
+        gap = self.job.recipe.chunking.segment_gap_ms
+        segments = [samples for samples, _ in made]
+        joined, spans = dsp.join_segments(segments, SAMPLE_RATE, gap)
+        starts = dsp.segment_starts([s.size for s in segments], SAMPLE_RATE, gap)
+        return joined, [(start, end, chunk_places(chunks, at))
+                        for (start, end), at, (_, chunks) in zip(spans, starts, made, strict=True)]
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)

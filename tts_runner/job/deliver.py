@@ -1,0 +1,32 @@
+"""The deliver stage: the job's audio resampled to the file's rate, encoded, and sent to the sink."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tts_runner.audio import dsp, formats, sinks
+from tts_runner.audio.codec import SAMPLE_RATE
+from tts_runner.job.spec import Job
+
+
+@dataclass(frozen=True)
+class File:
+    data: bytes
+    format: str
+    sample_rate: int
+    duration_seconds: float  # of the audio encoded, exactly (tests read the files back)
+
+
+def encode(samples: np.ndarray, job: Job) -> File:
+    """The job's audio (24 kHz) as the file it asks for."""
+    out = job.output
+    samples = dsp.resample(samples, SAMPLE_RATE, out.sample_rate)
+    data = formats.encode(samples, out.sample_rate, out.format, out.mp3_bitrate)
+    return File(data, out.format, out.sample_rate, round(samples.size / out.sample_rate, 3))
+
+
+def deliver(file: File, job: Job) -> dict:
+    """The answer's fields that point to the audio (audio_base64, audio_url or audio_path)."""
+    return sinks.deliver(file.data, file.format, job.recipe.sink, job.id, job.name)

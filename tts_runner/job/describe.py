@@ -1,0 +1,35 @@
+"""The describe stage: a job's metadata, one builder for whole files and streams alike."""
+
+from __future__ import annotations
+
+from tts_runner.job.assemble import Span
+from tts_runner.job.generate import Stats
+from tts_runner.job.plan import Plan
+from tts_runner.job.spec import Job
+
+
+def segment_metadata(plan: Plan, spans: list[Span]) -> list[dict]:
+    """The metadata's segments: each one's place in the file, its speaker and voice, and each chunk's
+    place in it (seconds, from its fade-in to its last sample)."""
+    voices = {c.segment: (c.request.speaker, c.voice) for c in plan.chunks}
+    return [{"start": start, "end": end, "speaker": voices[i][0], "voice": voices[i][1],
+             "chunks": [{"start": a, "end": b} for a, b in places]}
+            for i, (start, end, places) in enumerate(spans)]
+
+
+def metadata(job: Job, plan: Plan, stats: Stats, spans: list[Span], *, duration: float, sample_rate: int,
+             fmt: str, seconds: float, first_audio: float | None = None) -> dict:
+    """What the answer says of the audio: its length, rate and format, the job's shape, what making
+    it took (`seconds`; a stream's `first_audio` too), and where each segment and chunk lies."""
+    described = {
+        "duration_seconds": duration,
+        "sample_rate": sample_rate,
+        "format": fmt,
+        "num_segments": plan.segments,
+        "num_chunks": len(plan.chunks),
+        "generation_time_seconds": round(seconds, 3),
+    }
+    if first_audio is not None:
+        described["first_audio_seconds"] = round(first_audio, 3)
+    return {**described, "model": job.model, "seed": job.sampling.seed, "runaways": stats.runaways,
+            "retries": stats.retries, "segments": segment_metadata(plan, spans)}
