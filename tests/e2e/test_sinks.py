@@ -56,10 +56,11 @@ def test_unreachable_endpoint_is_a_clear_error(tiny_env):
 
 
 def test_an_upload_is_tried_again_until_the_store_answers(tiny_env, caplog):
-    """The S3 server (moto, in this process, its bucket already made) starts listening only a second
-    into the job: the first attempts find nothing there, a later one (after 0.5, 1, 2 s pauses)
-    succeeds, and the job is answered with a URL that serves the audio."""
-    import threading
+    """The S3 server (moto, in this process, its bucket already made) is not there for the first
+    attempt: it starts listening when the sink says that attempt failed and it will try again (an
+    event, not a time, so a slow machine changes nothing), and a later attempt succeeds; the job is
+    answered with a URL that serves the audio."""
+    import logging
 
     import requests
     from moto.backends import get_backend
@@ -68,17 +69,27 @@ def test_an_upload_is_tried_again_until_the_store_answers(tiny_env, caplog):
     port = free_port()
     get_backend("s3")["123456789012"]["global"].create_bucket("late", "us-east-1")
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    late = threading.Timer(1.0, server.start)
+    failed: list[str] = []
+
+    class StartOnFirstRetry(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "trying again" in record.getMessage() and not failed:
+                failed.append(record.getMessage())
+                server.start()  # returns once it listens: the next attempt finds it
+
+    sinks_log = logging.getLogger("tts_runner.audio.sinks")
+    handler = StartOnFirstRetry(level=logging.WARNING)
+    sinks_log.addHandler(handler)
     with environment(S3_BUCKET="late", S3_ACCESS_KEY="AKIAEXAMPLE", S3_SECRET_KEY=SECRET,
                      S3_ENDPOINT=f"http://127.0.0.1:{port}"):
         worker = Worker.from_env(FAST + ["sink.upload_attempts=6"])
-        late.start()
         try:
             with caplog.at_level("WARNING", logger="tts_runner.audio.sinks"):
                 out = worker.handle({"id": "late", "input": {"text": "Delivered in the end."}})
             assert "audio_url" in out, out
             assert requests.get(out["audio_url"], timeout=10).content[:4] == b"RIFF"
         finally:
-            late.join()
-            server.stop()
-    assert "S3 upload to bucket 'late'" in caplog.text and "trying again" in caplog.text
+            sinks_log.removeHandler(handler)
+            if failed:
+                server.stop()
+    assert failed and "S3 upload to bucket 'late'" in failed[0] and "(attempt 1 of 6" in failed[0]

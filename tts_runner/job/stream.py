@@ -242,8 +242,9 @@ class PieceEncoder:
 
 
 def stream_job(job: Job, model: Model, ticket: Ticket | None = None):
-    """Run a job on the scheduler and yield (bytes, metadata) pieces in order: the job's audio as
-    PieceEncoder encodes it, metadata (a dict) with the last piece only."""
+    """Run a job on the scheduler and yield (bytes, metadata) pieces in order, each as soon as it is
+    encoded: the job's audio as PieceEncoder encodes it, then a last piece with what the encoder
+    still held (empty for PCM) and the metadata (a dict)."""
     started = time.perf_counter()
     if model.scheduler is None:
         raise InputError("Invalid input at $.stream: streaming needs the scheduler (runtime.engine fast, "
@@ -263,22 +264,19 @@ def stream_job(job: Job, model: Model, ticket: Ticket | None = None):
     worker = threading.Thread(target=run, name="stream-generate", daemon=True)
     worker.start()
     encoder = PieceEncoder(job.output.format, job.output.mp3_bitrate)
-    first, held = None, b""
+    first = None
     try:
         for samples in assembler.pieces():
             data = encoder.encode(samples)
-            if not data:
-                continue
-            if held:
-                yield held, None
-            held = data
-            first = first if first is not None else time.perf_counter() - started
-        held += encoder.finish()
+            if data:  # out at once: the client's time to first audio is this one's
+                first = first if first is not None else time.perf_counter() - started
+                yield data, None
+        tail = encoder.finish()  # what the encoder still held (MP3's last frames; nothing for PCM)
     finally:
         if worker.is_alive():
             model.scheduler.cancel(ticket)
         worker.join()
     took = time.perf_counter() - started
-    yield held, describe.metadata(job, chunks, outcome["stats"], assembler.spans,
+    yield tail, describe.metadata(job, chunks, outcome["stats"], assembler.spans,
                                   duration=round(assembler.total / SAMPLE_RATE, 3), sample_rate=SAMPLE_RATE,
                                   fmt=encoder.format, seconds=took, first_audio=took if first is None else first)
