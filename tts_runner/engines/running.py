@@ -22,7 +22,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers.cache_utils import DynamicCache
 
 from tts_runner.engines.core import (
     Predictor,
@@ -81,8 +80,7 @@ class RunningBatch(RowBatch):
         text = rows_text(rows, self.pad, max(r.text.shape[0] for r in rows) + 1)
         sampling = rows_sampling(rows, device)
         new = {
-            "keys": [layer.keys for layer in start.cache.layers],
-            "values": [layer.values for layer in start.cache.layers],
+            "cache": start.cache,  # kept across frames: each step appends its position once
             "mask": start.mask, "deltas": start.deltas, "hidden": start.hidden, "text": text,
             "frame": torch.zeros(n, 1, dtype=torch.long, device=device),
             "seen": torch.zeros(n, self.talker.config.vocab_size, dtype=torch.bool, device=device),
@@ -103,8 +101,8 @@ class RunningBatch(RowBatch):
             return
         grow = new["mask"].shape[1] - old["mask"].shape[1]  # > 0: the old rows are padded, < 0: the new ones
         for side, n in ((old, max(grow, 0)), (new, max(-grow, 0))):
-            side["keys"] = [_left_pad(k, 2, n) for k in side["keys"]]
-            side["values"] = [_left_pad(v, 2, n) for v in side["values"]]
+            for layer in side["cache"].layers:
+                layer.keys, layer.values = _left_pad(layer.keys, 2, n), _left_pad(layer.values, 2, n)
             side["mask"] = _left_pad(side["mask"], 1, n)
             side["deltas"] = side["deltas"] - n  # position of the next frame = delta + cache length
         for name in ("text", "history"):
@@ -112,10 +110,10 @@ class RunningBatch(RowBatch):
             fill = self.pad if name == "text" else self.eos
             for side in (old, new):
                 side[name] = _right_pad(side[name], 1, width - side[name].shape[1], fill)
-        merged = {name: torch.cat((old[name], new[name])) for name in old
-                  if name not in ("keys", "values", "sampling")}
-        merged["keys"] = [torch.cat(pair) for pair in zip(old["keys"], new["keys"], strict=True)]
-        merged["values"] = [torch.cat(pair) for pair in zip(old["values"], new["values"], strict=True)]
+        merged = {name: torch.cat((old[name], new[name])) for name in old if name not in ("cache", "sampling")}
+        for mine, theirs in zip(old["cache"].layers, new["cache"].layers, strict=True):
+            mine.keys, mine.values = torch.cat((mine.keys, theirs.keys)), torch.cat((mine.values, theirs.values))
+        merged["cache"] = old["cache"]
         merged["sampling"] = SamplingTensors.stack([old["sampling"], new["sampling"]])
         self.state = merged
 
@@ -141,13 +139,8 @@ class RunningBatch(RowBatch):
         x = frame_embedding(self.codec_embedding, self.predictor.embeddings, first, rest) + text
         position = (s["deltas"] + s["mask"].shape[1]).view(1, -1, 1).expand(3, -1, 1)
         s["mask"] = torch.cat((s["mask"], s["mask"].new_ones(s["mask"].shape[0], 1)), dim=1)
-        cache = DynamicCache()
-        for i, (k, v) in enumerate(zip(s["keys"], s["values"], strict=True)):
-            cache.update(k, v, i)
         out = self.talker.model(inputs_embeds=x, attention_mask=s["mask"], position_ids=position,
-                                past_key_values=cache, use_cache=True)
-        s["keys"] = [layer.keys for layer in cache.layers]
-        s["values"] = [layer.values for layer in cache.layers]
+                                past_key_values=s["cache"], use_cache=True)
         s["hidden"] = out.last_hidden_state
         s["frame"] = s["frame"] + 1
         s["token"] = self._choose(s)
@@ -180,16 +173,17 @@ class RunningBatch(RowBatch):
         s = self.state
         index = torch.tensor(keep, device=s["mask"].device)
         for name, value in list(s.items()):
-            if name in ("keys", "values"):
-                s[name] = [t.index_select(0, index) for t in value]
+            if name == "cache":
+                for layer in value.layers:
+                    layer.keys, layer.values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
             elif name == "sampling":
                 s[name] = value.select(index)
             else:
                 s[name] = value.index_select(0, index)
         lead = int((s["mask"].cumsum(dim=1) == 0).sum(dim=1).min())  # padding every row has on the left
         if lead:
-            s["keys"] = [k[:, :, lead:] for k in s["keys"]]
-            s["values"] = [v[:, :, lead:] for v in s["values"]]
+            for layer in s["cache"].layers:
+                layer.keys, layer.values = layer.keys[:, :, lead:], layer.values[:, :, lead:]
             s["mask"] = s["mask"][:, lead:]
             s["deltas"] = s["deltas"] + lead
         self._k = candidates([r.sampling for r in self.rows])
