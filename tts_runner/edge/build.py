@@ -14,23 +14,18 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from tts_runner.audio import sinks
 from tts_runner.audio.sinks import Sink
+from tts_runner.edge.config import plain
 from tts_runner.errors import SettingError
 from tts_runner.job.spec import Batching, Chunking, FrameBudget, Mastering, Pacing, Recipe, Trim
 from tts_runner.serving.store import Catalog, ModelStore, Runtime, Serving, Variant
 from tts_runner.voice.clones import Cloning
 from tts_runner.voice.fetch import FetchRules
 from tts_runner.voice.voices import SavedVoice, Voices
-
-
-def plain(node: Any) -> Any:
-    """A config node as plain Python values (interpolations resolved)."""
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
 def _number(path: str, value, low: float, high: float, nullable: bool = False) -> None:

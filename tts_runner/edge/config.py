@@ -33,5 +33,10 @@ def pinned_overrides(cfg: DictConfig, overrides: Sequence[str]) -> dict[str, Any
         if key == "job" or key.startswith("hydra") or override.is_delete():
             continue
         node = OmegaConf.select(cfg, key, throw_on_missing=False)
-        pins[key] = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+        pins[key] = plain(node)
     return pins
+
+
+def plain(node: Any) -> Any:
+    """A config node as plain Python values (interpolations resolved); anything else as it is."""
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node

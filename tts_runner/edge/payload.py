@@ -21,6 +21,7 @@ from jsonschema.exceptions import ValidationError, relevance
 from omegaconf import DictConfig, OmegaConf
 
 from tts_runner.audio.formats import MP3_MAX_KBPS_BELOW_32K, OPUS_RATES
+from tts_runner.edge.config import plain
 from tts_runner.errors import InputError, PayloadError
 
 SCHEMA_PATH = Path(__file__).with_name("payload.schema.json")
@@ -119,7 +120,7 @@ def defaults(cfg: DictConfig) -> dict:
     payload: dict[str, Any] = {}
     params: dict[str, Any] = {}
     for field, key in FIELDS.items():
-        value = _plain(OmegaConf.select(cfg, key))
+        value = plain(OmegaConf.select(cfg, key))
         if value is not None:
             (params if field.startswith("params.") else payload)[field.removeprefix("params.")] = value
     for name, value in OmegaConf.to_container(cfg[SAMPLING_GROUP], resolve=True).items():
@@ -159,10 +160,6 @@ def _flat(values: Mapping[str, Any], prefix: str = ""):
             yield from _flat(value, f"{prefix}{key}.")
         else:
             yield f"{prefix}{key}", value
-
-
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def load_job_spec(ref: str, cwd: Path | None = None) -> tuple[str, dict]:

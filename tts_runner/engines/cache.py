@@ -37,11 +37,6 @@ class StaticCache:
     def tensors(self) -> list[torch.Tensor]:
         return [*self.keys, *self.values]
 
-    def load(self, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
-        """Copy a prefill's keys and values (same rows, the first positions) in."""
-        for buffer, source in zip(self.tensors(), [*keys, *values], strict=True):
-            buffer[:, :, : source.shape[2]].copy_(source)
-
     def load_rows(self, rows: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
         """Replace the rows `rows` (a device tensor of row indices) with a prefill's keys and values
         (one row each, the first positions; the rest of each row zeroed)."""

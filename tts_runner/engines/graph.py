@@ -85,11 +85,10 @@ class GraphEngine:
     """Static-shape frames of one talker, with one CUDA graph per batch bucket when captured."""
 
     def __init__(self, talker: torch.nn.Module, buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64),
-                 max_len: int = 1280, sync_every: int = 8):
+                 max_len: int = 1280):
         self.talker = talker
         self.buckets = tuple(sorted({int(b) for b in buckets}))
         self.max_len = int(max_len)
-        self.sync_every = max(1, int(sync_every))
         config = talker.config
         self.eos = config.codec_eos_token_id
         self.groups = config.num_code_groups

@@ -83,6 +83,19 @@ def test_cli_values_pass_the_same_validation():
         resolve_job(config_mod.load(cli, config_name="cli"), cli)
 
 
+@pytest.mark.parametrize("key, kind", [("input.voice", "string"), ("input.model", "string"),
+                                       ("audio.sample_rate", "integer")])
+def test_a_job_field_left_unset_is_named(tiny_env, key, kind):
+    cli = ["+job=hello", f"{key}=null"]  # typed on the command line: the schema's word for it
+    with pytest.raises(InputError, match=rf"^Invalid setting {key}: must be of type {kind}, got null\.$"):
+        resolve_job(config_mod.load(cli, config_name="cli"), cli)
+    from tts_runner.edge.worker import Worker  # the worker's config (conf/ or the environment) leaves it unset
+
+    worker = Worker.from_env([f"{key}=null"])
+    assert worker.handle({"input": {"text": "Hi."}})["error"] == (
+        f"The worker failed to start: Invalid configuration (conf/ or environment): Invalid setting {key}: it must be set.")
+
+
 def test_every_config_group_is_documented_in_the_root_defaults():
     root = OmegaConf.load(config_mod.CONF_DIR / "config.yaml")
     groups = {next(iter(d)) for d in root.defaults if isinstance(d, dict) or hasattr(d, "keys")}
