@@ -115,7 +115,7 @@ class Model:
         self._call = _Call(floors=2)
         self._capturing = False
         talker = tts.model.talker
-        talker.generate = functools.partial(self._talker_generate, talker, talker.generate)
+        talker.generate = functools.partial(self._talker_generate, talker.generate)
         tokenizer = tts.model.speech_tokenizer
         tokenizer.decode = functools.partial(self._decode_by_length, tokenizer.decode)
 
@@ -189,7 +189,7 @@ class Model:
         batches.append(RunningBatch(talker, pad, suppress, capacity, self.like))
         return batches
 
-    def _talker_generate(self, talker: torch.nn.Module, library_generate, *args, **kwargs):
+    def _talker_generate(self, library_generate, *args, **kwargs):
         """What qwen-tts calls as talker.generate: our floor, budgets and seeds, then the engine;
         counts the steps it ran (one per entry of the result's hidden states, prefill included)."""
         if self._capturing:

@@ -38,3 +38,15 @@ def test_the_shape_names_the_longest_function_and_the_most_parameters(tmp_path):
     assert figures["modules"] == 2 and figures["import_circles"] == []
     assert figures["longest_functions"][0] == {"name": "pkg.m:K.f", "lines": 3, "parameters": 5}
     assert figures["most_parameters"][0]["name"] == "pkg.m:K.f"
+
+
+def test_a_long_chain_is_read_without_recursion():
+    """Reading the graph leaves the interpreter as it found it (a raised recursion limit leaked into
+    the tests that ran after it: the HTTP fuzz test's client then sent bodies its server could not parse)."""
+    import sys
+
+    limit = sys.getrecursionlimit()
+    chain = {f"m{i:05d}": {f"m{i + 1:05d}"} for i in range(5000)}
+    chain["m05000"] = {"m00000"}
+    assert code_shape.circles(chain) == [sorted(chain)]
+    assert sys.getrecursionlimit() == limit
