@@ -73,9 +73,11 @@ def test_batches_group_similar_lengths_within_limits(model):
 def test_batched_output_matches_the_job_in_order_count_and_voice(model, batch_size):
     voices = ["male_1", "female_1", "male_2"]
     segments = [{"text": s, "voice": voices[i % 3]} for i, s in enumerate(SENTENCES)]
-    # chunks end where the model ends them
-    spec = make_job({"segments": segments}, [f"batching.max_batch_size={batch_size}", "sampling.min_new_tokens=2",
-                                             "sampling.max_new_tokens=40", "batching.min_seconds_per_char=0"])
+    # chunks end where the model ends them (a seed of the test's: whichever lengths a drawn one gave,
+    # a chunk that ran to the cap would be a runaway made again, and each batch one call more)
+    spec = make_job({"segments": segments, "params": {"seed": 11}},
+                    [f"batching.max_batch_size={batch_size}", "sampling.min_new_tokens=2", "sampling.max_new_tokens=40",
+                     "batching.min_seconds_per_char=0", "batching.runaway=keep"])
     steps = []  # the talker scores the next code once per step it runs, whatever the engine
     hook = model.tts.model.talker.codec_head.register_forward_hook(lambda *args: steps.append(1))
     try:
@@ -184,8 +186,9 @@ def test_duration_in_metadata_is_that_of_the_audio_made(model, fmt):
 
 
 def test_tiny_model_stops_at_speech_like_lengths_above_the_floor(model):
-    spec = make_job({"segments": [{"text": s} for s in SENTENCES], "params": {"max_new_tokens": 200, "min_new_tokens": 20}},
-                    ["batching.min_seconds_per_char=0"])
+    spec = make_job({"segments": [{"text": s} for s in SENTENCES],
+                     "params": {"max_new_tokens": 200, "min_new_tokens": 20, "seed": 11}},
+                    ["batching.min_seconds_per_char=0", "batching.runaway=keep"])
     _, results, stats = made(model, spec)
     frames = sorted(w.size // SAMPLES_PER_FRAME for w in results.values())
     assert frames[0] >= 20 and frames[-1] <= 199 and len(set(frames)) > 3, frames
@@ -209,7 +212,7 @@ def test_frame_steps_are_the_steps_the_engine_ran(tiny_env):
     """With a host check every 8 frames, a call runs on past its last chunk's end to the next check:
     the steps it ran, not its longest chunk's length, are what the bench divides by."""
     settings = ["sampling.min_new_tokens=2", "sampling.max_new_tokens=40", "batching.max_batch_size=4",
-                "batching.min_seconds_per_char=0"]
+                "batching.min_seconds_per_char=0", "batching.runaway=keep", "sampling.seed=11"]
     model = load_model(["runtime.engine=fast", "runtime.sync_every=8", "scheduler.enabled=false", *settings])
     spec = make_job({"segments": [{"text": s} for s in SENTENCES]}, settings)
     steps = []
