@@ -8,6 +8,7 @@ generator: a payload with "stream": true gets its audio in pieces as it is made.
 """
 
 import asyncio
+import contextlib
 import os
 
 # The RunPod SDK logs at DEBUG unless told otherwise, and at DEBUG and INFO it prints every job's
@@ -17,10 +18,10 @@ os.environ.setdefault("RUNPOD_LOG_LEVEL", "WARN")
 
 import runpod  # noqa: E402  (reads the level at import)
 
+from tts_runner.edge.aio import iterate_in_thread  # noqa: E402
 from tts_runner.edge.worker import Worker  # noqa: E402
 
 WORKER = Worker.from_env()
-_DONE = object()
 
 
 async def handler(job: dict) -> dict:
@@ -35,24 +36,10 @@ async def handler(job: dict) -> dict:
 async def stream_handler(job: dict):
     """Worker.stream on a thread, its pieces handed over as they come."""
     ticket = WORKER.ticket(job)
-    loop = asyncio.get_running_loop()
-    pieces: asyncio.Queue = asyncio.Queue()
-
-    def produce() -> None:
-        try:
-            for piece in WORKER.stream(job, ticket):
-                loop.call_soon_threadsafe(pieces.put_nowait, piece)
-        finally:
-            loop.call_soon_threadsafe(pieces.put_nowait, _DONE)
-
-    producer = loop.run_in_executor(None, produce)
-    try:
-        while (piece := await pieces.get()) is not _DONE:
+    pieces = iterate_in_thread(lambda: WORKER.stream(job, ticket), lambda: WORKER.cancel(ticket))
+    async with contextlib.aclosing(pieces):  # a stopped stream gives its rows back at once
+        async for piece in pieces:
             yield piece
-        await producer
-    except (asyncio.CancelledError, GeneratorExit):
-        WORKER.cancel(ticket)
-        raise
 
 
 if __name__ == "__main__":

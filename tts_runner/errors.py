@@ -10,6 +10,10 @@ class InputError(TTSError):
     """The payload or job spec is invalid."""
 
 
+class NotFound(InputError):
+    """The job names a voice or model this worker does not have."""
+
+
 class SettingError(InputError):
     """A configuration value (conf/, environment, command line) is out of range."""
 

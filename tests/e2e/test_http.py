@@ -50,7 +50,7 @@ BAD = [
     ({"text": "hi", "model": "/etc/passwd"}, "$.model: '/etc/passwd' is not allowed"),
     ({"text": "hi", "voice": "nobody"}, "Invalid input at $.voice: unknown voice 'nobody'"),
     ({"text": "hi", "params": {"temperature": "hot"}}, "$.params.temperature: must be of type number"),
-    ({"text": "hi", "output_format": "aiff"}, "$.output_format: 'aiff' is not allowed; allowed: wav, mp3, flac, opus, pcm"),
+    ({"text": "hi", "output_format": "aiff"}, "$.output_format: 'aiff' is not allowed; allowed: wav, mp3, flac, opus, aac, pcm"),
     ({"segments": [{"text": ""}]}, "$.segments[0].text: must not be empty"),
 ]
 

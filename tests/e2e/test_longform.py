@@ -191,7 +191,7 @@ def test_mp3_bitrate_reaches_the_file(worker):
     ({"sample_rate": 11025}, "Invalid input at $.sample_rate: 11025 is not allowed; allowed: 8000, 12000, 16000, "
                              "22050, 24000, 32000, 44100, 48000."),
     ({"loudness_lufs": -60}, "Invalid input at $.loudness_lufs: must be >= -40 and <= -5, got -60."),
-    ({"output_format": "ogg"}, "Invalid input at $.output_format: 'ogg' is not allowed; allowed: wav, mp3, flac, opus, pcm."),
+    ({"output_format": "ogg"}, "Invalid input at $.output_format: 'ogg' is not allowed; allowed: wav, mp3, flac, opus, aac, pcm."),
 ])
 def test_bad_output_options_get_one_clear_error(worker, payload, message):
     assert worker.handle({"id": "bad", "input": {"text": "x", **payload}})["error"] == message

@@ -14,14 +14,14 @@ import soundfile as sf
 
 from tts_runner.errors import SinkError
 
-FORMATS = ("wav", "mp3", "flac", "opus", "pcm")
+FORMATS = ("wav", "mp3", "flac", "opus", "aac", "pcm")
 OPUS_RATES = (8000, 12000, 16000, 24000, 48000)  # the rates Opus codes
 MP3_MAX_KBPS_BELOW_32K = 160  # MPEG-2 layer III (16 to 24 kHz) stops at 160 kbps; 320 needs 32 kHz or more
 
 
 def encode(audio: np.ndarray, sample_rate: int, fmt: str, mp3_bitrate: int = 128) -> bytes:
-    """Mono 16-bit audio as WAV, FLAC, Ogg Opus, raw PCM (little-endian) or MP3 (ffmpeg, at
-    `mp3_bitrate` kbps). Opus takes 8, 12, 16, 24 or 48 kHz."""
+    """Mono 16-bit audio as WAV, FLAC, Ogg Opus, raw PCM (little-endian), MP3 or AAC in ADTS
+    frames (both through ffmpeg, at `mp3_bitrate` kbps). Opus takes 8, 12, 16, 24 or 48 kHz."""
     pcm = np.clip(audio, -1.0, 1.0, dtype=np.float32)  # the job's audio is finite: every chunk was checked
     pcm[np.isnan(pcm)] = 0.0  # (but the encoder must never pass a NaN on)
     if fmt == "pcm":
@@ -37,6 +37,13 @@ def encode(audio: np.ndarray, sample_rate: int, fmt: str, mp3_bitrate: int = 128
     sf.write(buf, pcm, sample_rate, format="WAV", subtype="PCM_16")
     if fmt == "wav":
         return buf.getvalue()
+    if fmt == "aac":
+        proc = subprocess.run(
+            [ffmpeg_path(), "-hide_banner", "-loglevel", "error", "-f", "wav", "-i", "pipe:0", "-c:a", "aac",
+             "-b:a", f"{int(mp3_bitrate)}k", "-f", "adts", "pipe:1"], input=buf.getvalue(), capture_output=True, check=False)
+        if proc.returncode != 0:
+            raise SinkError(f"ffmpeg could not encode AAC: {proc.stderr.decode(errors='replace')[:300]}")
+        return proc.stdout
     if fmt == "mp3":
         with warnings.catch_warnings():  # pydub warns at import when ffmpeg is not on PATH
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -50,15 +57,15 @@ def encode(audio: np.ndarray, sample_rate: int, fmt: str, mp3_bitrate: int = 128
 
 
 def read(data: bytes, fmt: str) -> tuple[np.ndarray, int]:
-    """A file's float samples and sample rate (MP3 through ffmpeg; the others through libsndfile)."""
-    if fmt == "mp3":
+    """A file's float samples and sample rate (MP3 and AAC through ffmpeg; the others through libsndfile)."""
+    if fmt in ("mp3", "aac"):
         proc = subprocess.run(
-            [ffmpeg_path(), "-hide_banner", "-loglevel", "error", "-f", "mp3", "-i", "pipe:0",
+            [ffmpeg_path(), "-hide_banner", "-loglevel", "error", "-f", "mp3" if fmt == "mp3" else "aac", "-i", "pipe:0",
              "-f", "wav", "-acodec", "pcm_s16le", "pipe:1"],
             input=data, capture_output=True, check=False,
         )
         if proc.returncode != 0:
-            raise SinkError(f"ffmpeg could not decode the MP3: {proc.stderr.decode(errors='replace')[:300]}")
+            raise SinkError(f"ffmpeg could not decode the {fmt.upper()}: {proc.stderr.decode(errors='replace')[:300]}")
         data = proc.stdout
     samples, sample_rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
     return samples, sample_rate

@@ -22,6 +22,7 @@ from tts_runner.audio.sinks import Sink
 from tts_runner.edge.config import plain
 from tts_runner.errors import SettingError
 from tts_runner.job.spec import Batching, Chunking, FrameBudget, Mastering, Pacing, Recipe, Trim
+from tts_runner.server.settings import ServerSettings
 from tts_runner.serving.store import Catalog, ModelStore, Runtime, Serving, Variant
 from tts_runner.voice.clones import Cloning
 from tts_runner.voice.fetch import FetchRules
@@ -63,8 +64,12 @@ def mastering(node: DictConfig) -> Mastering:
 def pacing(node: DictConfig | None) -> Pacing:
     node = plain(node) or {}
     left = node.get("left_context_frames", Pacing.left_context_frames)
+    schedule = str(node.get("schedule", Pacing.schedule))
+    if schedule not in ("adaptive", "fixed"):
+        raise SettingError(f"Invalid setting stream.schedule: '{schedule}'; use adaptive or fixed.")
     return Pacing(first_piece_frames=int(node.get("first_piece_frames") or 1), piece_frames=int(node.get("piece_frames") or 1),
-                  left_context_frames=None if left is None else int(left))
+                  left_context_frames=None if left is None else int(left), schedule=schedule,
+                  low_water_seconds=float(node.get("low_water_seconds", Pacing.low_water_seconds)))
 
 
 def voices(node: DictConfig) -> Voices:
@@ -106,6 +111,27 @@ def recipe(cfg: DictConfig, keep: Path | None = None) -> Recipe:
     return Recipe(chunking=Chunking(int(chunking.max_chars), float(chunking.crossfade_ms), float(chunking.segment_gap_ms)),
                   batching=batching(cfg.batching), mastering=mastering(cfg.audio), pacing=pacing(cfg.get("stream")),
                   voices=voices(cfg.voices), cloning=cloning(cfg.cloning), sink=sink(cfg.sink, keep))
+
+
+def server(node: DictConfig, variants: list[str]) -> ServerSettings:
+    """The `server` group (SettingError on an alias to a variant that does not exist)."""
+    values = plain(node)
+    models = {str(k): str(v) for k, v in (values.get("models") or {}).items()}
+    for alias, variant in [*models.items(), ("server.clone_model", str(values["clone_model"]))]:
+        if variant not in variants:
+            raise SettingError(f"Invalid setting server.models.{alias}: '{variant}' is not a model of conf/models "
+                               f"({', '.join(sorted(variants))}).")
+    health = values.get("health_port")
+    key = values.get("api_key")
+    return ServerSettings(host=str(values["host"]), port=int(values["port"]),
+                          health_port=None if health in (None, "") else int(health), api_key=str(key) if key else None,
+                          max_body_bytes=int(values["max_body_bytes"]),
+                          body_timeout_seconds=float(values["body_timeout_seconds"]),
+                          request_timeout_seconds=float(values["request_timeout_seconds"]),
+                          max_input_chars=int(values["max_input_chars"]), voices_dir=Path(str(values["voices_dir"])),
+                          clone_model=str(values["clone_model"]), default_format=str(values["default_format"]),
+                          models=MappingProxyType(models),
+                          voices=MappingProxyType({str(k).lower(): str(v) for k, v in (values.get("voices") or {}).items()}))
 
 
 def catalog(models: DictConfig) -> Catalog:

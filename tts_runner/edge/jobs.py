@@ -92,7 +92,8 @@ class Edge:
             segments = tuple(Segment(s["text"], s.get("voice"), s.get("instruct"), s.get("ref_audio"),
                                      s.get("ref_text")) for s in request["segments"])
         output = Output(format=request["output_format"], sample_rate=int(request["sample_rate"]),
-                        mp3_bitrate=int(request["mp3_bitrate"]), loudness_lufs=request.get("loudness_lufs"))
+                        mp3_bitrate=int(request["mp3_bitrate"]), loudness_lufs=request.get("loudness_lufs"),
+                        speed=float(request.get("speed", 1.0)))
         return Job(id=id, name=name, model=request["model"], segments=segments, as_text="text" in request,
                    voice=request["voice"], language=str(language), instruct=instruct or None,
                    ref_audio=request.get("ref_audio"), ref_text=request.get("ref_text"), sampling=sampling,
@@ -107,7 +108,8 @@ def as_payload(job: Job) -> dict:
     sampling = {k: getattr(job.sampling, k) for k in Sampling.names() if k not in ("max_frames", "subtalker_dosample")}
     fields = {"voice": job.voice, "model": job.model, "output_format": job.output.format, "ref_audio": job.ref_audio,
               "ref_text": job.ref_text, "stream": job.stream, "sample_rate": job.output.sample_rate,
-              "mp3_bitrate": job.output.mp3_bitrate, "loudness_lufs": job.output.loudness_lufs}
+              "mp3_bitrate": job.output.mp3_bitrate, "loudness_lufs": job.output.loudness_lufs,
+              "speed": job.output.speed}
     given = {"text": job.segments[0].text} if job.as_text else {"segments": segments}
     fields = {k: v for k, v in fields.items() if v is not None or k == "loudness_lufs"}  # null: levels as made
     return {**given, **fields, "params": {**sampling, "language": job.language, "instruct": job.instruct}}

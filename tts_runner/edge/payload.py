@@ -36,7 +36,7 @@ FIELDS = {
     "text": "input.text", "segments": "input.segments", "voice": "input.voice", "model": "input.model",
     "output_format": "input.output_format", "ref_audio": "input.ref_audio", "ref_text": "input.ref_text",
     "stream": "input.stream", "sample_rate": "audio.sample_rate", "mp3_bitrate": "audio.mp3_bitrate",
-    "loudness_lufs": "audio.loudness_lufs", "params.language": "input.language", "params.instruct": "input.instruct",
+    "loudness_lufs": "audio.loudness_lufs", "speed": "audio.speed", "params.language": "input.language", "params.instruct": "input.instruct",
 }
 SAMPLING_GROUP = "sampling"
 

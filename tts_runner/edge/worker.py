@@ -30,7 +30,7 @@ from tts_runner.edge.redact import protect, redact
 from tts_runner.errors import DeviceFailure, InputError, TTSError
 from tts_runner.job.run import run_job
 from tts_runner.job.spec import Job
-from tts_runner.job.stream import stream_job
+from tts_runner.job.stream import stream_format, stream_job
 from tts_runner.serving.store import ModelStore
 from tts_runner.serving.ticket import Ticket
 
@@ -91,7 +91,7 @@ class Worker:
         """A handle to cancel `job` with (RunPod stopped it, its client went away)."""
         return Ticket(str(job.get("id", "local")))
 
-    def _job(self, job: dict) -> Job:
+    def job(self, job: dict) -> Job:
         """The payload as a Job (raises TTSError)."""
         if self.startup_error:
             raise TTSError(f"The worker failed to start: {self.startup_error}")
@@ -101,15 +101,19 @@ class Worker:
 
     def handle(self, job: dict, ticket: Ticket | None = None) -> dict:
         """Answer one RunPod job; never raises. `ticket` lets the caller cancel it."""
+        return self.answer(job, ticket)[0]
+
+    def answer(self, job: dict, ticket: Ticket | None = None) -> tuple[dict, Exception | None]:
+        """handle's answer, and the exception behind it when it is {error, traceback} (for an HTTP status)."""
         try:
-            spec = self._job(job)
+            spec = self.job(job)
             if spec.stream:
                 raise InputError("Invalid input at $.stream: this worker does not stream (its handler is not a "
                                  "generator). Start it with TTS_RUNNER_STREAMING=true (worker.streaming), or leave "
                                  "stream out to get the whole file.")
-            return self._whole(spec, job, ticket)
+            return self._whole(spec, job, ticket), None
         except Exception as exc:  # noqa: BLE001 - every failure becomes {error, traceback}
-            return self._failure(job, exc)
+            return self.failure(job, exc), exc
 
     def _whole(self, spec: Job, job: dict, ticket: Ticket | None) -> dict:
         """A job's one answer, the whole file (raises on failure)."""
@@ -124,22 +128,22 @@ class Worker:
         yields its audio in pieces, {audio_base64, format, sample_rate, piece}, the last one with
         the metadata; any other job yields its one answer (handle's)."""
         try:
-            spec = self._job(job)
+            spec = self.job(job)
         except Exception as exc:  # noqa: BLE001
-            yield self._failure(job, exc)
+            yield self.failure(job, exc)
             return
         if not spec.stream:
             try:
                 yield self._whole(spec, job, ticket)
             except Exception as exc:  # noqa: BLE001
-                yield self._failure(job, exc)
+                yield self.failure(job, exc)
             return
         ticket = ticket or self.ticket(job)
         piece = 0
         try:
             for data, metadata in stream_job(spec, self.store.get(spec.model), ticket):
                 answer = {"audio_base64": base64.b64encode(data).decode("ascii"),
-                          "format": "mp3" if spec.output.format == "mp3" else "pcm",
+                          "format": stream_format(spec),
                           "sample_rate": SAMPLE_RATE, "piece": piece}
                 if metadata is not None:
                     answer["metadata"] = metadata
@@ -148,7 +152,7 @@ class Worker:
                 piece += 1
                 yield redact(answer, self.secrets)
         except Exception as exc:  # noqa: BLE001 - the stream ends with {error, traceback}
-            yield self._failure(job, exc)
+            yield self.failure(job, exc)
 
     def cancel(self, ticket: Ticket) -> None:
         """RunPod stopped a job: its chunks leave every scheduler (waiting now, running at the next check)."""
@@ -158,7 +162,7 @@ class Worker:
                 model.scheduler.cancel(ticket)
         log.info("Job %s cancelled", ticket.name)
 
-    def _failure(self, job: dict, exc: BaseException) -> dict:
+    def failure(self, job: dict, exc: BaseException) -> dict:
         if not isinstance(exc, TTSError):
             log.error("Job %s failed", job.get("id"), exc_info=exc)
         else:

@@ -8,6 +8,7 @@ import numpy as np
 
 from tts_runner.audio import dsp, formats, sinks
 from tts_runner.audio.codec import SAMPLE_RATE
+from tts_runner.audio.tempo import change_tempo
 from tts_runner.job.spec import Job
 
 
@@ -20,8 +21,9 @@ class File:
 
 
 def encode(samples: np.ndarray, job: Job) -> File:
-    """The job's audio (24 kHz) as the file it asks for."""
+    """The job's audio (24 kHz) as the file it asks for (at its speed, then its rate)."""
     out = job.output
+    samples = change_tempo(samples, SAMPLE_RATE, out.speed)
     samples = dsp.resample(samples, SAMPLE_RATE, out.sample_rate)
     data = formats.encode(samples, out.sample_rate, out.format, out.mp3_bitrate)
     return File(data, out.format, out.sample_rate, round(samples.size / out.sample_rate, 3))

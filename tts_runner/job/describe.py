@@ -8,12 +8,16 @@ from tts_runner.job.plan import Plan
 from tts_runner.job.spec import Job
 
 
-def segment_metadata(plan: Plan, spans: list[Span]) -> list[dict]:
+def segment_metadata(plan: Plan, spans: list[Span], speed: float = 1.0) -> list[dict]:
     """The metadata's segments: each one's place in the file, its speaker and voice, and each chunk's
-    place in it (seconds, from its fade-in to its last sample)."""
+    place in it (seconds, from its fade-in to its last sample; at the job's speed, in the file's time)."""
     voices = {c.segment: (c.request.speaker, c.voice) for c in plan.chunks}
-    return [{"start": start, "end": end, "speaker": voices[i][0], "voice": voices[i][1],
-             "chunks": [{"start": a, "end": b} for a, b in places]}
+
+    def at(t: float) -> float:
+        return t if speed == 1.0 else round(t / speed, 3)
+
+    return [{"start": at(start), "end": at(end), "speaker": voices[i][0], "voice": voices[i][1],
+             "chunks": [{"start": at(a), "end": at(b)} for a, b in places]}
             for i, (start, end, places) in enumerate(spans)]
 
 
@@ -32,4 +36,4 @@ def metadata(job: Job, plan: Plan, stats: Stats, spans: list[Span], *, duration:
     if first_audio is not None:
         described["first_audio_seconds"] = round(first_audio, 3)
     return {**described, "model": job.model, "seed": job.sampling.seed, "runaways": stats.runaways,
-            "retries": stats.retries, "segments": segment_metadata(plan, spans)}
+            "retries": stats.retries, "segments": segment_metadata(plan, spans, job.output.speed)}

@@ -31,9 +31,10 @@ class Segment:
 class Output:
     """The file a job asks for."""
 
-    format: str = "wav"                 # wav | mp3 | flac | opus | pcm
+    format: str = "wav"                 # wav | mp3 | flac | opus | aac | pcm
     sample_rate: int = 24000
-    mp3_bitrate: int = 128
+    mp3_bitrate: int = 128              # kbps, for mp3 and aac
+    speed: float = 1.0                  # tempo (pitch kept): the file lasts 1/speed as long
     loudness_lufs: float | None = -16.0  # each segment's integrated loudness; None: as made
 
 
@@ -88,6 +89,8 @@ class Pacing:
     first_piece_frames: int = 4
     piece_frames: int = 24
     left_context_frames: int | None = 72  # None: the whole chunk so far
+    schedule: str = "adaptive"            # adaptive: pieces grow, and come early when the listener runs low; fixed
+    low_water_seconds: float = 0.4        # adaptive: decode what there is once the audio sent has less left to play
 
 
 @dataclass(frozen=True)

@@ -20,18 +20,18 @@ ends with an error naming it.
 
 from __future__ import annotations
 
-import io
+import queue
 import threading
 import time
 from dataclasses import replace
 
 import numpy as np
-import soundfile as sf
 import torch
 
-from tts_runner.audio import dsp, formats
+from tts_runner.audio import dsp
 from tts_runner.audio.codec import SAMPLE_RATE, SAMPLES_PER_FRAME
-from tts_runner.errors import GenerationError, InputError
+from tts_runner.audio.streams import StreamEncoder
+from tts_runner.errors import GenerationError, InputError, JobCancelled
 from tts_runner.job import describe
 from tts_runner.job.assemble import chunk_places, trimmed
 from tts_runner.job.events import Events
@@ -50,7 +50,11 @@ class StreamAssembler:
         self.model, self.job = model, job
         self.left_context = pacing.left_context_frames
         self.first_frames = max(1, pacing.first_piece_frames)
-        self.piece_frames = max(1, pacing.piece_frames)
+        self.piece_frames = max(self.first_frames, pacing.piece_frames)
+        self.adaptive = pacing.schedule == "adaptive"
+        self.low_water = pacing.low_water_seconds
+        self.decodes = 0                            # decodes of the head chunk so far
+        self.playing_since: float | None = None     # when the first samples went out (a listener starts then)
         self.crossfade_ms = chunking.crossfade_ms
         self.crossfade = int(round(SAMPLE_RATE * chunking.crossfade_ms / 1000.0))
         self.gap = int(round(SAMPLE_RATE * chunking.segment_gap_ms / 1000.0))
@@ -110,6 +114,7 @@ class StreamAssembler:
     def pieces(self, timeout: float = 0.25):
         """Yield float32 arrays of final samples, in order, until the job's audio is all out."""
         while True:
+            wait = timeout
             with self.cond:
                 if self.error is not None:
                     raise self.error
@@ -121,13 +126,18 @@ class StreamAssembler:
                 self._decode_head(head, codes)
             out = self._release()
             if out.size:
+                if self.playing_since is None:
+                    self.playing_since = time.monotonic()
                 yield out
                 continue
             with self.cond:
                 if self.segment >= len(self.order):
                     return
                 if self.error is None and not self._news():
-                    self.cond.wait(timeout)
+                    left = self._left_to_play()
+                    if left is not None and left > self.low_water:  # wake when it is time to decode early
+                        wait = min(timeout, max(0.005, left - self.low_water))
+                    self.cond.wait(wait)
 
     def _news(self) -> bool:
         head = self._head_chunk()
@@ -137,7 +147,24 @@ class StreamAssembler:
             return True
         codes = self.latest.get(head.index)
         decoded = self.head[1] if self.head and self.head[0] == head.index else 0
-        return codes is not None and codes.shape[0] >= decoded + (self.piece_frames if decoded else self.first_frames)
+        return codes is not None and codes.shape[0] >= decoded + self._wanted(decoded)
+
+    def _wanted(self, decoded: int) -> int:
+        """New frames of the head chunk worth a decode, after `decoded` (the schedule: stream.schedule)."""
+        if not decoded:
+            return self.first_frames
+        if not self.adaptive:
+            return self.piece_frames
+        left = self._left_to_play()
+        if left is not None and left <= self.low_water:
+            return 1  # the listener is about to run dry: whatever there is
+        return min(self.piece_frames, self.first_frames << self.decodes)
+
+    def _left_to_play(self) -> float | None:
+        """Seconds of audio sent and not yet played by a listener who started at the first piece."""
+        if self.playing_since is None:
+            return None
+        return self.total / SAMPLE_RATE - (time.monotonic() - self.playing_since)
 
     def _head_chunk(self):
         """The first chunk of the current segment not yet accepted (None: all are)."""
@@ -149,7 +176,9 @@ class StreamAssembler:
     def _decode_head(self, chunk, codes: torch.Tensor) -> None:
         """Decode the head chunk's new frames, with up to left_context frames before them as context."""
         index, frames, samples = self.head if self.head and self.head[0] == chunk.index else (chunk.index, 0, None)
-        if codes.shape[0] < frames + (self.piece_frames if frames else self.first_frames):
+        if not frames:
+            self.decodes = 0
+        if codes.shape[0] < frames + self._wanted(frames):
             return  # decode in pieces of a useful size: each decode costs the decoder's left context again
         start = 0 if self.left_context is None else max(0, frames - self.left_context)
         request = chunk.request if start == 0 else replace(chunk.request, clone=None)  # the reference is context at 0
@@ -159,6 +188,7 @@ class StreamAssembler:
         with self.cond:
             if chunk.index not in self.done:
                 self.head = (index, codes.shape[0], samples)
+                self.decodes += 1
 
     def _running(self, samples: np.ndarray) -> np.ndarray | None:
         """The part of a running chunk's audio certain to stay once its silent edges are cut (as
@@ -209,42 +239,16 @@ class StreamAssembler:
             return out.astype(np.float32, copy=False)
 
 
-class PieceEncoder:
-    """Stream pieces as bytes: raw PCM16 (little-endian, 24 kHz mono), or MP3 frames (one MP3 file,
-    concatenated) when the job asks for mp3."""
-
-    def __init__(self, fmt: str, mp3_bitrate: int = 128):
-        self.format = "mp3" if fmt == "mp3" else "pcm"
-        self.buffer = self.file = None
-        self.read = 0
-        if self.format == "mp3":
-            self.buffer = io.BytesIO()
-            level = 1.0 - (min(max(mp3_bitrate, 32), 320) - 32) / 288  # libsndfile: 0 the highest bit rate
-            self.file = sf.SoundFile(self.buffer, "w", SAMPLE_RATE, 1, format="MP3", subtype="MPEG_LAYER_III",
-                                     compression_level=level, bitrate_mode="CONSTANT")
-
-    def encode(self, samples: np.ndarray) -> bytes:
-        if self.format == "pcm":
-            return formats.encode(samples, SAMPLE_RATE, "pcm")
-        self.file.write(np.clip(samples, -1.0, 1.0))
-        return self._new_bytes()
-
-    def finish(self) -> bytes:
-        if self.file is None:
-            return b""
-        self.file.close()
-        return self._new_bytes()
-
-    def _new_bytes(self) -> bytes:
-        data = self.buffer.getvalue()[self.read:]
-        self.read += len(data)
-        return data
+def stream_format(job: Job) -> str:
+    """What the queue worker streams: MP3 frames for an mp3 job, raw PCM16 for any other."""
+    return "mp3" if job.output.format == "mp3" else "pcm"
 
 
-def stream_job(job: Job, model: Model, ticket: Ticket | None = None):
-    """Run a job on the scheduler and yield (bytes, metadata) pieces in order, each as soon as it is
-    encoded: the job's audio as PieceEncoder encodes it, then a last piece with what the encoder
-    still held (empty for PCM) and the metadata (a dict)."""
+def stream_job(job: Job, model: Model, ticket: Ticket | None = None, fmt: str | None = None):
+    """Run a job on the scheduler and yield (bytes, None) pieces of its audio in order, each as soon
+    as the encoder has it (`fmt`, one of tts_runner.audio.streams.STREAM_FORMATS, at the job's speed;
+    None: stream_format(job)), then (b"", metadata). The caller may stop at any piece: the job's
+    rows go back and the encoder stops."""
     started = time.perf_counter()
     if model.scheduler is None:
         raise InputError("Invalid input at $.stream: streaming needs the scheduler (runtime.engine fast, "
@@ -253,6 +257,9 @@ def stream_job(job: Job, model: Model, ticket: Ticket | None = None):
     chunks = plan(job, model)
     assembler = StreamAssembler(model, chunks, job)
     outcome: dict = {}
+    out: queue.Queue = queue.Queue()  # encoded bytes, then _END or the failure
+    encoder = StreamEncoder(fmt or stream_format(job), SAMPLE_RATE, out.put, speed=job.output.speed,
+                            bitrate_kbps=job.output.mp3_bitrate)
 
     def run() -> None:
         try:
@@ -261,22 +268,43 @@ def stream_job(job: Job, model: Model, ticket: Ticket | None = None):
         except BaseException as exc:  # noqa: BLE001 - handed to the stream's thread, which raises it
             assembler.close(exc)
 
-    worker = threading.Thread(target=run, name="stream-generate", daemon=True)
-    worker.start()
-    encoder = PieceEncoder(job.output.format, job.output.mp3_bitrate)
+    def encode() -> None:
+        try:
+            for samples in assembler.pieces():
+                encoder.encode(samples)
+            encoder.finish()
+            out.put(_END)
+        except BaseException as exc:  # noqa: BLE001 - raised on the caller's thread
+            out.put(_Failed(exc))
+
+    threads = [threading.Thread(target=run, name="stream-generate", daemon=True),
+               threading.Thread(target=encode, name="stream-encode", daemon=True)]
+    for thread in threads:
+        thread.start()
     first = None
     try:
-        for samples in assembler.pieces():
-            data = encoder.encode(samples)
-            if data:  # out at once: the client's time to first audio is this one's
-                first = first if first is not None else time.perf_counter() - started
-                yield data, None
-        tail = encoder.finish()  # what the encoder still held (MP3's last frames; nothing for PCM)
+        while (item := out.get()) is not _END:
+            if isinstance(item, _Failed):
+                raise item.error
+            first = first if first is not None else time.perf_counter() - started  # the client's first audio
+            yield item, None
     finally:
-        if worker.is_alive():
+        if threads[0].is_alive() or threads[1].is_alive():  # stopped early: give the rows back, stop encoding
             model.scheduler.cancel(ticket)
-        worker.join()
+            assembler.close(JobCancelled(f"Job {job.id}: its stream was closed"))
+            encoder.close()
+        for thread in threads:
+            thread.join()
     took = time.perf_counter() - started
-    yield tail, describe.metadata(job, chunks, outcome["stats"], assembler.spans,
-                                  duration=round(assembler.total / SAMPLE_RATE, 3), sample_rate=SAMPLE_RATE,
-                                  fmt=encoder.format, seconds=took, first_audio=took if first is None else first)
+    duration = assembler.total / SAMPLE_RATE if job.output.speed == 1.0 else encoder.seconds
+    yield b"", describe.metadata(job, chunks, outcome["stats"], assembler.spans, duration=round(duration, 3),
+                                 sample_rate=SAMPLE_RATE, fmt=encoder.format, seconds=took,
+                                 first_audio=took if first is None else first)
+
+
+_END = object()
+
+
+class _Failed:
+    def __init__(self, error: BaseException):
+        self.error = error

@@ -208,6 +208,13 @@ class Scheduler:
             if admit or self.running:
                 self._round(admit)
             self._decode_waiting()
+            with self.cond:
+                self.cond.notify_all()  # for wait_idle
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no chunk waits or runs (True), or `timeout` seconds pass (False)."""
+        with self.cond:
+            return self.cond.wait_for(lambda: not self.count and not self.running, timeout)
 
     def _round(self, admit: list[Pending]) -> None:
         """Admit, step `sync_every` frames, check: one round of the loop, under the model's lock."""

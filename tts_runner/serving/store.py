@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tts_runner.errors import InputError, ModelError
+from tts_runner.errors import ModelError, NotFound
 from tts_runner.serving.device import resolve_device, resolve_dtype
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ class Catalog:
 
     def folder(self, variant: str) -> Path:
         if variant not in self.variants:
-            raise InputError(f"Unknown model '{variant}'. Available: {', '.join(self.names)}.")
+            raise NotFound(f"Unknown model '{variant}'. Available: {', '.join(self.names)}.")
         return Path(self.dir) / self.variants[variant].folder
 
     def check(self, variant: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from tts_runner.errors import InputError
+from tts_runner.errors import InputError, NotFound
 
 
 @dataclass(frozen=True)
@@ -43,5 +43,6 @@ def _resolve(value: str, names: Mapping[str, str], allowed: Iterable[str], path:
     key = value.lower()
     resolved = names.get(key, key)
     if resolved not in allowed:
-        raise InputError(f"Invalid input at {path}: unknown {what} '{value}'. {hint(', '.join(allowed))}")
+        error = NotFound if what == "voice" else InputError
+        raise error(f"Invalid input at {path}: unknown {what} '{value}'. {hint(', '.join(allowed))}")
     return resolved

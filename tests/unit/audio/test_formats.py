@@ -37,7 +37,7 @@ def test_mp3_round_trip_keeps_the_duration():
 
 
 def test_unknown_format_is_refused():
-    with pytest.raises(ValueError, match="allowed: wav, mp3, flac, opus, pcm"):
+    with pytest.raises(ValueError, match="allowed: wav, mp3, flac, opus, aac, pcm"):
         formats.encode(np.zeros(10, np.float32), 24000, "ogg")
 
 

@@ -1,0 +1,290 @@
+"""The HTTP server (tts_runner/server/) with real clients on 127.0.0.1: the `openai` SDK for speech,
+streams and SSE, httpx for the rest. Audio is checked by other code (ffmpeg decodes it, durations are
+compared); the server runs on the session's tiny-model worker."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from httpx_sse import connect_sse
+
+from tests.helpers.media import agrees, file_seconds
+from tests.helpers.servers import in_process
+from tts_runner.edge import build
+from tts_runner.server.app import create_app
+from tts_runner.server.service import Service
+
+SPEECH = Path(__file__).resolve().parents[1] / "fixtures" / "speech" / "clean.wav"
+TEXT = "Hello there. This is a test of the speech server."
+
+
+def make_service(worker, tmp_path, **changes) -> Service:
+    settings = replace(build.server(worker.cfg.server, list(worker.cfg.models.variants)),
+                       voices_dir=tmp_path / "voices", **changes)
+    service = Service(worker.cfg, settings)
+    service.load(worker)
+    return service
+
+
+@pytest.fixture(scope="module")
+def server(worker, tmp_path_factory):
+    service = make_service(worker, tmp_path_factory.mktemp("server"))
+    with in_process(create_app(service)) as url:
+        yield url, service
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=f"{server[0]}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def error_of(response: httpx.Response) -> dict:
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
+    return body["error"]
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "opus", "aac", "flac", "wav", "pcm"])
+def test_every_format_through_the_sdk_decodes_to_the_duration_it_reports(client, fmt):
+    raw = client.audio.speech.with_raw_response.create(model="tts-1-hd", voice="alloy", input=TEXT,
+                                                       response_format=fmt)
+    data = raw.content
+    assert raw.headers["content-type"].startswith("audio/")
+    assert agrees(data, fmt, float(raw.headers["x-audio-duration"]))  # decoded by ffmpeg / wave
+
+
+@pytest.mark.parametrize("fmt", ["pcm", "wav", "mp3", "opus", "aac"])
+def test_streamed_audio_comes_in_pieces_and_decodes(client, fmt):
+    pieces = []
+    with client.audio.speech.with_streaming_response.create(model="tts-1-hd", voice="nova", input=TEXT,
+                                                            response_format=fmt, extra_body={"stream_format": "audio"}) as r:
+        assert r.headers.get("transfer-encoding") == "chunked"
+        pieces = [p for p in r.iter_bytes() if p]
+    data = b"".join(pieces)
+    assert file_seconds(data.replace(b"\xff\xff\xff\xff", b"\x00\x00\x00\x00", 2) if fmt == "wav" else data,
+                        fmt if fmt != "wav" else "pcm") > 0.5
+
+
+def test_sse_sends_deltas_then_done_with_usage(server):
+    url, _ = server
+    with httpx.Client(timeout=120) as http, connect_sse(http, "POST", f"{url}/v1/audio/speech", json={
+            "model": "gpt-4o-mini-tts", "voice": "coral", "input": TEXT, "response_format": "pcm",
+            "stream_format": "sse"}) as events:
+        kinds, audio, done = [], b"", None
+        for event in events.iter_sse():
+            data = json.loads(event.data)
+            kinds.append(data["type"])
+            if data["type"] == "speech.audio.delta":
+                audio += base64.b64decode(data["audio"])
+            else:
+                done = data
+    assert kinds[-1] == "speech.audio.done" and set(kinds[:-1]) == {"speech.audio.delta"}, kinds
+    usage = done["usage"]
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"] and usage["input_tokens"] > 0
+    seconds = file_seconds(audio, "pcm")
+    assert abs(usage["output_tokens"] - seconds * 12.5) <= 1  # the codec frames of the audio sent
+
+
+def test_sixteen_concurrent_requests_are_all_answered(client):
+    results, errors = [], []
+
+    def one(i):
+        try:
+            raw = client.audio.speech.with_raw_response.create(model="tts-1-hd", voice="echo", input=f"Request {i}. {TEXT}",
+                                                               response_format="wav")
+            results.append(agrees(raw.content, "wav", float(raw.headers["x-audio-duration"])))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors and results == [True] * 16
+
+
+def test_speed_divides_the_duration(client):
+    durations = {}
+    for speed in (1.0, 2.0):
+        raw = client.audio.speech.with_raw_response.create(model="tts-1-hd", voice="alloy", input=TEXT, speed=speed,
+                                                           response_format="wav", extra_body={"seed": 5})
+        durations[speed] = float(raw.headers["x-audio-duration"])
+        assert agrees(raw.content, "wav", durations[speed])
+    assert durations[2.0] == pytest.approx(durations[1.0] / 2, rel=0.03)
+
+
+def test_a_client_that_leaves_mid_stream_gives_its_rows_back(server, monkeypatch):
+    url, service = server
+    cancelled = threading.Event()
+    original = service.cancel
+    monkeypatch.setattr(service, "cancel", lambda ticket: (original(ticket), cancelled.set()))
+    long_text = " ".join(f"Sentence number {i} of a long text that keeps going." for i in range(40))
+    with httpx.Client(timeout=120) as http, http.stream("POST", f"{url}/v1/audio/speech", json={
+            "input": long_text, "voice": "alloy", "response_format": "pcm", "stream_format": "audio"}) as r:
+        assert r.status_code == 200
+        next(r.iter_bytes())  # some audio, then the client goes away
+    assert cancelled.wait(60)
+    scheduler = service.worker.store.get("1.7B-CustomVoice").scheduler
+    assert scheduler.wait_idle(60), "the cancelled stream's chunks still hold rows"
+
+
+@pytest.mark.parametrize("body, status, param, code", [
+    ({"input": "hi", "voice": "alloy", "speed": 9}, 400, "speed", "invalid_value"),
+    ({"input": "", "voice": "alloy"}, 400, "input", "invalid_value"),
+    ({"voice": "alloy"}, 400, "input", "missing_required_parameter"),
+    ({"input": "hi", "voice": "alloy", "response_format": "ogg"}, 400, "response_format", "invalid_value"),
+    ({"input": "hi", "voice": "alloy", "temprature": 0.5}, 400, "temprature", "unknown_parameter"),
+    ({"input": "hi", "voice": "alloy", "temperature": "hot"}, 400, "temperature", "invalid_value"),
+    ({"input": "hi", "voice": "alloy", "response_format": "flac", "stream_format": "audio"}, 400, "response_format",
+     "invalid_value"),
+    ({"input": "hi", "voice": "nobody"}, 404, "voice", "voice_not_found"),
+    ({"input": "hi", "voice": "../../etc/passwd"}, 400, "voice", "invalid_value"),  # never a path
+    ({"input": "hi", "voice": "alloy", "model": "tts-9"}, 404, "model", "model_not_found"),
+])
+def test_bad_requests_get_openais_envelope_with_the_status_that_fits(server, body, status, param, code):
+    response = httpx.post(f"{server[0]}/v1/audio/speech", json=body, timeout=60)
+    assert response.status_code == status
+    error = error_of(response)
+    assert (error["param"], error["code"]) == (param, code), error
+
+
+def test_the_sdk_raises_the_statuses(client):
+    with pytest.raises(openai.NotFoundError):
+        client.audio.speech.create(model="tts-1", voice="nobody", input="hi")
+    with pytest.raises(openai.BadRequestError):
+        client.audio.speech.create(model="tts-1", voice="alloy", input="hi", speed=0.1)
+
+
+def test_body_limits_and_malformed_json(worker, tmp_path):
+    service = make_service(worker, tmp_path, max_body_bytes=1000, body_timeout_seconds=1.0)
+    with in_process(create_app(service)) as url:
+        assert error_of(httpx.post(f"{url}/v1/audio/speech", content=b"{" * 10, timeout=30))["code"] == "invalid_json"
+        huge = httpx.post(f"{url}/v1/audio/speech", json={"input": "x" * 5000, "voice": "alloy"}, timeout=30)
+        assert huge.status_code == 413 and error_of(huge)["code"] == "body_too_large"
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as slow:  # a slowloris: headers, then little
+            slow.sendall(b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 500\r\n\r\n{\"input\":")
+            answer = slow.recv(4096)
+        assert b" 408 " in answer.split(b"\r\n")[0]
+        assert httpx.get(f"{url}/ping").status_code == 200  # still serving
+
+
+def test_an_api_key_guards_every_v1_route_but_not_ping(worker, tmp_path):
+    service = make_service(worker, tmp_path, api_key="s3cret-key")
+    with in_process(create_app(service)) as url:
+        assert httpx.get(f"{url}/ping").status_code == 200
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-key"}):
+            response = httpx.get(f"{url}/v1/models", headers=headers)
+            assert response.status_code == 401 and error_of(response)["code"] == "invalid_api_key"
+        sdk = openai.OpenAI(base_url=f"{url}/v1", api_key="s3cret-key", max_retries=0)
+        assert "tts-1" in [m.id for m in sdk.models.list()]
+        assert sdk.audio.speech.create(model="tts-1-hd", voice="alloy", input="Hi.", response_format="wav").read()
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"{url}/v1", api_key="nope", max_retries=0).models.list()
+
+
+def test_not_ready_is_503_and_ping_204(worker, tmp_path):
+    settings = build.server(worker.cfg.server, list(worker.cfg.models.variants))
+    service = Service(worker.cfg, replace(settings, voices_dir=tmp_path))  # never loaded
+    with in_process(create_app(service)) as url:
+        assert httpx.get(f"{url}/ping").status_code == 204
+        response = httpx.post(f"{url}/v1/audio/speech", json={"input": "hi", "voice": "alloy"})
+        assert response.status_code == 503 and error_of(response)["code"] == "not_ready"
+
+
+def test_a_full_queue_is_429(worker, tmp_path, monkeypatch):
+    service = make_service(worker, tmp_path)
+    scheduler = worker.store.get("1.7B-CustomVoice").scheduler
+    monkeypatch.setattr(scheduler, "queue_limit", 1)
+    long_text = " ".join(f"Sentence number {i} of a long text." for i in range(10))
+    with in_process(create_app(service)) as url:
+        for stream in ({}, {"stream_format": "audio", "response_format": "pcm"}):
+            response = httpx.post(f"{url}/v1/audio/speech", json={"input": long_text, "voice": "alloy", **stream},
+                                  timeout=60)
+            assert response.status_code == 429 and error_of(response)["code"] == "queue_full"
+
+
+def test_voices_are_saved_listed_used_kept_across_restarts_and_deleted(worker, tmp_path):
+    service = make_service(worker, tmp_path)
+    with in_process(create_app(service)) as url:
+        listed = httpx.get(f"{url}/v1/audio/voices").json()["voices"]
+        assert {"name": "alloy", "type": "openai", "speaker": "ryan"} in listed
+        with open(SPEECH, "rb") as recording:
+            saved = httpx.post(f"{url}/v1/audio/voices", data={"name": "narrator", "ref_text": "The quick brown fox."},
+                               files={"audio_sample": ("clean.wav", recording, "audio/wav")}, timeout=60)
+        assert saved.status_code == 201, saved.text
+        again = httpx.post(f"{url}/v1/audio/voices", data={"name": "narrator"},
+                           files={"audio_sample": ("clean.wav", SPEECH.read_bytes(), "audio/wav")})
+        assert again.status_code == 400 and "saved already" in error_of(again)["message"]
+        noise = httpx.post(f"{url}/v1/audio/voices", data={"name": "noise"},
+                           files={"audio_sample": ("x.wav", b"RIFF not audio", "audio/wav")})
+        assert noise.status_code == 400 and error_of(noise)["param"] == "audio_sample"
+        bad_name = httpx.post(f"{url}/v1/audio/voices", data={"name": "../escape"},
+                              files={"audio_sample": ("clean.wav", SPEECH.read_bytes(), "audio/wav")})
+        assert bad_name.status_code == 400 and not (tmp_path / "escape").exists()
+    restarted = make_service(worker, tmp_path)  # a new server on the same folder
+    with in_process(create_app(restarted)) as url:
+        assert {"name": "narrator", "type": "saved"}.items() <= next(
+            v for v in httpx.get(f"{url}/v1/audio/voices").json()["voices"] if v["name"] == "narrator").items()
+        spoken = httpx.post(f"{url}/v1/audio/speech", json={"model": "tts-1", "voice": "narrator", "input": "Hello.",
+                                                            "response_format": "wav"}, timeout=120)
+        assert spoken.status_code == 200 and agrees(spoken.content, "wav", float(spoken.headers["x-audio-duration"]))
+        wrong_model = httpx.post(f"{url}/v1/audio/speech", json={"model": "1.7B-CustomVoice", "voice": "narrator",
+                                                                 "input": "Hello."})
+        assert wrong_model.status_code == 400 and error_of(wrong_model)["param"] == "model"
+        assert httpx.delete(f"{url}/v1/audio/voices/narrator").json()["deleted"] is True
+        gone = httpx.post(f"{url}/v1/audio/speech", json={"model": "tts-1", "voice": "narrator", "input": "Hello."})
+        assert gone.status_code == 404
+        assert httpx.delete(f"{url}/v1/audio/voices/narrator").status_code == 404
+
+
+def test_v1_tts_answers_as_the_queue_worker_does(server, worker):
+    url, _ = server
+    payload = {"text": "The same seed, the same bytes.", "output_format": "wav", "params": {"seed": 123}}
+    queue = worker.handle({"id": "q", "input": payload})
+    http = httpx.post(f"{url}/v1/tts", json={"input": payload}, timeout=120)
+    assert http.status_code == 200
+    assert base64.b64decode(http.json()["audio_base64"]) == base64.b64decode(queue["audio_base64"])
+    assert {k: v for k, v in http.json()["metadata"].items() if k != "generation_time_seconds"} == \
+        {k: v for k, v in queue["metadata"].items() if k != "generation_time_seconds"}
+    bad = httpx.post(f"{url}/v1/tts", json={"input": {"text": "x", "params": {"top_k": -1}}})
+    assert bad.status_code == 400 and bad.json()["error"] == worker.handle({"input": {"text": "x", "params": {"top_k": -1}}})["error"]
+    assert "traceback" in bad.json()
+
+
+def test_v1_tts_streams_json_lines_when_the_input_asks(server):
+    url, _ = server
+    with httpx.Client(timeout=120) as http, http.stream("POST", f"{url}/v1/tts", json={
+            "input": {"text": TEXT, "stream": True, "output_format": "pcm"}}) as r:
+        lines = [json.loads(line) for line in r.iter_lines() if line]
+    assert [p["piece"] for p in lines] == list(range(len(lines))) and "metadata" in lines[-1]
+    audio = b"".join(base64.b64decode(p["audio_base64"]) for p in lines)
+    assert file_seconds(audio, "pcm") == pytest.approx(lines[-1]["metadata"]["duration_seconds"], abs=0.002)
+
+
+def test_hostile_requests_leave_it_serving(server):
+    url, _ = server
+    hostile = [b"", b"null", b"[]", b"\"text\"", b"{\"input\": 5}", b"{\"input\": [\"a\"]}",
+               b"{\"input\": \"hi\", \"voice\": {\"id\": [1]}}", b"[" * 100000, b"\xff\xfe\x00",
+               json.dumps({"input": "hi", "voice": "alloy", "speed": float("nan")}).encode(),
+               json.dumps({"input": "hi", "voice": "a" * 10000}).encode()]
+    for body in hostile:
+        response = httpx.post(f"{url}/v1/audio/speech", content=body, headers={"content-type": "application/json"},
+                              timeout=60)
+        assert 400 <= response.status_code < 500, (body[:40], response.status_code, response.text[:200])
+        error_of(response)
+    for path in ("/v1/audio/voices/..%2F..%2Fetc", "/v1/audio/voices/%00"):
+        assert httpx.delete(f"{url}{path}").status_code in (400, 404)
+    assert httpx.get(f"{url}/nowhere").status_code == 404
+    assert httpx.post(f"{url}/v1/audio/speech", json={"input": "Still here.", "voice": "alloy"},
+                      timeout=60).status_code == 200

@@ -1,0 +1,74 @@
+"""`python -m tts_runner.serve`: the HTTP server (tts_runner/server/), OpenAI's speech API and RunPod's
+load-balancing mode, on uvicorn.
+
+    python -m tts_runner.serve [--host H] [--port P] [--health-port P] [key=value ...]
+
+Precedence, lowest first: conf/ (the `server` group), the environment (PORT, PORT_HEALTH,
+TTS_RUNNER_HOST, TTS_RUNNER_API_KEY, TTS_RUNNER_OVERRIDES, and every variable the queue worker
+reads), then this command line (Hydra overrides such as batching.max_batch_size=32, then the flags).
+The server listens at once and loads its model on a thread: /ping answers 204 until it is ready.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from dataclasses import replace
+
+from tts_runner.edge import build
+from tts_runner.edge import config as config_mod
+from tts_runner.errors import TTSError
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tts_runner.serve", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", help="address to listen on (server.host; the image uses 0.0.0.0)")
+    parser.add_argument("--port", type=int, help="port (server.port; RunPod sets PORT)")
+    parser.add_argument("--health-port", type=int, help="a second port for GET /ping (server.health_port; PORT_HEALTH)")
+    parser.add_argument("overrides", nargs="*", help="config overrides, key=value (as for python -m tts_runner)")
+    return parser.parse_args(argv)
+
+
+async def serve(app, settings, log_level: str = "info") -> None:
+    import uvicorn
+
+    servers = [uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level,
+                                             timeout_graceful_shutdown=30))]
+    if settings.health_port and settings.health_port != settings.port:
+        from fastapi import FastAPI
+
+        health = FastAPI()
+        health.add_api_route("/ping", app.state.ping, methods=["GET"])
+        servers.append(uvicorn.Server(uvicorn.Config(health, host=settings.host, port=settings.health_port,
+                                                     log_level="warning")))
+    await asyncio.gather(*(s.serve() for s in servers))
+
+
+def main(argv: list[str]) -> int:
+    args = parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = config_mod.load([*os.environ.get("TTS_RUNNER_OVERRIDES", "").split(), *args.overrides])
+        settings = build.server(cfg.server, list(cfg.models.variants))
+    except (TTSError, Exception) as exc:  # noqa: BLE001 - a bad setting is one line, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    flags = {k: v for k, v in (("host", args.host), ("port", args.port), ("health_port", args.health_port)) if v}
+    settings = replace(settings, **flags)
+    from tts_runner.server.app import create_app
+    from tts_runner.server.service import Service
+
+    service = Service(cfg, settings)
+    app = create_app(service)
+    service.start()
+    logging.getLogger(__name__).info("Listening on http://%s:%d (health %s)", settings.host, settings.port,
+                                     settings.health_port or settings.port)
+    asyncio.run(serve(app, settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,27 @@
+"""The `server` group as typed values (built by tts_runner/edge/build.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    health_port: int | None = None           # another port where GET /ping answers too
+    api_key: str | None = None               # bearer key of the /v1 routes; None: open
+    max_body_bytes: int = 16_000_000
+    body_timeout_seconds: float = 30.0
+    request_timeout_seconds: float = 900.0
+    max_input_chars: int = 20000
+    voices_dir: Path = Path("saved_voices")
+    clone_model: str = "1.7B-Base"
+    default_format: str = "mp3"
+    models: Mapping[str, str] = None         # OpenAI model name -> our variant
+    voices: Mapping[str, str] = None         # OpenAI voice name -> our speaker or alias
+
+    def __repr__(self) -> str:  # the key never reaches a log
+        return f"ServerSettings(host={self.host!r}, port={self.port}, api_key={'set' if self.api_key else None})"
