@@ -1,4 +1,6 @@
 """RunPod serverless entry point: `python -u handler.py` (add --rp_serve_api for a local HTTP API).
+With TTS_RUNNER_MODE=http it runs the HTTP server instead (`python -m tts_runner.serve`), for RunPod's
+load-balancing endpoints.
 
 The worker composes conf/ with the environment, loads the default model and warms it up here,
 once per warm worker; each job is then answered on its own thread, up to worker.concurrency at
@@ -10,11 +12,21 @@ generator: a payload with "stream": true gets its audio in pieces as it is made.
 import asyncio
 import contextlib
 import os
+import sys
 
 # The RunPod SDK logs at DEBUG unless told otherwise, and at DEBUG and INFO it prints every job's
 # whole result: megabytes of base64 per job. Its warnings and errors are enough; what a job did
 # (id, duration, metadata) is logged by the worker itself. RUNPOD_LOG_LEVEL=INFO brings it back.
 os.environ.setdefault("RUNPOD_LOG_LEVEL", "WARN")
+
+MODE = os.environ.get("TTS_RUNNER_MODE", "queue").strip().lower()
+if __name__ == "__main__" and MODE != "queue":
+    # One image, two RunPod modes: a load-balancing endpoint runs the HTTP server instead of the queue worker.
+    if MODE != "http":
+        sys.exit(f"TTS_RUNNER_MODE={MODE!r}: use queue (the queue worker, the default) or http (the HTTP server).")
+    from tts_runner.serve import main
+
+    sys.exit(main(sys.argv[1:]))
 
 import runpod  # noqa: E402  (reads the level at import)
 

@@ -288,3 +288,59 @@ def test_hostile_requests_leave_it_serving(server):
     assert httpx.get(f"{url}/nowhere").status_code == 404
     assert httpx.post(f"{url}/v1/audio/speech", json={"input": "Still here.", "voice": "alloy"},
                       timeout=60).status_code == 200
+
+
+def test_the_image_command_runs_the_server_in_http_mode_on_runpods_ports(tmp_path):
+    """`python -u handler.py` (the image's command) with TTS_RUNNER_MODE=http, PORT and PORT_HEALTH as
+    RunPod's load balancer sets them: the server on PORT, /ping on both, and the README's curl example."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers.servers import free_port, process
+
+    port, health = free_port(), free_port()
+    env = {"TTS_RUNNER_MODE": "http", "PORT": str(port), "PORT_HEALTH": str(health), "TTS_RUNNER_HOST": "127.0.0.1",
+           "TTS_RUNNER_VOICES_DIR": str(tmp_path / "voices"),
+           "TTS_RUNNER_OVERRIDES": "sampling.max_new_tokens=16 sampling.min_new_tokens=16"}
+    with process([sys.executable, "-u", "handler.py"], port, tmp_path / "server.log", env):
+        deadline = time.monotonic() + 180
+        while httpx.get(f"http://127.0.0.1:{port}/ping").status_code != 200:  # 204 while it loads
+            assert time.monotonic() < deadline, (tmp_path / "server.log").read_text()[-2000:]
+            time.sleep(0.25)
+        assert httpx.get(f"http://127.0.0.1:{health}/ping").status_code == 200
+        out = tmp_path / "speech.mp3"
+        subprocess.run(["curl", "-sf", f"http://127.0.0.1:{port}/v1/audio/speech", "-H", "Content-Type: application/json",
+                        "-d", '{"model": "tts-1", "input": "Hello from curl.", "voice": "alloy"}', "-o", str(out)],
+                       check=True, timeout=120)
+        assert file_seconds(out.read_bytes(), "mp3") > 0.5
+
+
+def test_an_unknown_mode_is_one_clear_error():
+    import subprocess
+    import sys
+
+    from tests.helpers.servers import REPO
+
+    proc = subprocess.run([sys.executable, "handler.py"], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env={**__import__("os").environ, "TTS_RUNNER_MODE": "grpc"})
+    assert proc.returncode != 0 and "use queue" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_gpu_failure_makes_ping_503_and_requests_refused(server, worker, monkeypatch):
+    url, _ = server
+    monkeypatch.setattr(worker, "device_failure", "The GPU failed (illegal memory access)")
+    assert httpx.get(f"{url}/ping").status_code == 503
+    response = httpx.post(f"{url}/v1/audio/speech", json={"input": "hi", "voice": "alloy"})
+    assert response.status_code == 503 and error_of(response)["code"] == "unhealthy"
+
+
+def test_a_request_past_its_time_is_504_and_its_job_cancelled(worker, tmp_path, monkeypatch):
+    service = make_service(worker, tmp_path, request_timeout_seconds=0.001)  # no job is made in a millisecond
+    cancelled = threading.Event()
+    original = service.cancel
+    monkeypatch.setattr(service, "cancel", lambda ticket: (original(ticket), cancelled.set()))
+    with in_process(create_app(service)) as url:
+        response = httpx.post(f"{url}/v1/audio/speech", json={"input": TEXT, "voice": "alloy"}, timeout=60)
+        assert response.status_code == 504 and error_of(response)["code"] == "timeout"
+        assert cancelled.is_set()

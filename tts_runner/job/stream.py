@@ -41,6 +41,8 @@ from tts_runner.job.spec import Job
 from tts_runner.serving.model import Model
 from tts_runner.serving.ticket import Ticket
 
+FRAMES_PER_SECOND = SAMPLE_RATE / SAMPLES_PER_FRAME  # real time, in codec frames
+
 
 class StreamAssembler:
     """The job's audio so far and how much of it is final."""
@@ -53,7 +55,8 @@ class StreamAssembler:
         self.piece_frames = max(self.first_frames, pacing.piece_frames)
         self.adaptive = pacing.schedule == "adaptive"
         self.low_water = pacing.low_water_seconds
-        self.decodes = 0                            # decodes of the head chunk so far
+        self.early_rate = pacing.early_min_speed * FRAMES_PER_SECOND
+        self.pace: dict[int, tuple[float, int, float, int]] = {}  # chunk -> (first time, frames, last time, frames)
         self.playing_since: float | None = None     # when the first samples went out (a listener starts then)
         self.crossfade_ms = chunking.crossfade_ms
         self.crossfade = int(round(SAMPLE_RATE * chunking.crossfade_ms / 1000.0))
@@ -81,14 +84,19 @@ class StreamAssembler:
     # ---- what the generation side tells it (job thread, scheduler thread) -------------------------
     def listener(self, chunk):
         def hear(codes: torch.Tensor) -> None:
+            now = time.monotonic()
             with self.cond:
                 self.latest[chunk.index] = codes
+                first = self.pace.get(chunk.index)
+                self.pace[chunk.index] = (now, codes.shape[0], now, codes.shape[0]) if first is None else \
+                    (first[0], first[1], now, codes.shape[0])
                 self.cond.notify_all()
         return hear
 
     def add(self, chunk, wav: np.ndarray) -> None:
         with self.cond:
             self.latest.pop(chunk.index, None)
+            self.pace.pop(chunk.index, None)
             if self.head and self.head[0] == chunk.index and self.head[1]:
                 decoded = self.head[2]  # what was sent came from these samples: keep them
                 wav = np.concatenate([decoded, wav[decoded.size:]]) if wav.size >= decoded.size else decoded
@@ -99,6 +107,7 @@ class StreamAssembler:
         """A chunk is generated again: fine unless part of it has gone out."""
         with self.cond:
             self.latest.pop(chunk.index, None)
+            self.pace.pop(chunk.index, None)
             if self.head and self.head[0] == chunk.index:
                 self.head = None
             if chunk.index in self.streamed:
@@ -147,18 +156,34 @@ class StreamAssembler:
             return True
         codes = self.latest.get(head.index)
         decoded = self.head[1] if self.head and self.head[0] == head.index else 0
-        return codes is not None and codes.shape[0] >= decoded + self._wanted(decoded)
+        return codes is not None and self._due(head.index, decoded, codes.shape[0])
 
-    def _wanted(self, decoded: int) -> int:
-        """New frames of the head chunk worth a decode, after `decoded` (the schedule: stream.schedule)."""
+    def _due(self, chunk: int, decoded: int, available: int) -> bool:
+        """Is the head chunk's next piece due, with `decoded` of its `available` frames decoded? (stream.schedule)
+
+        First at first_piece_frames; then at piece_frames new frames (each decode costs the decoder's
+        left context again, so pieces are as large as the listener allows); and with `adaptive` sooner,
+        at first_piece_frames new frames or more, once the listener has less than low_water_seconds to
+        play. Decoded at that last moment, a piece holds what the row made while the last one played,
+        so pieces grow by the row's speed over real time (x3 at 3x real time: 4, 12, 36 frames...).
+        A row made at less than early_min_speed x real time keeps to piece_frames: below 1x no
+        schedule can feed its listener, and near it the early pieces' decodes (each with its left
+        context, on the loop's thread) cost the rows more than they give the listener."""
+        new = available - decoded
         if not decoded:
-            return self.first_frames
-        if not self.adaptive:
-            return self.piece_frames
+            return available >= self.first_frames
+        if new >= self.piece_frames:
+            return True
+        if not self.adaptive or new < self.first_frames:
+            return False
         left = self._left_to_play()
-        if left is not None and left <= self.low_water:
-            return 1  # the listener is about to run dry: whatever there is
-        return min(self.piece_frames, self.first_frames << self.decodes)
+        rate = self._rate(chunk)
+        return left is not None and left <= self.low_water and (rate is None or rate >= self.early_rate)
+
+    def _rate(self, chunk: int) -> float | None:
+        """The running chunk's frames per second so far (None until two host checks have been heard)."""
+        first_t, first_n, last_t, last_n = self.pace.get(chunk, (0.0, 0, 0.0, 0))
+        return (last_n - first_n) / (last_t - first_t) if last_t > first_t and last_n > first_n else None
 
     def _left_to_play(self) -> float | None:
         """Seconds of audio sent and not yet played by a listener who started at the first piece."""
@@ -176,9 +201,7 @@ class StreamAssembler:
     def _decode_head(self, chunk, codes: torch.Tensor) -> None:
         """Decode the head chunk's new frames, with up to left_context frames before them as context."""
         index, frames, samples = self.head if self.head and self.head[0] == chunk.index else (chunk.index, 0, None)
-        if not frames:
-            self.decodes = 0
-        if codes.shape[0] < frames + self._wanted(frames):
+        if not self._due(chunk.index, frames, codes.shape[0]):
             return  # decode in pieces of a useful size: each decode costs the decoder's left context again
         start = 0 if self.left_context is None else max(0, frames - self.left_context)
         request = chunk.request if start == 0 else replace(chunk.request, clone=None)  # the reference is context at 0
@@ -188,7 +211,6 @@ class StreamAssembler:
         with self.cond:
             if chunk.index not in self.done:
                 self.head = (index, codes.shape[0], samples)
-                self.decodes += 1
 
     def _running(self, samples: np.ndarray) -> np.ndarray | None:
         """The part of a running chunk's audio certain to stay once its silent edges are cut (as

@@ -8,6 +8,7 @@ the payload a Job at the worker's edge, the Job audio on the same stages as the 
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -43,6 +44,8 @@ class Service:
         self.variants = {name: str(v.kind) for name, v in cfg.models.variants.items()}
         self.clones = dict(voices.clones)
         self.default_model, self.default_voice = str(cfg.input.model), str(cfg.input.voice)
+        self.counters: dict = {}  # model -> its tokenizer's copy, for usage
+        self.counting = threading.Lock()
 
     def load(self, worker: Worker | None = None) -> None:
         """Load the worker (its default model, warmed up): on a thread of its own at start-up."""
@@ -116,8 +119,10 @@ class Service:
         """OpenAI's usage: the text's tokens as the model's tokenizer counts them, and the codec frames made."""
         text = " ".join(s.text for s in job.segments)
         try:
-            tokenizer = self.worker.store.get(job.model).tts.processor.tokenizer
-            input_tokens = len(tokenizer(text)["input_ids"])
+            with self.counting:  # a copy of the model's tokenizer: the scheduler's thread uses the model's own,
+                if job.model not in self.counters:  # and a fast tokenizer used from two threads fails ("Already borrowed")
+                    self.counters[job.model] = copy.deepcopy(self.worker.store.get(job.model).tts.processor.tokenizer)
+                input_tokens = len(self.counters[job.model](text)["input_ids"])
         except Exception:  # noqa: BLE001 - a count, never a failure
             input_tokens = len(text.split())
         output_tokens = int(round(float(metadata.get("duration_seconds", 0.0)) * FRAMES_PER_SECOND))

@@ -18,7 +18,10 @@ time to first audio (the whole answer, unless streamed), and the ratio of audio/
 same concurrency. `--rate R` also sends them at R a second (an open loop: arrivals do not wait for
 answers; latency counts from when a request was due). `--http N` also sends N requests at the largest concurrency to `handler.py
 --rp_serve_api` started on 127.0.0.1 (a child process; /runsync, bounded by `--http-timeout`), with the
-scheduler and without. `--json FILE` writes the rows.
+scheduler and without. `--openai` also sends them, at each concurrency, to the HTTP server
+(tts_runner/server/, in-process on 127.0.0.1, on the scheduled worker): OpenAI's /v1/audio/speech for
+the whole file, and streamed as SSE. Streams heard by a real-time listener (underruns) are
+tts_runner.tools.listen_bench's. `--json FILE` writes the rows.
 """
 
 from __future__ import annotations
@@ -219,6 +222,48 @@ def http_rows(texts: list[str], concurrency: int, seed: int, device: str, timeou
     return rows
 
 
+def openai_rows(worker, texts: list[str], concurrency: int, seed: int, device: str, timeout: float) -> list[Row]:
+    """The HTTP server (tts_runner/server/, in-process on 127.0.0.1) on the scheduled worker: OpenAI's
+    /v1/audio/speech for the whole file (wav), and streamed as SSE (time to first audio = first delta)."""
+    import base64
+
+    import httpx
+
+    from tts_runner.edge import build
+    from tts_runner.server.app import create_app
+    from tts_runner.server.local import in_process as serve
+    from tts_runner.server.service import Service
+
+    service = Service(worker.cfg, build.server(worker.cfg.server, list(worker.cfg.models.variants)))
+    service.load(worker)
+    rows = []
+    with serve(create_app(service)) as url, httpx.Client(timeout=timeout, limits=httpx.Limits(max_connections=256)) as http:
+        def whole(i: int, text: str) -> tuple[float, float, float]:
+            sent = time.perf_counter()
+            r = http.post(f"{url}/v1/audio/speech", json={"input": text, "voice": "alloy", "response_format": "wav",
+                                                          "seed": seed + i})
+            r.raise_for_status()
+            latency = time.perf_counter() - sent
+            return latency, latency, float(r.headers["x-audio-duration"])
+
+        def sse(i: int, text: str) -> tuple[float, float, float]:
+            sent, first, samples = time.perf_counter(), None, 0
+            with http.stream("POST", f"{url}/v1/audio/speech", json={
+                    "input": text, "voice": "alloy", "response_format": "pcm", "stream_format": "sse",
+                    "seed": seed + i}) as r:
+                r.raise_for_status()
+                for line in r.iter_lines():
+                    if line.startswith("data: ") and '"speech.audio.delta"' in line:
+                        first = first if first is not None else time.perf_counter() - sent
+                        samples += len(base64.b64decode(json.loads(line[6:])["audio"])) // 2
+            return time.perf_counter() - sent, first, samples / 24000
+
+        for via, send in (("openai", whole), ("openai-sse", sse)):
+            wall, results, failed = drive(send, texts, concurrency)
+            rows.append(row(device, "scheduled", via, concurrency, wall, results, failed))
+    return rows
+
+
 def against_serial(rows: list[Row]) -> list[Row]:
     """Each row's audio per second over the serial worker's (the first row named serial)."""
     serial = next(r for r in rows if r.worker == "serial")
@@ -250,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--http", type=int, default=0, metavar="N",
                         help="also send N requests over HTTP to handler.py --rp_serve_api (127.0.0.1)")
     parser.add_argument("--http-timeout", type=float, default=600.0)
+    parser.add_argument("--openai", action="store_true",
+                        help="also send the requests at each concurrency to the HTTP server (/v1/audio/speech, whole and SSE)")
     parser.add_argument("--torch-threads", type=int, default=0,
                         help="torch's intra-op threads (runtime.torch_threads; 0: the config's)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
@@ -283,7 +330,11 @@ def main(argv: list[str] | None = None) -> int:
     texts = sentences(args.requests, args.seed)
     rows: list[Row] = []
     for concurrency in args.concurrency:
-        measured = against_serial(in_process(workers, texts, concurrency, args.seed, device_name(device)))
+        measured = in_process(workers, texts, concurrency, args.seed, device_name(device))
+        if args.openai:
+            measured += openai_rows(workers["scheduled"], texts, concurrency, args.seed, device_name(device),
+                                    args.http_timeout)
+        measured = against_serial(measured)
         print_rows(measured)
         rows += measured
     if args.rate:

@@ -1,0 +1,36 @@
+"""An app served on a thread of this process, on 127.0.0.1 only: for tests and benchmarks."""
+
+from __future__ import annotations
+
+import socket
+from contextlib import contextmanager
+
+
+@contextmanager
+def in_process(app):
+    """An ASGI app served by uvicorn on a thread of this process, on 127.0.0.1 (a port of its own):
+    yields its base URL, and stops it on exit."""
+    import threading
+
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    started = threading.Event()
+    original = server.startup
+
+    async def startup(sockets=None):
+        await original(sockets=sockets)
+        started.set()
+
+    server.startup = startup
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        assert started.wait(60), "the server did not start"
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
