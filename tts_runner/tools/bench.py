@@ -130,6 +130,8 @@ def load(args: argparse.Namespace) -> tuple:
             buckets = sorted({*buckets, 8})
         overrides += ["runtime.engine=graph", f"runtime.graph.buckets=[{','.join(map(str, buckets))}]",
                       f"runtime.graph.max_len={args.max_new_tokens + 256}"]
+    if args.dtype:
+        overrides.append(f"runtime.dtype={args.dtype}")
     if args.model_dir:
         os.environ["QWEN_TTS_MODEL_DIR"] = str(args.model_dir)
     if args.device:
@@ -415,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--agreement", type=int, default=0, metavar="FRAMES",
                         help="also compare each engine's greedy codes with stock's over this many frames")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                        help="the models' dtype (runtime.dtype; default: auto, float32 on the CPU)")
     parser.add_argument("--breakdown", action="store_true",
                         help="also time the parts of one stock model call at each batch size")
     args = parser.parse_args(argv)
