@@ -134,22 +134,19 @@ def until_end(made: torch.Tensor, eos: int) -> torch.Tensor:
 
 
 def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
-    """Grouped-query attention over a whole static cache: q [B, H, Q, D], keys/values [B, KV, L, D],
-    additive mask broadcastable to [B, 1, Q, L]. Each key/value head is read once for its group."""
-    b, heads, q_len, dim = q.shape
-    kv = keys.shape[1]
-    group = heads // kv
-    q = q.reshape(b, kv, group * q_len, dim)
-    weights = torch.matmul(q, keys.transpose(2, 3)) * scale
-    weights = weights.view(b, kv, group, q_len, -1) + mask[:, :, None]
-    weights = weights.softmax(dim=-1, dtype=torch.float32).to(q.dtype).view(b, kv, group * q_len, -1)
-    return torch.matmul(weights, values).view(b, heads, q_len, dim)
+    """Grouped-query attention, as the library computes it (transformers' sdpa path): q [B, H, Q, D],
+    keys/values [B, KV, L, D] (each key/value head read once for its group), additive mask
+    broadcastable to [B, 1, Q, L]. Written out (q.k, mask, softmax, second product), bfloat16 parted
+    from the library's codes within a few frames; through the same kernel it does not."""
+    return torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale,
+                                                            enable_gqa=True)
 
 
 def layer_step(layer: torch.nn.Module, x: torch.Tensor, rope, cache: StaticCache, index: int, at: torch.Tensor,
-               mask: torch.Tensor) -> torch.Tensor:
+               mask: torch.Tensor, length: int | None = None) -> torch.Tensor:
     """One decoder layer (the model's own projections, norms and MLP) for the positions `at`,
-    attending over the whole static cache of layer `index` under `mask`."""
+    attending over the first `length` positions of layer `index`'s static cache (None: all of it)
+    under `mask` (as wide as what is attended)."""
     attn = layer.self_attn
     b, q_len, _ = x.shape
     h = layer.input_layernorm(x)
@@ -159,6 +156,8 @@ def layer_step(layer: torch.nn.Module, x: torch.Tensor, rope, cache: StaticCache
     v = attn.v_proj(h).view(shape).transpose(1, 2)
     q, k = rope(q, k)
     keys, values = cache.update(index, at, k, v)
+    if length is not None:  # the used prefix only: what the library's growing cache holds
+        keys, values = keys[:, :, :length], values[:, :, :length]
     out = attend(q, keys, values, mask, attn.scaling).transpose(1, 2).reshape(b, q_len, -1)
     x = x + attn.o_proj(out)
     return x + layer.mlp(layer.post_attention_layernorm(x))
@@ -205,9 +204,9 @@ class Predictor:
         for group, head in enumerate(p.lm_head):
             end = start + x.shape[1]
             rope = functools.partial(apply_rotary_pos_emb, cos=self.cos[:, start:end], sin=self.sin[:, start:end])
-            at, mask = self.positions[start:end], self.masks[start:end][None, None]
+            at, mask = self.positions[start:end], self.masks[start:end, :end][None, None]
             for i, layer in enumerate(self.layers):
-                x = layer_step(layer, x, rope, cache, i, at, mask)
+                x = layer_step(layer, x, rope, cache, i, at, mask, length=end)
             code = draw_subcode(head(p.model.norm(x[:, -1])), sampling, frame, group + 1, candidates)
             codes.append(code)
             if group + 1 < len(p.lm_head):

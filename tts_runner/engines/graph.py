@@ -7,7 +7,10 @@ buffers, so on CUDA it is captured once per batch bucket and replayed each frame
 - every tensor a frame touches lives in `State`, allocated once for the largest bucket and the
   configured length; bucket b uses the first b slots (views), so all buckets share memory;
 - the talker's cache is a `StaticCache`: a frame writes its keys and values at each row's own
-  position, held in a device tensor, and attends over the whole buffer under a mask of valid positions;
+  position, held in a device tensor, and attends (through the library's kernel, SDPA) over the used
+  prefix only, under a mask of valid positions: eagerly over exactly the positions in use, and on
+  CUDA over the smallest length bucket that holds them (one graph per batch bucket x length bucket,
+  so a 150-position chunk never reads 1280);
 - each row's frame index, cache position and sampling (set when it joins, never frozen at capture)
   are device tensors; codes are chosen by `draw`, as in the fast loop;
 - `GraphRows` runs the buffers as a batch that rows join (a prefill copied into free slots) and
@@ -101,7 +104,8 @@ class GraphEngine:
             raise NotImplementedError("the graph engine does not support a sliding-window talker")
         self.state: State | None = None
         self.predictor: Predictor | None = None
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.lengths = length_buckets(self.max_len)
+        self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}  # (batch bucket, length bucket) -> graph
         self.capture_seconds = 0.0
         self.busy = False  # a GraphRows holds the buffers: no other may take them
 
@@ -147,8 +151,9 @@ class GraphEngine:
         s.seen.scatter_(1, token[:, None], True)
         s.unfinished.logical_and_(token != self.eos)
 
-    def _frame(self, s: State) -> None:
-        """Frame t: codes 1..15 for the last code, the frame's talker step, the next code."""
+    def _frame(self, s: State, length: int) -> None:
+        """Frame t: codes 1..15 for the last code, the frame's talker step over the first `length`
+        cache positions (every row's position must be below it), the next code."""
         first = s.token[:, None]
         last = s.codes.shape[1] - 1  # rows past the buffers (ended, or spare) write in the last place
         rest = self.predictor(s.hidden, self.codec_embedding(first), s.sampling, s.frame - 1)
@@ -158,14 +163,15 @@ class GraphEngine:
         x = x + s.text.gather(1, at[:, :, None].expand(-1, 1, s.text.shape[2]))
         position = s.position.clamp(max=last)
         s.valid.scatter_(1, position, True)
-        mask = torch.zeros_like(s.valid, dtype=x.dtype).masked_fill(~s.valid, self.lowest)[:, None, None]
+        valid = s.valid[:, :length]
+        mask = torch.zeros_like(valid, dtype=x.dtype).masked_fill(~valid, self.lowest)[:, None, None]
         positions = (s.deltas[:, None] + position).view(1, -1, 1).expand(3, -1, 1)
         cos, sin = self.model.rotary_emb(x, positions)
         scaling = self.talker.config.rope_scaling
         rope = functools.partial(apply_multimodal_rotary_pos_emb, cos=cos, sin=sin,
                                  mrope_section=scaling["mrope_section"], mrope_interleaved=scaling["interleaved"])
         for i, layer in enumerate(self.model.layers):
-            x = layer_step(layer, x, rope, s.cache, i, position, mask)
+            x = layer_step(layer, x, rope, s.cache, i, position, mask, length)
         hidden = self.model.norm(x)
         s.hidden.copy_(hidden)
         s.position.add_(1)
@@ -174,25 +180,27 @@ class GraphEngine:
 
     # ---- capture -------------------------------------------------------------------------------
     def capture(self, like: torch.Tensor) -> float:
-        """Allocate the buffers and capture one CUDA graph per bucket; returns the seconds it took."""
+        """Allocate the buffers and capture one CUDA graph per batch bucket x length bucket; returns
+        the seconds it took."""
         started = time.perf_counter()
         if self.state is None:
             self.allocate(like)
         pool = torch.cuda.graph_pool_handle()
         for b in self.buckets:
             view = self.views[b]
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):  # warm-up runs: allocator and kernel selection settle first
-                    self._reset_counters()
-                    self._frame(view)
-            torch.cuda.current_stream().wait_stream(stream)
-            self._reset_counters()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                self._frame(view)
-            self.graphs[b] = graph
+            for length in self.lengths:
+                stream = torch.cuda.Stream()
+                stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(stream):
+                    for _ in range(2):  # warm-up runs: allocator and kernel selection settle first
+                        self._reset_counters()
+                        self._frame(view, length)
+                torch.cuda.current_stream().wait_stream(stream)
+                self._reset_counters()
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    self._frame(view, length)
+                self.graphs[(b, length)] = graph
         torch.cuda.synchronize()
         self.capture_seconds = time.perf_counter() - started
         return self.capture_seconds
@@ -202,20 +210,22 @@ class GraphEngine:
         and profiling: nothing reads the result, and the next call reloads every buffer). `eager`
         runs the frame's operations one by one instead of replaying the captured graph."""
         self._reset_counters()
-        for _ in range(frames):
-            self._frame(self.views[bucket]) if eager else self.run(bucket)
+        for frame in range(frames):
+            length = min(self.max_len, frame + 1)
+            self._frame(self.views[bucket], length) if eager else self.run(bucket, length)
 
     def _reset_counters(self) -> None:
         self.state.frame.fill_(1)
         self.state.position.zero_()
 
-    def run(self, b: int) -> None:
-        """One frame of bucket `b`: its captured graph replayed, or the frame run eagerly."""
-        graph = self.graphs.get(b)
+    def run(self, b: int, length: int) -> None:
+        """One frame of bucket `b` attending over `length` positions: the captured graph of the
+        smallest length bucket that holds them replayed, or the frame run eagerly over exactly them."""
+        graph = self.graphs.get((b, next(n for n in self.lengths if n >= length))) if self.graphs else None
         if graph is not None:
             graph.replay()
         else:
-            self._frame(self.views[b])
+            self._frame(self.views[b], length)
 
     def compact(self, b: int, alive: list[int], smaller: int) -> None:
         """Move the live slots to the front and fill the smaller bucket's spare slots with a finished
@@ -224,6 +234,15 @@ class GraphEngine:
         for tensor in self.views[b].tensors():
             tensor[:smaller].copy_(tensor.index_select(0, index))
         self.state.unfinished[len(alive):smaller] = False
+
+
+def length_buckets(max_len: int, smallest: int = 128) -> tuple[int, ...]:
+    """Attention lengths with a captured graph each: powers of two from `smallest`, then max_len."""
+    lengths, n = [], smallest
+    while n < max_len:
+        lengths.append(n)
+        n *= 2
+    return (*lengths, max_len)
 
 
 class GraphRows(RowBatch):
@@ -240,6 +259,7 @@ class GraphRows(RowBatch):
             engine.allocate(like)
         self.pad = pad_embed.reshape(1, 1, -1)
         self.slots: list[int] = []  # the slot each row holds
+        self.positions: list[int] = []  # the cache position each row writes next (the host's copy)
         engine.state.unfinished.zero_()
         engine.blocked.copy_(blocked_codes(engine.blocked.shape[0], suppress, engine.blocked.device))
         engine.busy = True
@@ -284,11 +304,14 @@ class GraphRows(RowBatch):
             s.sampling.tensors[name].index_copy_(0, index, value)
         self.rows.extend(rows)
         self.slots.extend(slots)
+        self.positions.extend([width] * n)
 
     def step(self) -> None:
         """One frame for every row (the smallest bucket that holds the highest slot in use)."""
         e = self.engine
-        e.run(e.bucket(max(self.slots) + 1))
+        last = e.max_len - 1  # positions past the buffers write in the last place (the frame clamps them)
+        e.run(e.bucket(max(self.slots) + 1), min(max(self.positions), last) + 1)
+        self.positions = [p + 1 for p in self.positions]
 
     def finished(self) -> list[int]:
         """Indices of the rows that have ended (a host sync)."""
@@ -315,6 +338,7 @@ class GraphRows(RowBatch):
         s.unfinished.index_fill_(0, freed, False)
         self.rows = [r for i, r in enumerate(self.rows) if i not in gone]
         self.slots = [slot for i, slot in enumerate(self.slots) if i not in gone]
+        self.positions = [p for i, p in enumerate(self.positions) if i not in gone]
         if self.slots:
             now, smaller = e.bucket(max(self.slots) + 1), e.bucket(len(self.slots))
             if smaller < now:

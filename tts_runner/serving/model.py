@@ -167,7 +167,7 @@ class Model:
 
     def capture_graphs(self) -> float:
         """On CUDA with the graph engine: allocate the static buffers and capture one CUDA graph per
-        batch bucket (part of cold start). Returns the seconds taken; 0.0 when there is nothing to
+        batch bucket x attention-length bucket (part of cold start). Returns the seconds taken; 0.0 when there is nothing to
         do. A failure logs why and leaves the fast loop in charge."""
         if self.graph is None or self.like.device.type != "cuda":
             return 0.0
@@ -175,8 +175,9 @@ class Model:
             seconds = self._attempt("graph", lambda: self.graph.capture(self.like))
         if seconds is None:
             return 0.0
-        log.info("Captured CUDA graphs for %s, buckets %s, up to %d positions, in %.2f s (static buffers %.2f GiB)",
-                 self.name, list(self.graph.buckets), self.graph.max_len, seconds, self.graph.buffer_bytes / 2**30)
+        log.info("Captured %d CUDA graphs for %s, batch buckets %s x attention lengths %s, in %.2f s (static buffers "
+                 "%.2f GiB)", len(self.graph.graphs), self.name, list(self.graph.buckets), list(self.graph.lengths),
+                 seconds, self.graph.buffer_bytes / 2**30)
         return seconds
 
     def new_batches(self, pad: torch.Tensor, suppress: list[int] | None, capacity: int) -> list[RowBatch]:

@@ -111,7 +111,7 @@ def load(args: argparse.Namespace) -> tuple:
     """The composed config and the loaded model, once for every row: the batch path (each job its
     own batches, no scheduler), sized for the largest batch."""
     overrides = [
-        "scheduler.enabled=false", f"batching.max_batch_size={max(args.batch_sizes)}",
+        "scheduler.enabled=false", f"batching.max_batch_size={max([*args.batch_sizes, 8 if args.agreement else 1])}",
         f"input.model={args.model}",
         f"sampling.max_new_tokens={args.max_new_tokens}",
         f"sampling.min_new_tokens={args.max_new_tokens if args.fixed_length else args.min_new_tokens}",

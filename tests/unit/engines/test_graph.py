@@ -39,9 +39,9 @@ def buckets(graph, monkeypatch):
     seen = []
     original = GraphEngine.run
 
-    def spy(self, b):
+    def spy(self, b, length):
         seen.append(b)
-        return original(self, b)
+        return original(self, b, length)
 
     monkeypatch.setattr(GraphEngine, "run", spy)
     return seen
