@@ -21,13 +21,11 @@ import contextlib
 import json
 import logging
 import os
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tts_runner.tools.serve_bench import percentile, sentences
+from tts_runner.tools.serve_bench import drive, percentile, sentences
 
 SAMPLE_RATE = 24000
 
@@ -116,32 +114,16 @@ def http_stream(url: str, kind: str, text: str, seed: int) -> list[tuple[float, 
 
 
 def measure(send, texts: list[str], concurrency: int) -> tuple[list[tuple[float, int, float, float]], int, float]:
-    results, failed, lock = [], [0], threading.Lock()
-    queue = list(enumerate(texts))
+    """Each text streamed by `send(text, seed)` with `concurrency` clients (serve_bench's drive), heard by
+    a listener: (time to first audio, underruns, underrun seconds, audio seconds) per stream, the
+    number that failed, and the wall seconds."""
+    def one(i: int, text: str) -> tuple[float, int, float, float]:
+        started = time.perf_counter()
+        arrivals = send(text, 1000 + i)
+        return (*heard(started, arrivals), sum(s for _, s in arrivals))
 
-    def client() -> None:
-        while True:
-            with lock:
-                if not queue:
-                    return
-                i, text = queue.pop(0)
-            started = time.perf_counter()
-            try:
-                arrivals = send(text, 1000 + i)
-            except Exception as exc:  # noqa: BLE001 - counted, and the run goes on
-                logging.getLogger(__name__).warning("stream failed: %s", exc)
-                with lock:
-                    failed[0] += 1
-                continue
-            first, count, gap = heard(started, arrivals)
-            with lock:
-                results.append((first, count, gap, sum(s for _, s in arrivals)))
-
-    began = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        for f in [pool.submit(client) for _ in range(concurrency)]:
-            f.result()
-    return results, failed[0], time.perf_counter() - began
+    wall, results, failed = drive(one, texts, concurrency)
+    return results, failed, wall
 
 
 def row(schedule: str, via: str, concurrency: int, results, failed: int, wall: float) -> Row:
