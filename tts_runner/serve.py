@@ -20,7 +20,6 @@ from dataclasses import replace
 
 from tts_runner.edge import build
 from tts_runner.edge import config as config_mod
-from tts_runner.errors import TTSError
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -47,17 +46,23 @@ async def serve(app, settings, log_level: str = "info") -> None:
     await asyncio.gather(*(s.serve() for s in servers))
 
 
+def configure(args: argparse.Namespace):
+    """The composed config and the server's settings: conf/ < the environment < the command line's
+    overrides < its flags."""
+    cfg = config_mod.load([*os.environ.get("TTS_RUNNER_OVERRIDES", "").split(), *args.overrides])
+    settings = build.server(cfg.server, list(cfg.models.variants))
+    flags = {k: v for k, v in (("host", args.host), ("port", args.port), ("health_port", args.health_port)) if v}
+    return cfg, replace(settings, **flags)
+
+
 def main(argv: list[str]) -> int:
     args = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        cfg = config_mod.load([*os.environ.get("TTS_RUNNER_OVERRIDES", "").split(), *args.overrides])
-        settings = build.server(cfg.server, list(cfg.models.variants))
-    except (TTSError, Exception) as exc:  # noqa: BLE001 - a bad setting is one line, not a traceback
+        cfg, settings = configure(args)
+    except Exception as exc:  # noqa: BLE001 - a bad setting is one line, not a traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    flags = {k: v for k, v in (("host", args.host), ("port", args.port), ("health_port", args.health_port)) if v}
-    settings = replace(settings, **flags)
     from tts_runner.server.app import create_app
     from tts_runner.server.service import Service
 
