@@ -111,7 +111,7 @@ def load(args: argparse.Namespace) -> tuple:
     """The composed config and the loaded model, once for every row: the batch path (each job its
     own batches, no scheduler), sized for the largest batch."""
     overrides = [
-        "scheduler.enabled=false", f"batching.max_batch_size={max([*args.batch_sizes, 8 if args.agreement else 1])}",
+        "scheduler.enabled=false", f"batching.max_batch_size={max([*args.batch_sizes, 8 if args.agreement else 1, *(args.ops or [])])}",
         f"input.model={args.model}",
         f"sampling.max_new_tokens={args.max_new_tokens}",
         f"sampling.min_new_tokens={args.max_new_tokens if args.fixed_length else args.min_new_tokens}",
@@ -128,6 +128,8 @@ def load(args: argparse.Namespace) -> tuple:
         buckets = sorted({*(2**i for i in range(top.bit_length()) if 2**i <= top), *args.batch_sizes})
         if args.agreement:
             buckets = sorted({*buckets, 8})
+        if args.ops:  # a bucket of each size counted
+            buckets = sorted({*buckets, *args.ops})
         overrides += ["runtime.engine=graph", f"runtime.graph.buckets=[{','.join(map(str, buckets))}]",
                       f"runtime.graph.max_len={args.max_new_tokens + 256}"]
     if args.dtype:
@@ -334,11 +336,39 @@ def agreement(model: Model, engines: list[str], frames: int, batch: int) -> list
     return found
 
 
+def ops_per_step(model: Model, engine: str, batch: int, short: int = 10, long: int = 30) -> dict:
+    """What one frame step launches, through `engine` at `batch` rows: the operators called (the
+    dispatcher's top-level aten calls; on CUDA also the kernels run), counted by torch.profiler over a
+    greedy call of `long` frames less one of `short` frames, divided by the difference (so the
+    prefill and each call's fixed costs cancel out)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    cuda = model.like.device.type == "cuda"
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    counts = []
+    for frames in (short, long):
+        greedy_codes(model, engine, frames, batch)  # warm: the first call of a shape allocates
+        with torch_profile(activities=activities) as prof:
+            greedy_codes(model, engine, frames, batch)
+            if cuda:
+                torch.cuda.synchronize()
+        events = prof.events()
+        ops = sum(1 for e in events if e.name.startswith("aten::") and e.cpu_parent is None)
+        kernels = sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+        counts.append((ops, kernels))
+    steps = long - short
+    found = {"engine": engine, "batch": batch, "ops_per_step": round((counts[1][0] - counts[0][0]) / steps)}
+    if cuda:
+        found["kernels_per_step"] = round((counts[1][1] - counts[0][1]) / steps)
+    return found
+
+
 def profile(model: Model, bucket: int, out: Path | None) -> None:
     """Where a graph frame's time goes at `bucket` rows: the captured frame's replay time, the CUDA
     kernels of one (eager) frame by GPU time, and their sum against the replay (the rest is gaps)."""
     graph = model.graph
-    if graph is None or bucket not in graph.graphs:
+    if graph is None or bucket not in {b for b, _ in graph.graphs}:
         print(f"\nprofile: no captured graph for bucket {bucket}", flush=True)
         return
     from torch.profiler import ProfilerActivity
@@ -419,6 +449,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also compare each engine's greedy codes with stock's over this many frames")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                         help="the models' dtype (runtime.dtype; default: auto, float32 on the CPU)")
+    parser.add_argument("--ops", type=lambda s: [int(x) for x in s.split(",")], default=None, metavar="B,B",
+                        help="also count the operators (and CUDA kernels) one frame step launches, for each engine "
+                             "but stock at these batch sizes (e.g. 1,64); written as FILE-ops.json")
     parser.add_argument("--breakdown", action="store_true",
                         help="also time the parts of one stock model call at each batch size")
     args = parser.parse_args(argv)
@@ -459,6 +492,14 @@ def main(argv: list[str] | None = None) -> int:
     found = agreement(model, args.engines, args.agreement, 8) if args.agreement else []
     if args.json and found:
         args.json.with_name(args.json.stem + "-agreement.json").write_text(json.dumps(found, indent=2))
+    if args.ops:
+        counted = [ops_per_step(model, e, b) for e in args.engines if e != "stock" for b in args.ops
+                   if e != "graph" or model.graph is not None]
+        print("\nper frame step | engine | batch | operators | CUDA kernels |\n|---|---|---|---|")
+        for c in counted:
+            print(f"| {c['engine']} | {c['batch']} | {c['ops_per_step']} | {c.get('kernels_per_step', '-')} |", flush=True)
+        if args.json:
+            args.json.with_name(args.json.stem + "-ops.json").write_text(json.dumps(counted, indent=2))
     if args.profile:
         profile(model, args.profile, args.json.with_name(args.json.stem + "-profile.txt") if args.json else None)
     print()
