@@ -17,9 +17,9 @@ models=${MODELS:-/tmp/gpu-models}
 mkdir -p "$out" "$models"
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1  # no progress bars: they hid the bench's rows in the log
 if [[ -n "${TINY:-}" ]]; then
-  size=(--dtype float32); minutes=3; batches=16; profile=()
+  size=(--dtype float32); minutes=3; batches=16; profile=(); ops=(--ops 1)
 else
-  size=(--real-size --dtype bfloat16); minutes=30; batches=64,128; profile=(--profile 64)
+  size=(--real-size --dtype bfloat16); minutes=30; batches=64,128; profile=(--profile 64); ops=(--ops "1,64")
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
 python3 -c "import torch, transformers, qwen_tts; print('torch', torch.__version__, 'transformers', transformers.__version__)"
@@ -38,6 +38,6 @@ cat "$out/build.log"
 # 2. The figures, one process, one model load and capture.
 timeout "${BENCH_TIMEOUT:-300}" python3 -m tts_runner.tools.bench --model-dir "$models" --device "${DEVICE:-cuda:0}" \
   --text-sized --max-new-tokens 160 --minutes "$minutes" --batch-sizes "$batches" --engines fast,graph \
-  --one-stream 1 --stock-sample 3 --agreement 100 "${profile[@]}" --out /tmp/gpu-audio \
+  --one-stream 1 --stock-sample 3 --agreement 100 "${profile[@]}" "${ops[@]}" --out /tmp/gpu-audio \
   --json "$out/gpu-latest.json" 2>&1 | grep -v "Setting .pad_token_id" | tee "$out/bench.log" | tail -60
 echo "bench exit: ${PIPESTATUS[0]}"
