@@ -40,6 +40,7 @@ async def serve(app, settings, log_level: str = "info") -> None:
         from fastapi import FastAPI
 
         health = FastAPI()
+        health.state.service = app.state.service
         health.add_api_route("/ping", app.state.ping, methods=["GET"])
         servers.append(uvicorn.Server(uvicorn.Config(health, host=settings.host, port=settings.health_port,
                                                      log_level="warning")))
