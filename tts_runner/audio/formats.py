@@ -38,12 +38,8 @@ def encode(audio: np.ndarray, sample_rate: int, fmt: str, mp3_bitrate: int = 128
     if fmt == "wav":
         return buf.getvalue()
     if fmt == "aac":
-        proc = subprocess.run(
-            [ffmpeg_path(), "-hide_banner", "-loglevel", "error", "-f", "wav", "-i", "pipe:0", "-c:a", "aac",
-             "-b:a", f"{int(mp3_bitrate)}k", "-f", "adts", "pipe:1"], input=buf.getvalue(), capture_output=True, check=False)
-        if proc.returncode != 0:
-            raise SinkError(f"ffmpeg could not encode AAC: {proc.stderr.decode(errors='replace')[:300]}")
-        return proc.stdout
+        return ffmpeg(["-f", "wav", "-i", "pipe:0", "-c:a", "aac", "-b:a", f"{int(mp3_bitrate)}k", "-f", "adts",
+                       "pipe:1"], buf.getvalue(), "encode AAC")
     if fmt == "mp3":
         with warnings.catch_warnings():  # pydub warns at import when ffmpeg is not on PATH
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -59,16 +55,19 @@ def encode(audio: np.ndarray, sample_rate: int, fmt: str, mp3_bitrate: int = 128
 def read(data: bytes, fmt: str) -> tuple[np.ndarray, int]:
     """A file's float samples and sample rate (MP3 and AAC through ffmpeg; the others through libsndfile)."""
     if fmt in ("mp3", "aac"):
-        proc = subprocess.run(
-            [ffmpeg_path(), "-hide_banner", "-loglevel", "error", "-f", "mp3" if fmt == "mp3" else "aac", "-i", "pipe:0",
-             "-f", "wav", "-acodec", "pcm_s16le", "pipe:1"],
-            input=data, capture_output=True, check=False,
-        )
-        if proc.returncode != 0:
-            raise SinkError(f"ffmpeg could not decode the {fmt.upper()}: {proc.stderr.decode(errors='replace')[:300]}")
-        data = proc.stdout
+        data = ffmpeg(["-f", "mp3" if fmt == "mp3" else "aac", "-i", "pipe:0", "-f", "wav", "-acodec", "pcm_s16le",
+                       "pipe:1"], data, f"decode the {fmt.upper()}")
     samples, sample_rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
     return samples, sample_rate
+
+
+def ffmpeg(args: list[str], data: bytes, what: str) -> bytes:
+    """ffmpeg's output for `data` on its stdin, with `args` after the quiet flags; SinkError naming `what`."""
+    proc = subprocess.run([ffmpeg_path(), "-hide_banner", "-loglevel", "error", *args], input=data,
+                          capture_output=True, check=False)
+    if proc.returncode != 0:
+        raise SinkError(f"ffmpeg could not {what}: {proc.stderr.decode(errors='replace')[:300]}")
+    return proc.stdout
 
 
 @functools.cache

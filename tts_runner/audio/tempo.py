@@ -8,12 +8,9 @@ of stages (0.25 = 0.5 x 0.5; 4.0 = 2.0 x 2.0).
 
 from __future__ import annotations
 
-import subprocess
-
 import numpy as np
 
-from tts_runner.audio.formats import ffmpeg_path
-from tts_runner.errors import SinkError
+from tts_runner.audio.formats import ffmpeg
 
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
 
@@ -38,10 +35,6 @@ def change_tempo(samples: np.ndarray, sample_rate: int, speed: float) -> np.ndar
     samples.size / speed samples. Speed 1 returns them unchanged."""
     if speed == 1.0 or samples.size == 0:
         return samples
-    proc = subprocess.run(
-        [ffmpeg_path(), "-hide_banner", "-loglevel", "error", "-f", "f32le", "-ar", str(sample_rate), "-ac", "1",
-         "-i", "pipe:0", "-af", atempo_chain(speed), "-f", "f32le", "pipe:1"],
-        input=np.ascontiguousarray(samples, dtype="<f4").tobytes(), capture_output=True, check=False)
-    if proc.returncode != 0:
-        raise SinkError(f"ffmpeg could not change the tempo: {proc.stderr.decode(errors='replace')[:300]}")
-    return np.frombuffer(proc.stdout, dtype="<f4").astype(np.float32)
+    out = ffmpeg(["-f", "f32le", "-ar", str(sample_rate), "-ac", "1", "-i", "pipe:0", "-af", atempo_chain(speed),
+                  "-f", "f32le", "pipe:1"], np.ascontiguousarray(samples, dtype="<f4").tobytes(), "change the tempo")
+    return np.frombuffer(out, dtype="<f4").astype(np.float32)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from tts_runner.audio import dsp
-from tts_runner.audio.codec import SAMPLE_RATE, SAMPLES_PER_FRAME
+from tts_runner.audio.codec import FRAMES_PER_SECOND, SAMPLE_RATE, SAMPLES_PER_FRAME
 from tts_runner.audio.streams import StreamEncoder
 from tts_runner.errors import GenerationError, InputError, JobCancelled
 from tts_runner.job import describe
@@ -40,8 +40,6 @@ from tts_runner.job.plan import Chunk, Plan, plan
 from tts_runner.job.spec import Job
 from tts_runner.serving.model import Model
 from tts_runner.serving.ticket import Ticket
-
-FRAMES_PER_SECOND = SAMPLE_RATE / SAMPLES_PER_FRAME  # real time, in codec frames
 
 
 class StreamAssembler:

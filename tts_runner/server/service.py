@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 from omegaconf import DictConfig
 
+from tts_runner.audio.codec import FRAMES_PER_SECOND  # codec frames: the "output tokens" of a request
 from tts_runner.edge import build
 from tts_runner.edge.worker import Worker
 from tts_runner.job.run import synthesize
@@ -30,7 +31,6 @@ from tts_runner.voice.saved import VoiceStore
 
 log = logging.getLogger(__name__)
 
-FRAMES_PER_SECOND = 12.5  # codec frames of Qwen3-TTS-12Hz: the "output tokens" of a request
 
 
 class Service:
