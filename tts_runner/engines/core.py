@@ -4,7 +4,6 @@ own modules and weights; nothing in a frame syncs with the host, so the graph lo
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,8 +11,7 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from tts_runner.engines.cache import StaticCache
-from tts_runner.engines.draw import SamplingTensors, draw_subcode
-from tts_runner.engines.library import apply_rotary_pos_emb
+from tts_runner.engines.draw import SamplingTensors, draw_subcode, stream_keys
 from tts_runner.engines.sampling import Sampling
 
 
@@ -142,6 +140,38 @@ def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torc
                                                             enable_gqa=True)
 
 
+def rms_norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's RMSNorm module `norm` applied to `x` through torch's rms_norm: one operator in
+    float32 (the library's module is eight), four in other dtypes, with the library's arithmetic
+    exactly (the square mean and scaling in float32, the weight applied after rounding back to the
+    input's dtype). A norm of another kind runs as it is."""
+    eps = getattr(norm, "variance_epsilon", None)
+    if eps is None:
+        return norm(x)
+    weight = norm.weight
+    if x.dtype == torch.float32 and weight.dtype == torch.float32:
+        return torch.nn.functional.rms_norm(x, weight.shape, weight, eps)
+    return weight * torch.nn.functional.rms_norm(x.float(), weight.shape, eps=eps).to(x.dtype)
+
+
+class Rope:
+    """The rotary position embedding of queries and keys by one table (`cos`, `sin`: [B or 1, L, D]),
+    built once and used by every layer: the library's `apply_rotary_pos_emb` exactly (x cos +
+    rotate_half(x) sin), with rotate_half's halves-swap-and-negate as one roll and the negation
+    moved onto the sine table, so a layer rotates each tensor in four operators instead of seven."""
+
+    def __init__(self, cos: torch.Tensor, sin: torch.Tensor):
+        self.half = cos.shape[-1] // 2
+        self.cos = cos.unsqueeze(1)
+        self.sin = torch.cat((-sin[..., : self.half], sin[..., self.half:]), dim=-1).unsqueeze(1)
+
+    def rotate(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.cos + x.roll(self.half, dims=-1) * self.sin
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.rotate(q), self.rotate(k)
+
+
 def layer_step(layer: torch.nn.Module, x: torch.Tensor, rope, cache: StaticCache, index: int, at: torch.Tensor,
                mask: torch.Tensor, length: int | None = None) -> torch.Tensor:
     """One decoder layer (the model's own projections, norms and MLP) for the positions `at`,
@@ -149,10 +179,10 @@ def layer_step(layer: torch.nn.Module, x: torch.Tensor, rope, cache: StaticCache
     under `mask` (as wide as what is attended)."""
     attn = layer.self_attn
     b, q_len, _ = x.shape
-    h = layer.input_layernorm(x)
+    h = rms_norm(layer.input_layernorm, x)
     shape = (b, q_len, -1, attn.head_dim)
-    q = attn.q_norm(attn.q_proj(h).view(shape)).transpose(1, 2)
-    k = attn.k_norm(attn.k_proj(h).view(shape)).transpose(1, 2)
+    q = rms_norm(attn.q_norm, attn.q_proj(h).view(shape)).transpose(1, 2)
+    k = rms_norm(attn.k_norm, attn.k_proj(h).view(shape)).transpose(1, 2)
     v = attn.v_proj(h).view(shape).transpose(1, 2)
     q, k = rope(q, k)
     keys, values = cache.update(index, at, k, v)
@@ -160,7 +190,7 @@ def layer_step(layer: torch.nn.Module, x: torch.Tensor, rope, cache: StaticCache
         keys, values = keys[:, :, :length], values[:, :, :length]
     out = attend(q, keys, values, mask, attn.scaling).transpose(1, 2).reshape(b, q_len, -1)
     x = x + attn.o_proj(out)
-    return x + layer.mlp(layer.post_attention_layernorm(x))
+    return x + layer.mlp(rms_norm(layer.post_attention_layernorm, x))
 
 
 def frame_embedding(codec_embedding: torch.nn.Module, sub_embeddings, first: torch.Tensor,
@@ -190,7 +220,13 @@ class Predictor:
         causal = torch.ones(slots, slots, dtype=torch.bool, device=like.device).tril()
         self.masks = torch.zeros(slots, slots, dtype=like.dtype, device=like.device).masked_fill(
             ~causal, torch.finfo(like.dtype).min)
-        self.cos, self.sin = model.rotary_emb(like.new_zeros(1, slots, model.config.hidden_size), self.positions[None])
+        cos, sin = model.rotary_emb(like.new_zeros(1, slots, model.config.hidden_size), self.positions[None])
+        # Each sub-step's positions, rotary tables and causal mask, sliced once: sub-step 0 reads the
+        # talker hidden and code 0 (positions 0, 1), sub-step g > 0 code g (position g + 1).
+        spans = [(0, 2)] + [(g + 1, g + 2) for g in range(1, slots - 1)]
+        self.steps = [(Rope(cos[:, a:b], sin[:, a:b]), self.positions[a:b], self.masks[a:b, :b][None, None], b)
+                      for a, b in spans]
+        self.substeps = torch.arange(1, slots, device=like.device)  # the stream keys' sub-steps 1..15
 
     def __call__(self, hidden: torch.Tensor, first_embed: torch.Tensor, sampling: SamplingTensors,
                  frame: torch.Tensor | int, candidates: int | None = None) -> torch.Tensor:
@@ -198,20 +234,17 @@ class Predictor:
         codes 1..15 (`candidates`: see draw.draw)."""
         p = self.predictor
         cache = self.cache.rows(hidden.shape[0])
+        keys = stream_keys(sampling["seed"], frame, self.substeps)  # [B, 15]: every draw's, hashed once
         x = p.small_to_mtp_projection(torch.cat((hidden, first_embed), dim=1))
         codes = []
-        start = 0
         for group, head in enumerate(p.lm_head):
-            end = start + x.shape[1]
-            rope = functools.partial(apply_rotary_pos_emb, cos=self.cos[:, start:end], sin=self.sin[:, start:end])
-            at, mask = self.positions[start:end], self.masks[start:end, :end][None, None]
+            rope, at, mask, end = self.steps[group]
             for i, layer in enumerate(self.layers):
                 x = layer_step(layer, x, rope, cache, i, at, mask, length=end)
-            code = draw_subcode(head(p.model.norm(x[:, -1])), sampling, frame, group + 1, candidates)
+            code = draw_subcode(head(rms_norm(p.model.norm, x[:, -1])), sampling, keys[:, group:group + 1], candidates)
             codes.append(code)
             if group + 1 < len(p.lm_head):
                 x = p.small_to_mtp_projection(self.embeddings[group](code[:, None]))
-                start = end
         return torch.stack(codes, dim=1)
 
     @property

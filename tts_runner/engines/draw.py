@@ -87,29 +87,39 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
     return (x >> 16) ^ x
 
 
+def stream_keys(seeds: torch.Tensor, frame: torch.Tensor | int, substeps: torch.Tensor | int) -> torch.Tensor:
+    """The key of each row's random stream at (frame, sub-step): a hash of the row's seed ([B, 1]),
+    the frame and the sub-step (0 the talker, 1..15 the code predictor); [B, S] for S sub-steps given
+    as a tensor, so a frame's code predictor hashes its rows once for all of its 15 draws."""
+    return _hash32(_hash32(_hash32(seeds & _MASK32) ^ frame) ^ substeps)
+
+
+def uniform_at(key: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """Uniform numbers in (0, 1), one per (row, code) of `codes` ([B, N] code ids), from the rows'
+    stream keys ([B, 1], see `stream_keys`)."""
+    return ((_hash32(key ^ codes).float() + 0.5) * 2.0**-32).clamp_(max=1.0 - 2.0**-24)
+
+
 def uniform(seeds: torch.Tensor, frame: torch.Tensor | int, substep: int, codes: torch.Tensor) -> torch.Tensor:
     """Uniform numbers in (0, 1), one per (row, code) of `codes` ([B, N] code ids): a hash of the
-    row's seed ([B, 1]), the frame, the sub-step (0 the talker, 1..15 the code predictor) and the code."""
-    h = _hash32(_hash32(_hash32(seeds & _MASK32) ^ frame) ^ substep)
-    bits = _hash32(h ^ codes)
-    return ((bits.float() + 0.5) * 2.0**-32).clamp_(max=1.0 - 2.0**-24)
+    row's seed ([B, 1]), the frame, the sub-step and the code."""
+    return uniform_at(stream_keys(seeds, frame, substep), codes)
 
 
 def draw(scores: torch.Tensor, do_sample: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
-         top_p: torch.Tensor, seeds: torch.Tensor, frame: torch.Tensor | int, substep: int,
-         candidates: int | None = None) -> torch.Tensor:
+         top_p: torch.Tensor, key: torch.Tensor, candidates: int | None = None) -> torch.Tensor:
     """One code per row: greedy rows take the argmax of the scores, sampling rows draw from the
     warped distribution by an exponential race (the argmax of p / Exp(1) is a draw from p), with the
-    row's own uniform numbers (see `uniform`) and no host round trip. `candidates` (at least every
-    sampling row's top_k; None: all codes) warps and draws over only that many best codes: the same
-    draw, for less work."""
+    row's own uniform numbers (`key` [B, 1]: the rows' stream keys, see `stream_keys`) and no host
+    round trip. `candidates` (at least every sampling row's top_k; None: all codes) warps and draws
+    over only that many best codes: the same draw, for less work (only the candidates are hashed)."""
     greedy = scores.argmax(dim=-1)
     if candidates is not None and candidates < scores.shape[-1]:
         scores, index = scores.topk(candidates, dim=-1)
     else:
         index = torch.arange(scores.shape[-1], device=scores.device).expand_as(scores)
     probs = warp(scores, temperature, top_k, top_p).softmax(dim=-1)
-    race = -uniform(seeds, frame, substep, index).log()  # Exp(1) per code
+    race = -uniform_at(key, index).log()  # Exp(1) per code
     drawn = index.gather(1, (probs / race).argmax(dim=-1, keepdim=True)).squeeze(1)
     return torch.where(do_sample.squeeze(1), drawn, greedy)
 
@@ -128,11 +138,12 @@ def candidates(rows: list[Sampling]) -> tuple[int | None, int | None]:
             fewest([(r.subtalker_top_k, r.subtalker_dosample) for r in rows]))
 
 
-def draw_subcode(scores: torch.Tensor, sampling: SamplingTensors, frame: torch.Tensor | int, group: int,
+def draw_subcode(scores: torch.Tensor, sampling: SamplingTensors, key: torch.Tensor,
                  candidates: int | None = None) -> torch.Tensor:
-    """Code predictor code `group` (1..15) of frame `frame`: the code predictor's sampling (subtalker_*), nothing else."""
+    """A code predictor code of a frame (`key` [B, 1]: the rows' stream keys for its sub-step): the
+    code predictor's sampling (subtalker_*), nothing else."""
     return draw(scores.float(), sampling["subtalker_dosample"], sampling["subtalker_temperature"],
-                sampling["subtalker_top_k"], sampling["subtalker_top_p"], sampling["seed"], frame, group, candidates)
+                sampling["subtalker_top_k"], sampling["subtalker_top_p"], key, candidates)
 
 
 def next_code(scores: torch.Tensor, sampling: SamplingTensors, frame: torch.Tensor | int, seen: torch.Tensor,
@@ -148,6 +159,6 @@ def next_code(scores: torch.Tensor, sampling: SamplingTensors, frame: torch.Tens
     end = scores[:, eos:eos + 1]
     end.masked_fill_(frame < sampling["min_new_tokens"], float("-inf"))  # the floor holds the end code back
     token = draw(scores, sampling["do_sample"], sampling["temperature"], sampling["top_k"], sampling["top_p"],
-                 sampling["seed"], frame, 0, candidates)
+                 stream_keys(sampling["seed"], frame, 0), candidates)
     going = unfinished & (frame < sampling["max_frames"]).view(-1)
     return torch.where(going, token, eos)

@@ -24,7 +24,6 @@ code a GPU captures. The prompt is prefilled by the talker's own forward and cop
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from dataclasses import dataclass
 
@@ -33,18 +32,19 @@ import torch
 from tts_runner.engines.cache import StaticCache
 from tts_runner.engines.core import (
     Predictor,
+    Rope,
     Row,
     RowBatch,
     blocked_codes,
     frame_embedding,
     layer_step,
     prefill_rows,
+    rms_norm,
     rows_sampling,
     rows_text,
     until_end,
 )
 from tts_runner.engines.draw import SamplingTensors, candidates, next_code
-from tts_runner.engines.library import apply_multimodal_rotary_pos_emb
 
 
 @dataclass
@@ -151,6 +151,15 @@ class GraphEngine:
         s.seen.scatter_(1, token[:, None], True)
         s.unfinished.logical_and_(token != self.eos)
 
+    def _rope(self, x: torch.Tensor, positions: torch.Tensor):
+        """The rotary embedding of a frame at each row's `positions` ([B, 1]), built once for every
+        layer. The talker's rope is multimodal (three position streams, each rotating its own
+        section of the channels), but a frame of speech has the same position in all three, so its
+        combined table is any one stream's: the plain rotation (core.Rope) with that table computes
+        what its multimodal one does (tests/unit/engines/test_graph.py holds them equal)."""
+        cos, sin = self.model.rotary_emb(x, positions.view(1, -1, 1))
+        return Rope(cos[0], sin[0])
+
     def _frame(self, s: State, length: int) -> None:
         """Frame t: codes 1..15 for the last code, the frame's talker step over the first `length`
         cache positions (every row's position must be below it), the next code."""
@@ -165,14 +174,10 @@ class GraphEngine:
         s.valid.scatter_(1, position, True)
         valid = s.valid[:, :length]
         mask = torch.zeros_like(valid, dtype=x.dtype).masked_fill(~valid, self.lowest)[:, None, None]
-        positions = (s.deltas[:, None] + position).view(1, -1, 1).expand(3, -1, 1)
-        cos, sin = self.model.rotary_emb(x, positions)
-        scaling = self.talker.config.rope_scaling
-        rope = functools.partial(apply_multimodal_rotary_pos_emb, cos=cos, sin=sin,
-                                 mrope_section=scaling["mrope_section"], mrope_interleaved=scaling["interleaved"])
+        rope = self._rope(x, s.deltas[:, None] + position)
         for i, layer in enumerate(self.model.layers):
             x = layer_step(layer, x, rope, s.cache, i, position, mask, length)
-        hidden = self.model.norm(x)
+        hidden = rms_norm(self.model.norm, x)
         s.hidden.copy_(hidden)
         s.position.add_(1)
         self._choose(s, hidden)

@@ -38,6 +38,7 @@ rows, each with the device's name and the job it belongs to (agreement goes to F
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import os
@@ -354,11 +355,14 @@ def ops_per_step(model: Model, engine: str, batch: int, short: int = 10, long: i
             if cuda:
                 torch.cuda.synchronize()
         events = prof.events()
-        ops = sum(1 for e in events if e.name.startswith("aten::") and e.cpu_parent is None)
+        ops = collections.Counter(e.name for e in events if e.name.startswith("aten::") and e.cpu_parent is None)
         kernels = sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
         counts.append((ops, kernels))
     steps = long - short
-    found = {"engine": engine, "batch": batch, "ops_per_step": round((counts[1][0] - counts[0][0]) / steps)}
+    per_op = {name: (counts[1][0][name] - counts[0][0][name]) / steps for name in counts[1][0]}
+    found = {"engine": engine, "batch": batch,
+             "ops_per_step": round((counts[1][0].total() - counts[0][0].total()) / steps),
+             "top_ops": {name: round(n, 1) for name, n in sorted(per_op.items(), key=lambda kv: -kv[1])[:12]}}
     if cuda:
         found["kernels_per_step"] = round((counts[1][1] - counts[0][1]) / steps)
     return found

@@ -262,3 +262,53 @@ def test_greedy_equality_holds_with_a_host_check_every_8_frames(tiny_env, engine
                                                      (3, "cuda:0", 3)])
 def test_sync_every_is_auto_or_as_given(value, device, expected):
     assert resolve_sync_every(value, device) == expected
+
+
+@pytest.mark.parametrize("interleaved", [True, False])
+def test_one_streams_rope_table_rotates_as_the_multimodal_rope_does(graph, interleaved):
+    """A frame's three position streams are equal, so the graph frame rotates by one stream's table
+    (built once per frame) with the library's plain rope: the library's multimodal rope, bit for bit."""
+    from tts_runner.engines.library import apply_multimodal_rotary_pos_emb
+
+    engine = graph.graph
+    talker = engine.talker
+    scaling = talker.config.rope_scaling
+    torch.manual_seed(3)
+    heads, kv, dim = talker.config.num_attention_heads, talker.config.num_key_value_heads, talker.config.head_dim
+    q, k = torch.randn(3, heads, 1, dim), torch.randn(3, kv, 1, dim)
+    positions = torch.tensor([[5], [131], [1000]])
+    x = torch.zeros(3, 1, talker.config.hidden_size)
+    cos, sin = talker.model.rotary_emb(x, positions.view(1, -1, 1).expand(3, -1, 1))
+    want = apply_multimodal_rotary_pos_emb(q, k, cos, sin, scaling["mrope_section"], interleaved)
+    got = engine._rope(x, positions)(q, k)
+    assert all(torch.equal(a, b) for a, b in zip(want, got, strict=True))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_fused_rms_norm_computes_the_librarys_norm(graph, dtype):
+    from tts_runner.engines.core import rms_norm
+
+    torch.manual_seed(4)
+    layer = graph.graph.model.layers[0]
+    for norm, width in ((layer.input_layernorm, talker_width(graph)), (layer.self_attn.q_norm, layer.self_attn.head_dim)):
+        norm = type(norm)(width, norm.variance_epsilon).to(dtype)
+        norm.weight.data = (torch.randn(width) * 0.2 + 1).to(dtype)
+        x = (torch.randn(4, 3, width) * 3).to(dtype)
+        assert torch.equal(rms_norm(norm, x), norm(x))
+
+
+def talker_width(model) -> int:
+    return model.graph.talker.config.hidden_size
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_rope_by_one_roll_rotates_as_the_librarys_rope(dtype):
+    from tts_runner.engines.core import Rope
+    from tts_runner.engines.library import apply_rotary_pos_emb
+
+    torch.manual_seed(5)
+    cos, sin = torch.randn(3, 2, 64).to(dtype), torch.randn(3, 2, 64).to(dtype)
+    q, k = torch.randn(3, 8, 2, 64).to(dtype), torch.randn(3, 2, 2, 64).to(dtype)
+    want = apply_rotary_pos_emb(q, k, cos, sin)
+    got = Rope(cos, sin)(q, k)
+    assert all(torch.equal(a, b) for a, b in zip(want, got, strict=True))
