@@ -12,6 +12,8 @@ here and nowhere else. Code below the edge takes these values, never a DictConfi
 
 from __future__ import annotations
 
+import functools
+import logging
 from pathlib import Path
 from types import MappingProxyType
 
@@ -23,10 +25,13 @@ from tts_runner.edge.config import plain
 from tts_runner.errors import SettingError
 from tts_runner.job.spec import Batching, Chunking, FrameBudget, Mastering, Pacing, Recipe, Trim
 from tts_runner.server.settings import ServerSettings
+from tts_runner.serving import sizing
 from tts_runner.serving.store import Catalog, ModelStore, Runtime, Serving, Variant
 from tts_runner.voice.clones import Cloning
 from tts_runner.voice.fetch import FetchRules
 from tts_runner.voice.voices import SavedVoice, Voices
+
+log = logging.getLogger(__name__)
 
 
 def _number(path: str, value, low: float, high: float, nullable: bool = False) -> None:
@@ -37,7 +42,39 @@ def _number(path: str, value, low: float, high: float, nullable: bool = False) -
         raise SettingError(f"Invalid setting {path}={value!r}: use {allowed}.")
 
 
-def batching(node: DictConfig) -> Batching:
+def batch_size(cfg: DictConfig) -> int:
+    """batching.max_batch_size as a number: as given, or for `auto` the rows this device runs
+    (tts_runner/serving/sizing.py), worked out once per process for the same device and model, and
+    logged with its reasons."""
+    value = plain(cfg.batching.max_batch_size)
+    if value != "auto":
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1024:
+            raise SettingError(f"Invalid setting batching.max_batch_size={value!r}: use auto or an integer from 1 to 1024.")
+        return value
+    run = runtime(cfg.runtime)
+    return _auto_batch_size(str(run.device), str(run.dtype), run.graph_max_len,
+                            str(catalog(cfg.models).folder(str(cfg.models.default))))
+
+
+@functools.cache
+def _auto_batch_size(device: str, dtype: str, max_len: int, folder: str) -> int:
+    import torch
+
+    if device in ("", "None", "auto"):
+        device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    free = total = None
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        device = "cpu"  # the model store refuses this device with its own clear error
+    if device.startswith("cuda"):
+        if dtype in ("", "None", "auto"):
+            dtype = "bfloat16"
+        free, total = torch.cuda.mem_get_info(torch.device(device))
+    choice = sizing.choose_for(device, Path(folder), dtype, max_len, free, total)
+    log.info("batching.max_batch_size=auto: %s", choice.reason)
+    return choice.rows
+
+
+def batching(node: DictConfig, max_batch_size: int) -> Batching:
     if node.runaway not in ("retry", "keep"):
         raise SettingError(f"Invalid setting batching.runaway={node.runaway!r}: use retry or keep.")
     budget = node.get("frame_budget")
@@ -47,7 +84,7 @@ def batching(node: DictConfig) -> Batching:
         _number("batching.frame_budget.margin_seconds", budget.margin_seconds, 0, 600)
     frames = (None if budget is None or budget.seconds_per_char is None else
               FrameBudget(float(budget.seconds_per_char), float(budget.factor), float(budget.margin_seconds)))
-    return Batching(max_batch_size=int(node.max_batch_size), max_batch_chars=int(node.max_batch_chars),
+    return Batching(max_batch_size=max_batch_size, max_batch_chars=int(node.max_batch_chars),
                     retries=int(node.retries), min_seconds_per_char=float(node.min_seconds_per_char),
                     frame_budget=frames, runaway=str(node.runaway))
 
@@ -110,7 +147,7 @@ def recipe(cfg: DictConfig, keep: Path | None = None) -> Recipe:
     """How the config makes every job (SettingError or SinkError on a bad setting)."""
     chunking = cfg.chunking
     return Recipe(chunking=Chunking(int(chunking.max_chars), float(chunking.crossfade_ms), float(chunking.segment_gap_ms)),
-                  batching=batching(cfg.batching), mastering=mastering(cfg.audio), pacing=pacing(cfg.get("stream")),
+                  batching=batching(cfg.batching, batch_size(cfg)), mastering=mastering(cfg.audio), pacing=pacing(cfg.get("stream")),
                   voices=voices(cfg.voices), cloning=cloning(cfg.cloning), sink=sink(cfg.sink, keep))
 
 
@@ -151,9 +188,12 @@ def runtime(node: DictConfig) -> Runtime:
                    torch_threads=plain(node.get("torch_threads", "auto")), warmup=bool(node.get("warmup", True)))
 
 
-def serving(scheduler: DictConfig, cloning: DictConfig) -> Serving:
+def serving(scheduler: DictConfig, cloning: DictConfig, max_batch_size: int) -> Serving:
+    """The scheduler's settings; its max_rows follows batching.max_batch_size (conf: an interpolation)
+    unless set on its own, and `auto` there is the same number as the batch's."""
     cache = cloning.cache
-    return Serving(enabled=bool(scheduler.enabled), max_rows=int(scheduler.max_rows),
+    rows = plain(scheduler.max_rows)
+    return Serving(enabled=bool(scheduler.enabled), max_rows=max_batch_size if rows == "auto" else int(rows),
                    queue_limit=int(scheduler.queue_limit), prompt_cache_entries=int(cache.max_entries),
                    prompt_cache_megabytes=float(cache.max_megabytes))
 
@@ -161,5 +201,6 @@ def serving(scheduler: DictConfig, cloning: DictConfig) -> Serving:
 def model_store(cfg: DictConfig) -> ModelStore:
     """The model store of a composed config: its catalog, runtime, largest batch, and what each model
     serves with (a config with scheduler.enabled=false runs each job's own batches)."""
-    return ModelStore(catalog(cfg.models), runtime(cfg.runtime), max_batch=int(cfg.batching.max_batch_size),
-                      serving=serving(cfg.scheduler, cfg.cloning))
+    rows = batch_size(cfg)
+    return ModelStore(catalog(cfg.models), runtime(cfg.runtime), max_batch=rows,
+                      serving=serving(cfg.scheduler, cfg.cloning, rows))

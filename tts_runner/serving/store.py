@@ -102,7 +102,7 @@ class Runtime:
     attention: str | None = "auto"
     engine: str | None = "auto"
     sync_every: int | str | None = "auto"
-    graph_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    graph_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
     graph_max_len: int = 1280
     torch_threads: int | str | None = "auto"
     warmup: bool = True

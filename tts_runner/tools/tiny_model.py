@@ -105,7 +105,7 @@ def _text_tokenizer():
     return fast
 
 
-def _talker_config(sizes: TinySizes, text_vocab_size: int, tts_type: str) -> dict:
+def talker_config(sizes: TinySizes, text_vocab_size: int, tts_type: str) -> dict:
     control = iter(range(CODEBOOK, CODEBOOK + 1024))
     ids = {name: next(control) for name in (
         "codec_pad_id", "codec_bos_id", "codec_eos_token_id", "codec_think_id",
@@ -202,7 +202,7 @@ def build_variant(out_dir: Path, folder: str, sizes: TinySizes = TinySizes(), se
     tokenizer = _text_tokenizer()
     special = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     config = Qwen3TTSConfig(
-        talker_config=_talker_config(sizes, len(tokenizer) + 8, tts_type),
+        talker_config=talker_config(sizes, len(tokenizer) + 8, tts_type),
         # a Base model adds the speaker encoder's embedding to the talker's input: the same width
         speaker_encoder_config=dict(enc_dim=sizes.talker_hidden if tts_type == "base" else 32,
                                     enc_channels=[16, 16, 16, 16, 48]),
