@@ -185,6 +185,7 @@ def runtime(node: DictConfig) -> Runtime:
                    sync_every=plain(node.get("sync_every", "auto")),
                    graph_buckets=tuple(buckets) if isinstance(buckets, list) else buckets,
                    graph_max_len=graph.get("max_len", Runtime.graph_max_len),
+                   graph_self_check=bool(graph.get("self_check", Runtime.graph_self_check)),
                    torch_threads=plain(node.get("torch_threads", "auto")), warmup=bool(node.get("warmup", True)))
 
 

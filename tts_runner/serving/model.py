@@ -152,6 +152,13 @@ class Model:
         if engine == "graph":
             self.graph = None
 
+    def disable_graph(self, reason: str) -> None:
+        """Run the fast loop from now on instead of the graph engine (`reason`: why, for the log)."""
+        if self.engine == "graph":
+            log.warning("The graph engine is off for %s (%s); using fast from now on", self.name, reason)
+            self.engine = "fast"
+        self.graph = None
+
     def _attempt(self, engine: str, run: Callable[[], Any]) -> Any:
         """`run()` on `engine`; None when it failed and the model fell back. Out of memory and a
         broken device go to the caller."""

@@ -104,6 +104,7 @@ class Runtime:
     sync_every: int | str | None = "auto"
     graph_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
     graph_max_len: int = 1280
+    graph_self_check: bool = True
     torch_threads: int | str | None = "auto"
     warmup: bool = True
 
@@ -255,7 +256,10 @@ class ModelStore:
         model = Model(tts, kind=self.catalog.variants[variant].kind, name=variant, engine=engine,
                       sync_every=self.sync_every, graph=graph,
                       clone_prompts=PromptCache(serving.prompt_cache_entries, serving.prompt_cache_megabytes))
-        model.capture_graphs()
+        if model.capture_graphs() and self.runtime.graph_self_check:
+            from tts_runner.serving import selfcheck
+
+            selfcheck.check_rows(model)  # under the captured graphs: where no test runs them
         if self.scheduled and model.engine in SCHEDULED:
             model.scheduler = Scheduler(model, self.serving.max_rows, self.serving.queue_limit, self.sync_every)
         return model
