@@ -44,7 +44,7 @@ def model32(float32):
 def test_every_graph_bucket_captures(float32):
     graph = float32.graph
     assert float32.engine == "graph" and graph is not None
-    assert sorted({b for b, _ in graph.graphs}) == BUCKETS and graph.capture_seconds > 0
+    assert sorted({b for b, *_ in graph.graphs}) == BUCKETS and graph.capture_seconds > 0
     assert graph.state.codes.is_cuda
 
 
@@ -151,7 +151,7 @@ def test_the_scheduler_admits_rows_into_captured_graphs_and_codes_equal_stock(ti
 
     torch.backends.cuda.matmul.allow_tf32 = False
     model = load_model([*CUDA, *GRAPH, "runtime.dtype=float32", "batching.max_batch_size=8"])
-    assert sorted({b for b, _ in model.graph.graphs}) == BUCKETS and model.scheduler is not None
+    assert sorted({b for b, *_ in model.graph.graphs}) == BUCKETS and model.scheduler is not None
     alone = [codes(model, "stock", [t], [s], min_new_tokens=f, **SCHEDULED_GREEDY)[0] for t, s, f in JOB_A + JOB_B]
     rows = Sampling(**SCHEDULED_GREEDY)
     a = model.scheduler.submit(Ticket("a"), [(r := request(*i), model.row_sampling(r, rows), None) for i in JOB_A])

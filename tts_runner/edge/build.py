@@ -58,20 +58,30 @@ def batch_size(cfg: DictConfig) -> int:
 
 @functools.cache
 def _auto_batch_size(device: str, dtype: str, max_len: int, folder: str) -> int:
-    import torch
-
     if device in ("", "None", "auto"):
-        device = "cuda:0" if torch.cuda.is_available() else "cpu"
+        device = "cuda:0" if _cuda_here() else "cpu"
     free = total = None
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        device = "cpu"  # the model store refuses this device with its own clear error
     if device.startswith("cuda"):
-        if dtype in ("", "None", "auto"):
-            dtype = "bfloat16"
-        free, total = torch.cuda.mem_get_info(torch.device(device))
+        import torch
+
+        if torch.cuda.is_available():
+            dtype = "bfloat16" if dtype in ("", "None", "auto") else dtype
+            free, total = torch.cuda.mem_get_info(torch.device(device))
+        else:
+            device = "cpu"  # the model store refuses an explicit cuda:N here with its own clear error
     choice = sizing.choose_for(device, Path(folder), dtype, max_len, free, total)
     log.info("batching.max_batch_size=auto: %s", choice.reason)
     return choice.rows
+
+
+def _cuda_here() -> bool:
+    """Is CUDA available? Without an NVIDIA device node the answer is no, known without importing
+    torch (so checking a job stays quick); with one, torch says."""
+    if not any(Path("/dev").glob("nvidia[0-9]*")):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def batching(node: DictConfig, max_batch_size: int) -> Batching:
@@ -186,6 +196,7 @@ def runtime(node: DictConfig) -> Runtime:
                    graph_buckets=tuple(buckets) if isinstance(buckets, list) else buckets,
                    graph_max_len=graph.get("max_len", Runtime.graph_max_len),
                    graph_self_check=bool(graph.get("self_check", Runtime.graph_self_check)),
+                   graph_candidates=graph.get("candidates", Runtime.graph_candidates),
                    torch_threads=plain(node.get("torch_threads", "auto")), warmup=bool(node.get("warmup", True)))
 
 

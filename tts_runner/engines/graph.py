@@ -87,11 +87,14 @@ class State:
 class GraphEngine:
     """Static-shape frames of one talker, with one CUDA graph per batch bucket when captured."""
 
-    def __init__(self, talker: torch.nn.Module, buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64),
-                 max_len: int = 1280):
+    def __init__(self, talker: torch.nn.Module, buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128),
+                 max_len: int = 1280, candidates: int | None = 64):
         self.talker = talker
         self.buckets = tuple(sorted({int(b) for b in buckets}))
         self.max_len = int(max_len)
+        # The draws' widths, each with graphs of its own: over the `candidates` best codes (every row's
+        # top_k within it: the same draws for less work), and over every code (a row with top-k off or larger)
+        self.widths: tuple[int | None, ...] = (int(candidates), None) if candidates else (None,)
         config = talker.config
         self.eos = config.codec_eos_token_id
         self.groups = config.num_code_groups
@@ -105,7 +108,7 @@ class GraphEngine:
         self.state: State | None = None
         self.predictor: Predictor | None = None
         self.lengths = length_buckets(self.max_len)
-        self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}  # (batch bucket, length bucket) -> graph
+        self.graphs: dict[tuple[int, int, int | None], torch.cuda.CUDAGraph] = {}  # (batch, length, width) -> graph
         self.capture_seconds = 0.0
         self.busy = False  # a GraphRows holds the buffers: no other may take them
 
@@ -143,10 +146,17 @@ class GraphEngine:
         return next(b for b in self.buckets if b >= n)
 
     # ---- one frame -----------------------------------------------------------------------------
-    def _choose(self, s: State, hidden: torch.Tensor) -> None:
+    def width(self, need: tuple[int | None, int | None]) -> int | None:
+        """The draws' width for rows whose draws need `need` (draw.candidates: the talker's and the
+        code predictor's): the narrow width when both fit in it, else every code."""
+        narrow = self.widths[0]
+        fits = narrow is not None and all(k is not None and k <= narrow for k in need)
+        return narrow if fits else None
+
+    def _choose(self, s: State, hidden: torch.Tensor, width: int | None) -> None:
         """The next first-codebook code of every row from the talker's hidden state."""
         token = next_code(self.talker.codec_head(hidden[:, -1]), s.sampling, s.frame, s.seen, s.unfinished,
-                          self.blocked, self.eos)
+                          self.blocked, self.eos, width)
         s.token.copy_(token)
         s.seen.scatter_(1, token[:, None], True)
         s.unfinished.logical_and_(token != self.eos)
@@ -160,12 +170,13 @@ class GraphEngine:
         cos, sin = self.model.rotary_emb(x, positions.view(1, -1, 1))
         return Rope(cos[0], sin[0])
 
-    def _frame(self, s: State, length: int) -> None:
+    def _frame(self, s: State, length: int, width: int | None) -> None:
         """Frame t: codes 1..15 for the last code, the frame's talker step over the first `length`
-        cache positions (every row's position must be below it), the next code."""
+        cache positions (every row's position must be below it), the next code; every draw over the
+        `width` best codes (None: all)."""
         first = s.token[:, None]
         last = s.codes.shape[1] - 1  # rows past the buffers (ended, or spare) write in the last place
-        rest = self.predictor(s.hidden, self.codec_embedding(first), s.sampling, s.frame - 1)
+        rest = self.predictor(s.hidden, self.codec_embedding(first), s.sampling, s.frame - 1, width)
         at = (s.frame - 1).clamp(max=last)
         s.codes.scatter_(1, at[:, :, None].expand(-1, 1, self.groups), torch.cat((first, rest), dim=1)[:, None])
         x = frame_embedding(self.codec_embedding, self.predictor.embeddings, first, rest)
@@ -180,13 +191,13 @@ class GraphEngine:
         hidden = rms_norm(self.model.norm, x)
         s.hidden.copy_(hidden)
         s.position.add_(1)
-        self._choose(s, hidden)
+        self._choose(s, hidden, width)
         s.frame.add_(1)
 
     # ---- capture -------------------------------------------------------------------------------
     def capture(self, like: torch.Tensor) -> float:
-        """Allocate the buffers and capture one CUDA graph per batch bucket x length bucket; returns
-        the seconds it took."""
+        """Allocate the buffers and capture one CUDA graph per batch bucket x length bucket x draw
+        width; returns the seconds it took."""
         started = time.perf_counter()
         if self.state is None:
             self.allocate(like)
@@ -194,18 +205,19 @@ class GraphEngine:
         for b in self.buckets:
             view = self.views[b]
             for length in self.lengths:
-                stream = torch.cuda.Stream()
-                stream.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(stream):
-                    for _ in range(2):  # warm-up runs: allocator and kernel selection settle first
-                        self._reset_counters()
-                        self._frame(view, length)
-                torch.cuda.current_stream().wait_stream(stream)
-                self._reset_counters()
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool):
-                    self._frame(view, length)
-                self.graphs[(b, length)] = graph
+                for width in self.widths:
+                    stream = torch.cuda.Stream()
+                    stream.wait_stream(torch.cuda.current_stream())
+                    with torch.cuda.stream(stream):
+                        for _ in range(2):  # warm-up runs: allocator and kernel selection settle first
+                            self._reset_counters()
+                            self._frame(view, length, width)
+                    torch.cuda.current_stream().wait_stream(stream)
+                    self._reset_counters()
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, pool=pool):
+                        self._frame(view, length, width)
+                    self.graphs[(b, length, width)] = graph
         torch.cuda.synchronize()
         self.capture_seconds = time.perf_counter() - started
         return self.capture_seconds
@@ -217,20 +229,25 @@ class GraphEngine:
         self._reset_counters()
         for frame in range(frames):
             length = min(self.max_len, frame + 1)
-            self._frame(self.views[bucket], length) if eager else self.run(bucket, length)
+            if eager:
+                self._frame(self.views[bucket], length, self.widths[0])
+            else:
+                self.run(bucket, length, self.widths[0])
 
     def _reset_counters(self) -> None:
         self.state.frame.fill_(1)
         self.state.position.zero_()
 
-    def run(self, b: int, length: int) -> None:
-        """One frame of bucket `b` attending over `length` positions: the captured graph of the
-        smallest length bucket that holds them replayed, or the frame run eagerly over exactly them."""
-        graph = self.graphs.get((b, next(n for n in self.lengths if n >= length))) if self.graphs else None
+    def run(self, b: int, length: int, width: int | None) -> None:
+        """One frame of bucket `b` attending over `length` positions, drawing over the `width` best
+        codes: the captured graph of the smallest length bucket that holds them replayed, or the
+        frame run eagerly over exactly them."""
+        key = (b, next(n for n in self.lengths if n >= length), width)
+        graph = self.graphs.get(key) if self.graphs else None
         if graph is not None:
             graph.replay()
         else:
-            self._frame(self.views[b], length)
+            self._frame(self.views[b], length, width)
 
     def compact(self, b: int, alive: list[int], smaller: int) -> None:
         """Move the live slots to the front and fill the smaller bucket's spare slots with a finished
@@ -265,6 +282,7 @@ class GraphRows(RowBatch):
         self.pad = pad_embed.reshape(1, 1, -1)
         self.slots: list[int] = []  # the slot each row holds
         self.positions: list[int] = []  # the cache position each row writes next (the host's copy)
+        self.need: tuple[int | None, int | None] = (1, 1)  # the rows' draw widths (draw.candidates)
         engine.state.unfinished.zero_()
         engine.blocked.copy_(blocked_codes(engine.blocked.shape[0], suppress, engine.blocked.device))
         engine.busy = True
@@ -296,8 +314,9 @@ class GraphRows(RowBatch):
         frame = torch.zeros(n, 1, dtype=torch.long, device=index.device)
         seen = torch.zeros(n, s.seen.shape[1], dtype=torch.bool, device=index.device)
         unfinished = torch.ones(n, dtype=torch.bool, device=index.device)
-        k = candidates([r.sampling for r in self.rows + rows])[0]
-        token = next_code(e.talker.codec_head(start.hidden[:, -1]), sampling, frame, seen, unfinished, e.blocked, e.eos, k)
+        self.need = candidates([r.sampling for r in self.rows + rows])
+        token = next_code(e.talker.codec_head(start.hidden[:, -1]), sampling, frame, seen, unfinished, e.blocked, e.eos,
+                          self.need[0])
         seen.scatter_(1, token[:, None], True)
         fresh = {"valid": valid, "deltas": start.deltas.view(-1), "hidden": start.hidden, "token": token,
                  "unfinished": unfinished & (token != e.eos), "seen": seen, "text": text,
@@ -315,7 +334,7 @@ class GraphRows(RowBatch):
         """One frame for every row (the smallest bucket that holds the highest slot in use)."""
         e = self.engine
         last = e.max_len - 1  # positions past the buffers write in the last place (the frame clamps them)
-        e.run(e.bucket(max(self.slots) + 1), min(max(self.positions), last) + 1)
+        e.run(e.bucket(max(self.slots) + 1), min(max(self.positions), last) + 1, e.width(self.need))
         self.positions = [p + 1 for p in self.positions]
 
     def finished(self) -> list[int]:
@@ -344,6 +363,7 @@ class GraphRows(RowBatch):
         self.rows = [r for i, r in enumerate(self.rows) if i not in gone]
         self.slots = [slot for i, slot in enumerate(self.slots) if i not in gone]
         self.positions = [p for i, p in enumerate(self.positions) if i not in gone]
+        self.need = candidates([r.sampling for r in self.rows]) if self.rows else (1, 1)
         if self.slots:
             now, smaller = e.bucket(max(self.slots) + 1), e.bucket(len(self.slots))
             if smaller < now:

@@ -14,10 +14,13 @@ would leave rows idle while a podcast runs alone), and a job that arrives while 
 every row gets every other row that frees: a short request does not wait behind a podcast, and the
 podcast keeps the rest.
 
-Codes become audio on the same thread, between rounds (`decode`, the speech decoder's work): the jobs hand it their finished
-chunks and it decodes everything waiting in one length-grouped call of the speech tokenizer, so
-chunks of many jobs that end together are decoded together, and the device is never split between
-the loop and a decode per job (on the CPU that thrashed: each ran its own thread pool).
+Codes become audio on a thread of their own, beside the loop (`decode`, the speech decoder's work):
+the jobs hand it their finished chunks and it decodes everything waiting in one length-grouped call
+of the speech tokenizer, so chunks of many jobs that end together are decoded together, and the
+frame loop keeps stepping while it runs instead of waiting between rounds. On CUDA the decoder
+runs on its own stream, so its kernels overlap the loop's frames (captured graphs included); there
+is one decoder per model, never one per job (on the CPU a decode per job thrashed: each ran its own
+thread pool).
 
 Bounds: at most `max_rows` rows run at once; at most `queue_limit` chunks wait, over all jobs, and
 a job that would go beyond is refused at once with WorkerBusy (never an out-of-memory later). A job
@@ -91,6 +94,8 @@ class Scheduler:
         self.thread: threading.Thread | None = None
         self.rounds = 0
         self.to_decode: list = []  # ((request, codes), future) waiting to be decoded
+        self.decoder: threading.Thread | None = None
+        self.decodes = 0  # decoder calls made
         self.holds = 0  # holds on admission (held()): while any is on, waiting chunks wait
 
     # ---- the jobs' side --------------------------------------------------------------------------
@@ -110,13 +115,16 @@ class Scheduler:
             queue.extend(pending)
             self.count += len(pending)
             self._start()
-            self.cond.notify()
+            self.cond.notify_all()  # two threads wait on it: the loop and the decoder
         return [p.future for p in pending]
 
     def _start(self) -> None:
         if self.thread is None:
             self.thread = threading.Thread(target=self._loop, name=f"scheduler-{self.model.name}", daemon=True)
             self.thread.start()
+        if self.decoder is None:
+            self.decoder = threading.Thread(target=self._decode_loop, name=f"decoder-{self.model.name}", daemon=True)
+            self.decoder.start()
 
     def cancel(self, ticket: Ticket) -> None:
         """Drop a job: its waiting chunks now, its rows at the next host check."""
@@ -140,7 +148,7 @@ class Scheduler:
         finally:
             with self.cond:
                 self.holds -= 1
-                self.cond.notify()
+                self.cond.notify_all()  # two threads wait on it: the loop and the decoder
 
     @property
     def jobs_waiting(self) -> int:
@@ -165,14 +173,32 @@ class Scheduler:
         with self.cond:
             self.to_decode.extend(zip(items, futures, strict=True))
             self._start()
-            self.cond.notify()
+            self.cond.notify_all()  # two threads wait on it: the loop and the decoder
         return [f.result() for f in futures]
 
-    def _decode_waiting(self) -> None:
-        with self.cond:
-            batch, self.to_decode = self.to_decode, []
-        if not batch:
-            return
+    def _decode_loop(self) -> None:
+        """The decoder's thread: everything waiting, in one call, while the loop goes on stepping (on
+        CUDA on a stream of its own: the codes come from the host, so nothing waits on the loop's)."""
+        stream = torch.cuda.Stream() if self._on_cuda() else None
+        while True:
+            with self.cond:
+                while not self.to_decode:
+                    self.cond.wait()
+                batch, self.to_decode = self.to_decode, []
+            if stream is None:
+                self._decode(batch)
+            else:
+                # what the loop's stream queued before (a clone's reference codes) comes first
+                stream.wait_stream(torch.cuda.default_stream(self.model.like.device))
+                with torch.cuda.stream(stream):
+                    self._decode(batch)
+            self.decodes += 1
+
+    def _on_cuda(self) -> bool:
+        like = getattr(self.model, "like", None)
+        return isinstance(like, torch.Tensor) and like.device.type == "cuda"
+
+    def _decode(self, batch: list) -> None:
         try:
             wavs = self.model.decode([item for item, _ in batch])
         except Exception as exc:  # noqa: BLE001 - each job hears it
@@ -201,13 +227,12 @@ class Scheduler:
     def _loop(self) -> None:
         while True:
             with self.cond:
-                while not (self.count and not self.holds) and not self.running and not self.to_decode:
+                while not (self.count and not self.holds) and not self.running:
                     self.cond.wait()
                 free = self.rows - self.running
                 admit = self.take(free) if free > 0 and not self.holds else []
             if admit or self.running:
                 self._round(admit)
-            self._decode_waiting()
             with self.cond:
                 self.cond.notify_all()  # for wait_idle
 

@@ -105,6 +105,7 @@ class Runtime:
     graph_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
     graph_max_len: int = 1280
     graph_self_check: bool = True
+    graph_candidates: int | None = 64
     torch_threads: int | str | None = "auto"
     warmup: bool = True
 
@@ -176,6 +177,15 @@ def graph_max_len(max_len) -> int:
     return max_len
 
 
+def graph_candidates(value) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 4096:
+        raise ModelError(f"runtime.graph.candidates={value!r} must be null (every draw over every code) or an "
+                         "integer from 1 to 4096.")
+    return value
+
+
 class ModelStore:
     """Loads each variant at most once and hands out its Model (with its scheduler, when serving
     says so and the engine runs a loop)."""
@@ -189,6 +199,7 @@ class ModelStore:
         # Only the graph engine has buckets to size (and to warn about).
         self.graph_buckets = graph_buckets(runtime.graph_buckets, max_batch if self.engine == "graph" else None)
         self.graph_max_len = graph_max_len(runtime.graph_max_len)
+        self.graph_candidates = graph_candidates(runtime.graph_candidates)
         self.sync_every = resolve_sync_every(runtime.sync_every, self.device)
         self.scheduled = serving.enabled and self.engine != "stock"
         threads = resolve_torch_threads(runtime.torch_threads, self.device, self.scheduled)
@@ -248,7 +259,8 @@ class ModelStore:
         engine, graph = self.engine, None
         if engine == "graph":
             try:
-                graph = GraphEngine(tts.model.talker, buckets=self.graph_buckets, max_len=self.graph_max_len)
+                graph = GraphEngine(tts.model.talker, buckets=self.graph_buckets, max_len=self.graph_max_len,
+                                    candidates=self.graph_candidates)
             except NotImplementedError as exc:
                 log.warning("The graph engine cannot run %s (%s); using fast", variant, exc)
                 engine = "fast"

@@ -372,7 +372,7 @@ def profile(model: Model, bucket: int, out: Path | None) -> None:
     """Where a graph frame's time goes at `bucket` rows: the captured frame's replay time, the CUDA
     kernels of one (eager) frame by GPU time, and their sum against the replay (the rest is gaps)."""
     graph = model.graph
-    if graph is None or bucket not in {b for b, _ in graph.graphs}:
+    if graph is None or bucket not in {b for b, *_ in graph.graphs}:
         print(f"\nprofile: no captured graph for bucket {bucket}", flush=True)
         return
     from torch.profiler import ProfilerActivity

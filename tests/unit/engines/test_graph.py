@@ -39,9 +39,9 @@ def buckets(graph, monkeypatch):
     seen = []
     original = GraphEngine.run
 
-    def spy(self, b, length):
+    def spy(self, b, length, width):
         seen.append(b)
-        return original(self, b, length)
+        return original(self, b, length, width)
 
     monkeypatch.setattr(GraphEngine, "run", spy)
     return seen
@@ -312,3 +312,31 @@ def test_the_rope_by_one_roll_rotates_as_the_librarys_rope(dtype):
     want = apply_rotary_pos_emb(q, k, cos, sin)
     got = Rope(cos, sin)(q, k)
     assert all(torch.equal(a, b) for a, b in zip(want, got, strict=True))
+
+
+def test_draws_over_the_best_candidates_make_the_codes_of_draws_over_every_code(graph, monkeypatch):
+    """Sampled rows whose top_k fits runtime.graph.candidates run the narrow frame; a row with top-k
+    off takes the batch to the frame over every code. The reference: the same seeded rows with the
+    engine drawing over every code throughout."""
+    widths = []
+    original = GraphEngine.run
+
+    def spy(self, b, length, width):
+        widths.append(width)
+        return original(self, b, length, width)
+
+    settings = dict(do_sample=True, subtalker_dosample=True, max_new_tokens=24, temperature=0.9, top_k=50, top_p=0.9,
+                    subtalker_temperature=0.9, subtalker_top_k=40, subtalker_top_p=0.95, repetition_penalty=1.05)
+    monkeypatch.setattr(GraphEngine, "run", spy)
+    torch.manual_seed(11)
+    narrow = codes(graph, "graph", TEXTS, SPEAKERS, **settings)
+    assert set(widths) == {64}
+    widths.clear()
+    torch.manual_seed(11)
+    off = codes(graph, "graph", TEXTS, SPEAKERS, **dict(settings, top_k=[50, 0, 50]))
+    assert set(widths) == {None}
+    monkeypatch.setattr(graph.graph, "widths", (None,))
+    torch.manual_seed(11)
+    reference = codes(graph, "graph", TEXTS, SPEAKERS, **settings)
+    assert all(torch.equal(a, b) for a, b in zip(narrow, reference, strict=True))
+    assert len(off) == 3

@@ -218,3 +218,29 @@ def test_a_job_whose_sink_fails_fails_alone(worker, tmp_path):
     for thread in threads:
         thread.join(60)
     assert isinstance(outcome["bad"], SinkError) and "audio_base64" in outcome["good"]
+
+
+def test_the_loop_keeps_stepping_while_a_decode_runs(model, monkeypatch):
+    """The speech decoder runs on a thread of its own: while it decodes one job's finished chunk the
+    loop goes on making another job's frames (before, a decode ran between rounds and the loop waited)."""
+    scheduler = Scheduler(model, max_rows=4, queue_limit=100, sync_every=1)
+    real = model.decode
+    seen: dict = {}
+
+    def slow(items):  # holds the decode until the loop has run 3 more rounds (or it never does)
+        start = scheduler.rounds
+        deadline = time.monotonic() + 60
+        while scheduler.rounds < start + 3 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        seen.update(rounds_during=scheduler.rounds - start, running=scheduler.running)
+        return real(items)
+
+    monkeypatch.setattr(model, "decode", slow)
+    long = scheduler.submit(Ticket("long"), [(r := request("A long one, still going.", "ryan", 30),
+                                              model.row_sampling(r, ROWS), None)])
+    short_request = request("Short.", "vivian", 3)
+    short = scheduler.submit(Ticket("short"), [(short_request, model.row_sampling(short_request, ROWS), None)])
+    codes = short[0].result(timeout=60)
+    wav = scheduler.decode([(short_request, codes)])[0]
+    assert seen["rounds_during"] >= 3 and seen["running"] == 1, seen  # the long row went on meanwhile
+    assert wav.size > 0 and long[0].result(timeout=60).shape[0] == 30
