@@ -448,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--build", action="store_true", help="build random-weight models into --model-dir first")
     parser.add_argument("--real-size", action="store_true", help="with --build: the 1.7B dimensions")
+    parser.add_argument("--real-depth", action="store_true",
+                        help="with --build: the tiny widths with the 1.7B layer counts (operators as the real model's)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--agreement", type=int, default=0, metavar="FRAMES",
                         help="also compare each engine's greedy codes with stock's over this many frames")
@@ -460,17 +462,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time the parts of one stock model call at each batch size")
     args = parser.parse_args(argv)
     if args.build:
-        from tts_runner.tools.tiny_model import VARIANTS, TinySizes, build_all
+        from tts_runner.tools.tiny_model import VARIANTS, TinySizes, build_all, real_depth
 
         if not args.model_dir:
             parser.error("--build needs --model-dir")
         folder = [f for f in VARIANTS if args.model.split("-")[0] in f and args.model.split("-")[1] in f]
-        sizes = TinySizes.real_1_7b() if args.real_size else TinySizes()
+        sizes = TinySizes.real_1_7b() if args.real_size else real_depth() if args.real_depth else TinySizes()
         started = time.perf_counter()
         # Fixed and text-sized lengths never stop early: skip the stop-bias calibration (a generation).
         build_all(args.model_dir, folder, sizes, stop_bias=0.0 if args.fixed_length or args.text_sized else None,
                   dtype=torch.bfloat16 if args.real_size else torch.float32)
-        print(f"built {folder[0]} ({'real' if args.real_size else 'tiny'} size) in {time.perf_counter() - started:.1f} s",
+        print(f"built {folder[0]} ({'real' if args.real_size else 'real-depth' if args.real_depth else 'tiny'} size) in {time.perf_counter() - started:.1f} s",
               flush=True)
     cfg, store, model = load(args)
     job = long_job(args.chunks, args.minutes)

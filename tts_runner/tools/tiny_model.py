@@ -74,6 +74,12 @@ class TinySizes:
         )
 
 
+def real_depth() -> TinySizes:
+    """The tiny widths with the published 1.7B layer counts (talker 28, code predictor 5): a frame
+    launches the operators of the real model, at a fraction of its arithmetic (for counting them)."""
+    return TinySizes(talker_layers=28, predictor_layers=5)
+
+
 VARIANTS = {
     # folder name: (tts_model_type, tts_model_size)
     "Qwen3-TTS-12Hz-1.7B-CustomVoice": ("custom_voice", "1b7"),
