@@ -197,6 +197,7 @@ def runtime(node: DictConfig) -> Runtime:
                    graph_max_len=graph.get("max_len", Runtime.graph_max_len),
                    graph_self_check=bool(graph.get("self_check", Runtime.graph_self_check)),
                    graph_candidates=graph.get("candidates", Runtime.graph_candidates),
+                   compile=bool(node.get("compile", False)),
                    torch_threads=plain(node.get("torch_threads", "auto")), warmup=bool(node.get("warmup", True)))
 
 

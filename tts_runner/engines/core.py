@@ -4,6 +4,7 @@ own modules and weights; nothing in a frame syncs with the host, so the graph lo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +12,7 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from tts_runner.engines.cache import StaticCache
-from tts_runner.engines.draw import SamplingTensors, draw_subcode, stream_keys
+from tts_runner.engines.draw import SamplingTensors, draw_subcode, next_code, stream_keys
 from tts_runner.engines.sampling import Sampling
 
 
@@ -193,6 +194,24 @@ def layer_step(layer: torch.nn.Module, x: torch.Tensor, rope, cache: StaticCache
     return x + layer.mlp(rms_norm(layer.post_attention_layernorm, x))
 
 
+@dataclass(frozen=True)
+class Kernels:
+    """What a frame runs for each layer and each draw: the functions as written, or the same
+    functions through torch.compile (`runtime.compile`: inductor fuses each into fewer kernels; on
+    CUDA the compiled kernels are what the frame's graphs capture). Greedy float32 codes stay equal
+    to the library's either way (tests/unit/engines/test_compile.py)."""
+
+    layer_step: Callable = layer_step
+    next_code: Callable = next_code
+    draw_subcode: Callable = draw_subcode
+
+    @classmethod
+    def compiled(cls) -> Kernels:
+        # dynamic: a layer step attends over a length that grows every frame, and one compiled graph
+        # serves every layer (the layers' weights are its inputs, not constants)
+        return cls(*(torch.compile(f, dynamic=True) for f in (layer_step, next_code, draw_subcode)))
+
+
 def frame_embedding(codec_embedding: torch.nn.Module, sub_embeddings, first: torch.Tensor,
                     rest: torch.Tensor) -> torch.Tensor:
     """A frame's 16 codes ([B, 1] code 0 and [B, 15] codes 1..15) as the talker's next input before
@@ -207,9 +226,10 @@ class Predictor:
     causal masks computed once. Each frame starts over at position 0, so rows need no bookkeeping:
     a batch of b rows uses the first b rows of the cache."""
 
-    def __init__(self, predictor: torch.nn.Module, rows: int, like: torch.Tensor):
+    def __init__(self, predictor: torch.nn.Module, rows: int, like: torch.Tensor, kernels: Kernels = Kernels()):
         model = predictor.model
         self.predictor = predictor
+        self.kernels = kernels
         self.layers = list(model.layers[: model.config.num_hidden_layers])
         if any(layer.attention_type != "full_attention" for layer in self.layers):
             raise NotImplementedError("the code predictor's loop supports full-attention layers only")
@@ -240,8 +260,9 @@ class Predictor:
         for group, head in enumerate(p.lm_head):
             rope, at, mask, end = self.steps[group]
             for i, layer in enumerate(self.layers):
-                x = layer_step(layer, x, rope, cache, i, at, mask, length=end)
-            code = draw_subcode(head(rms_norm(p.model.norm, x[:, -1])), sampling, keys[:, group:group + 1], candidates)
+                x = self.kernels.layer_step(layer, x, rope, cache, i, at, mask, length=end)
+            code = self.kernels.draw_subcode(head(rms_norm(p.model.norm, x[:, -1])), sampling, keys[:, group:group + 1],
+                                             candidates)
             codes.append(code)
             if group + 1 < len(p.lm_head):
                 x = p.small_to_mtp_projection(self.embeddings[group](code[:, None]))

@@ -31,13 +31,13 @@ import torch
 
 from tts_runner.engines.cache import StaticCache
 from tts_runner.engines.core import (
+    Kernels,
     Predictor,
     Rope,
     Row,
     RowBatch,
     blocked_codes,
     frame_embedding,
-    layer_step,
     prefill_rows,
     rms_norm,
     rows_sampling,
@@ -88,8 +88,9 @@ class GraphEngine:
     """Static-shape frames of one talker, with one CUDA graph per batch bucket when captured."""
 
     def __init__(self, talker: torch.nn.Module, buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128),
-                 max_len: int = 1280, candidates: int | None = 64):
+                 max_len: int = 1280, candidates: int | None = 64, compiled: bool = False):
         self.talker = talker
+        self.kernels = Kernels.compiled() if compiled else Kernels()
         self.buckets = tuple(sorted({int(b) for b in buckets}))
         self.max_len = int(max_len)
         # The draws' widths, each with graphs of its own: over the `candidates` best codes (every row's
@@ -130,7 +131,7 @@ class GraphEngine:
             position=torch.zeros(rows, 1, dtype=torch.long, device=device),
             sampling=SamplingTensors.allocate(rows, device),
         )
-        self.predictor = Predictor(self.talker.code_predictor, rows, like)
+        self.predictor = Predictor(self.talker.code_predictor, rows, like, self.kernels)
         self.blocked = torch.zeros(config.vocab_size, dtype=torch.bool, device=device)
         self.lowest = torch.finfo(like.dtype).min
         self.views = {b: self.state.map(lambda t, b=b: t[:b]) for b in self.buckets}
@@ -155,8 +156,8 @@ class GraphEngine:
 
     def _choose(self, s: State, hidden: torch.Tensor, width: int | None) -> None:
         """The next first-codebook code of every row from the talker's hidden state."""
-        token = next_code(self.talker.codec_head(hidden[:, -1]), s.sampling, s.frame, s.seen, s.unfinished,
-                          self.blocked, self.eos, width)
+        token = self.kernels.next_code(self.talker.codec_head(hidden[:, -1]), s.sampling, s.frame, s.seen,
+                                       s.unfinished, self.blocked, self.eos, width)
         s.token.copy_(token)
         s.seen.scatter_(1, token[:, None], True)
         s.unfinished.logical_and_(token != self.eos)
@@ -187,7 +188,7 @@ class GraphEngine:
         mask = torch.zeros_like(valid, dtype=x.dtype).masked_fill(~valid, self.lowest)[:, None, None]
         rope = self._rope(x, s.deltas[:, None] + position)
         for i, layer in enumerate(self.model.layers):
-            x = layer_step(layer, x, rope, s.cache, i, position, mask, length)
+            x = self.kernels.layer_step(layer, x, rope, s.cache, i, position, mask, length)
         hidden = rms_norm(self.model.norm, x)
         s.hidden.copy_(hidden)
         s.position.add_(1)

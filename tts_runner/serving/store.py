@@ -106,6 +106,7 @@ class Runtime:
     graph_max_len: int = 1280
     graph_self_check: bool = True
     graph_candidates: int | None = 64
+    compile: bool = False
     torch_threads: int | str | None = "auto"
     warmup: bool = True
 
@@ -260,7 +261,7 @@ class ModelStore:
         if engine == "graph":
             try:
                 graph = GraphEngine(tts.model.talker, buckets=self.graph_buckets, max_len=self.graph_max_len,
-                                    candidates=self.graph_candidates)
+                                    candidates=self.graph_candidates, compiled=self.runtime.compile)
             except NotImplementedError as exc:
                 log.warning("The graph engine cannot run %s (%s); using fast", variant, exc)
                 engine = "fast"
