@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CPU bench of another revision and of this working tree, alternately, in one run (so both meet
 # the same machine load): `bash scripts/bench_against.sh REV [ROUNDS]`. Rows go to /tmp/bench-against/.
-# The bench's arguments: fixed lengths, batch 1 and 16, the three engines, the tiny model.
+# The bench's arguments: fixed lengths, batch 1 and 16 (BATCHES=1,16,64: others; as many chunks as the
+# largest), the three engines (ENGINES=fast,graph: fewer), the tiny model.
 set -euo pipefail
 cd "$(dirname "$0")/.." || exit
 rev=${1:?"usage: bench_against.sh REV [ROUNDS]"}
@@ -12,7 +13,10 @@ rm -rf "$out" && mkdir -p "$out"
 git worktree add -f "$out/old" "$rev" > /dev/null
 trap 'git worktree remove --force "$out/old"' EXIT
 $python -m tts_runner.tools.tiny_model "$out/models" --variant Qwen3-TTS-12Hz-1.7B-CustomVoice --stop-bias 0 > /dev/null
-args=(--model-dir "$out/models" --device cpu --chunks 16 --batch-sizes "1,16" --engines "stock,fast,graph"
+batches=${BATCHES:-1,16}
+chunks=$(tr ',' '\n' <<< "$batches" | sort -n | tail -1)
+chunks=$(( chunks > 16 ? chunks : 16 ))
+args=(--model-dir "$out/models" --device cpu --chunks "$chunks" --batch-sizes "$batches" --engines "${ENGINES:-stock,fast,graph}"
       --max-new-tokens 40 --fixed-length)
 # The bench's module moved to tts_runner.tools; older revisions have it at tts_runner.bench.
 old_module=tts_runner.tools.bench

@@ -23,7 +23,8 @@ from tts_runner.errors import SinkError
 log = logging.getLogger(__name__)
 
 CONTENT_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg", "flac": "audio/flac", "opus": "audio/ogg",
-                 "pcm": "application/octet-stream"}
+                 "aac": "audio/aac", "pcm": "application/octet-stream", "srt": "application/x-subrip",
+                 "vtt": "text/vtt", "json": "application/json"}
 KINDS = ("auto", "base64", "s3", "file")
 # S3 error codes worth another try: the service or the way to it, not the request, was at fault
 PASSING = {"RequestTimeout", "RequestTimeTooSkewed", "SlowDown", "ServiceUnavailable", "InternalError", "Throttling"}
@@ -66,11 +67,12 @@ def check(sink: Sink) -> None:
         raise SinkError("The s3 sink needs S3_BUCKET, S3_ACCESS_KEY and S3_SECRET_KEY to be set.")
 
 
-def deliver(data: bytes, fmt: str, sink: Sink, job_id: str, name: str = "tts") -> dict:
-    """Send the audio; return the response fields that point to it. When it fails and the sink
-    says where to keep the audio, it is written there and the error says so."""
+def deliver(data: bytes, fmt: str, sink: Sink, job_id: str, name: str = "tts", field: str = "audio") -> dict:
+    """Send the audio (or a file that goes with it: `field` names the answer's fields); return the
+    response fields that point to it. When it fails and the sink says where to keep the audio, it
+    is written there and the error says so."""
     try:
-        return _send(data, fmt, sink, job_id, name)
+        return _send(data, fmt, sink, job_id, name, field)
     except SinkError as exc:
         if sink.keep is None:
             raise
@@ -78,14 +80,14 @@ def deliver(data: bytes, fmt: str, sink: Sink, job_id: str, name: str = "tts") -
         raise SinkError(f"{exc} The audio is kept at {kept}.") from None
 
 
-def _send(data: bytes, fmt: str, sink: Sink, job_id: str, name: str) -> dict:
+def _send(data: bytes, fmt: str, sink: Sink, job_id: str, name: str, field: str = "audio") -> dict:
     kind = resolve_kind(sink)
     if kind == "base64":
-        return {"audio_base64": inline(data, fmt, sink.max_inline_bytes)}
+        return {f"{field}_base64": inline(data, fmt, sink.max_inline_bytes)}
     if kind == "s3":
-        return {"audio_url": upload_s3(data, fmt, sink, job_id)}
+        return {f"{field}_url": upload_s3(data, fmt, sink, job_id)}
     if kind == "file":
-        return {"audio_path": str(write_file(data, fmt, Path(sink.dir or "outputs"), name))}
+        return {f"{field}_path": str(write_file(data, fmt, Path(sink.dir or "outputs"), name))}
     raise SinkError(f"Unknown sink kind '{kind}'; use auto, base64, s3 or file.")
 
 

@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from tts_runner.captions import align
 from tts_runner.edge import build, payload
 from tts_runner.engines.sampling import SEED_RANGE, Sampling
 from tts_runner.errors import InputError, PayloadError
-from tts_runner.job.spec import Job, Output, Recipe, Segment
+from tts_runner.job.spec import Captions, Job, Output, Recipe, Segment
 
 REQUIRED = ("voice", "model", "output_format", "sample_rate", "mp3_bitrate")
 
@@ -90,26 +92,49 @@ class Edge:
             segments: tuple[Segment, ...] = (Segment(request["text"]),)
         else:
             segments = tuple(Segment(s["text"], s.get("voice"), s.get("instruct"), s.get("ref_audio"),
-                                     s.get("ref_text")) for s in request["segments"])
+                                     s.get("ref_text"), s.get("chapter")) for s in request["segments"])
         output = Output(format=request["output_format"], sample_rate=int(request["sample_rate"]),
                         mp3_bitrate=int(request["mp3_bitrate"]), loudness_lufs=request.get("loudness_lufs"),
                         speed=float(request.get("speed", 1.0)))
+        stream = bool(request.get("stream", False))
         return Job(id=id, name=name, model=request["model"], segments=segments, as_text="text" in request,
                    voice=request["voice"], language=str(language), instruct=instruct or None,
                    ref_audio=request.get("ref_audio"), ref_text=request.get("ref_text"), sampling=sampling,
-                   output=output, stream=bool(request.get("stream", False)), recipe=self.recipe)
+                   output=output, stream=stream, recipe=self.recipe,
+                   captions=captions(request, str(language), stream))
+
+
+def captions(request: dict, language: str, stream: bool) -> Captions:
+    """What the job asks to know beside its audio, checked against what can be measured: word times
+    need a language the aligner speaks; none of it comes with a stream (it needs the whole file)."""
+    made = Captions(timestamps=request.get("timestamps"), subtitles=request.get("subtitles"),
+                    chapters=bool(request.get("chapters", False)))
+    asked = [name for name, on in (("timestamps", made.timestamps), ("subtitles", made.subtitles),
+                                   ("chapters", made.chapters)) if on]
+    if stream and asked:
+        raise PayloadError(f"$.{asked[0]}", "word and segment times, subtitles and chapters are made from the "
+                                            "whole file, so they do not come with a stream; ask without 'stream'.")
+    if made.timestamps == "word" and not align.speaks(language):
+        raise PayloadError("$.timestamps", "word times are found by forced alignment, which speaks English "
+                                           f"only (language {' or '.join(repr(x) for x in align.LANGUAGES)}); the "
+                                           f"job's language is '{language}'. Ask for 'segment' times, which work "
+                                           "in every language.")
+    words = made.timestamps == "word" or (made.subtitles is not None and align.speaks(language))
+    return replace(made, align_words=words)
 
 
 def as_payload(job: Job) -> dict:
     """A job's input in the payload's shape (its seed as drawn): what a record or a display shows."""
     segments = [{k: v for k, v in (("text", s.text), ("voice", s.voice), ("instruct", s.instruct),
-                                   ("ref_audio", s.ref_audio), ("ref_text", s.ref_text)) if v is not None}
+                                   ("ref_audio", s.ref_audio), ("ref_text", s.ref_text), ("chapter", s.chapter))
+                 if v is not None}
                 for s in job.segments]
     sampling = {k: getattr(job.sampling, k) for k in Sampling.names() if k not in ("max_frames", "subtalker_dosample")}
     fields = {"voice": job.voice, "model": job.model, "output_format": job.output.format, "ref_audio": job.ref_audio,
               "ref_text": job.ref_text, "stream": job.stream, "sample_rate": job.output.sample_rate,
               "mp3_bitrate": job.output.mp3_bitrate, "loudness_lufs": job.output.loudness_lufs,
-              "speed": job.output.speed}
+              "speed": job.output.speed, "timestamps": job.captions.timestamps,
+              "subtitles": job.captions.subtitles, "chapters": job.captions.chapters or None}
     given = {"text": job.segments[0].text} if job.as_text else {"segments": segments}
     fields = {k: v for k, v in fields.items() if v is not None or k == "loudness_lufs"}  # null: levels as made
     return {**given, **fields, "params": {**sampling, "language": job.language, "instruct": job.instruct}}

@@ -37,6 +37,7 @@ FIELDS = {
     "output_format": "input.output_format", "ref_audio": "input.ref_audio", "ref_text": "input.ref_text",
     "stream": "input.stream", "sample_rate": "audio.sample_rate", "mp3_bitrate": "audio.mp3_bitrate",
     "loudness_lufs": "audio.loudness_lufs", "speed": "audio.speed", "params.language": "input.language", "params.instruct": "input.instruct",
+    "timestamps": "input.timestamps", "subtitles": "input.subtitles", "chapters": "input.chapters",
 }
 SAMPLING_GROUP = "sampling"
 
@@ -207,7 +208,7 @@ def _describe(error: ValidationError) -> str:
             expected = " or ".join(v) if isinstance(v, list) else v
             return f"must be of type {expected}, got {_json_type(inst)}."
         case "enum":
-            return f"{_short(inst)} is not allowed; allowed: {', '.join(map(str, v))}."
+            return f"{_short(inst)} is not allowed; allowed: {', '.join('null' if x is None else str(x) for x in v)}."
         case "additionalProperties":
             allowed = sorted(error.schema.get("properties", {}))
             unknown = sorted(k for k in inst if k not in allowed)

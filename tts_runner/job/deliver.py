@@ -32,3 +32,14 @@ def encode(samples: np.ndarray, job: Job) -> File:
 def deliver(file: File, job: Job) -> dict:
     """The answer's fields that point to the audio (audio_base64, audio_url or audio_path)."""
     return sinks.deliver(file.data, file.format, job.recipe.sink, job.id, job.name)
+
+
+def deliver_beside(data: bytes, fmt: str, job: Job, field: str) -> dict:
+    """A file that goes with the audio (`field`: subtitles, chapters), sent the way the audio is:
+    `<field>_base64` inline, `<field>_url` on S3, `<field>_path` beside the audio file. Inline,
+    the chapters are the metadata's own document already, so they are not sent twice."""
+    sink = job.recipe.sink
+    if field == "chapters" and sinks.resolve_kind(sink) == "base64":
+        return {}
+    name = f"{job.name}.chapters" if field == "chapters" else job.name
+    return sinks.deliver(data, fmt, sink, job.id, name, field=field)

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from tqdm import tqdm
 
+from tts_runner.captions import chapters as chapter_marks
 from tts_runner.job import describe
 from tts_runner.job.assemble import Assembler
-from tts_runner.job.deliver import File, deliver, encode
+from tts_runner.job.caption import caption, with_texts
+from tts_runner.job.deliver import File, deliver, deliver_beside, encode
 from tts_runner.job.events import Events
 from tts_runner.job.generate import Stats, generate
 from tts_runner.job.plan import plan
@@ -29,6 +31,7 @@ class JobAudio:
     file: File
     metadata: dict
     stats: Stats
+    files: dict[str, tuple[bytes, str]] = field(default_factory=dict)  # beside the audio: subtitles, chapters
 
     @property
     def data(self) -> bytes:
@@ -65,9 +68,14 @@ def synthesize(job: Job, model: Model, progress=None, ticket: Ticket | None = No
             raise
     samples, spans = assembler.finish()
     file = encode(samples, job)
+    captioned = caption(job, chunks, spans, assembler.words(spans), file.duration_seconds)
+    if captioned.chapters and file.format == "mp3":
+        file = replace(file, data=chapter_marks.tag_mp3(file.data, captioned.chapters))
     metadata = describe.metadata(job, chunks, stats, spans, duration=file.duration_seconds,
                                  sample_rate=file.sample_rate, fmt=file.format, seconds=time.perf_counter() - started)
-    return JobAudio(file, metadata, stats)
+    if job.captions.timestamps:
+        metadata["segments"] = with_texts(metadata["segments"], job, chunks)
+    return JobAudio(file, {**metadata, **captioned.metadata}, stats, captioned.files)
 
 
 def run_job(job: Job, model: Model, progress=None, ticket: Ticket | None = None) -> tuple[dict, JobAudio]:
@@ -75,4 +83,7 @@ def run_job(job: Job, model: Model, progress=None, ticket: Ticket | None = None)
     the audio. If delivery fails, the audio is kept where the job's sink says (the command line's run
     folder), and the error says where."""
     made = synthesize(job, model, progress, ticket)
-    return {**deliver(made.file, job), "metadata": made.metadata}, made
+    answer = deliver(made.file, job)
+    for name, (data, fmt) in made.files.items():
+        answer.update(deliver_beside(data, fmt, job, name))
+    return {**answer, "metadata": made.metadata}, made

@@ -25,6 +25,17 @@ class Segment:
     instruct: str | None = None
     ref_audio: str | None = None
     ref_text: str | None = None
+    chapter: str | None = None   # a chapter starts here, with this title (chapters: true)
+
+
+@dataclass(frozen=True)
+class Captions:
+    """What a job asks to know of its words and parts beside the audio (tts_runner/captions/)."""
+
+    timestamps: str | None = None   # word | segment | None
+    subtitles: str | None = None    # srt | vtt | None
+    chapters: bool = False
+    align_words: bool = False       # words are force-aligned (word timestamps, or subtitles in a language it speaks)
 
 
 @dataclass(frozen=True)
@@ -123,6 +134,7 @@ class Job:
     output: Output
     stream: bool
     recipe: Recipe
+    captions: Captions = Captions()
 
     def at(self, segment: int) -> str:
         """The JSON path of a segment, for messages: $ for a job given as text."""

@@ -165,6 +165,31 @@ def ping(request: Request):
     return Response(status_code=204) if status == 204 else JSONResponse({"status": why}, status_code=status)
 
 
+WORD_HEADER_BYTES = 16 * 1024  # a header longer than this is one some clients and proxies refuse
+
+
+def word_header(words: list[dict]) -> dict:
+    """The X-Word-Timestamps header: [{word, start, end}, ...] as compact JSON (ASCII), or, when it
+    would be too long for a header, a header saying so and how to ask for them in the body."""
+    shown = [{k: w[k] for k in ("word", "start", "end", "aligned") if k in w} for w in words]
+    value = json.dumps(shown, separators=(",", ":"))
+    if len(value) > WORD_HEADER_BYTES:
+        return {"X-Word-Timestamps-Omitted": f"{len(words)} words are too many for a header; ask with "
+                                             "response_mode json for them in the body"}
+    return {"X-Word-Timestamps": value}
+
+
+def whole_json(made) -> dict:
+    """A whole file and what goes with it as one JSON body: the audio as base64, its format, the
+    metadata (words, segments, chapters when asked) and the subtitles, as text."""
+    body = {"audio": base64.b64encode(made.data).decode("ascii"), "format": made.file.format,
+            "metadata": made.metadata}
+    if "subtitles" in made.files:
+        data, fmt = made.files["subtitles"]
+        body["subtitles"] = {"format": fmt, "text": data.decode("utf-8")}
+    return body
+
+
 @routes.post("/v1/audio/speech")
 async def speech(request: Request):
     service = authorize(request)
@@ -172,9 +197,13 @@ async def speech(request: Request):
     job, ticket = service.job(asked)
     headers = {"X-Seed": str(job.sampling.seed)}
     if asked.stream is None:
-        data, metadata = await cancellable(request, lambda: service.whole(job, ticket), ticket)
-        headers["X-Audio-Duration"] = str(metadata["duration_seconds"])
-        return Response(data, media_type=CONTENT_TYPES[asked.response_format], headers=headers)
+        made = await cancellable(request, lambda: service.whole(job, ticket), ticket)
+        headers["X-Audio-Duration"] = str(made.metadata["duration_seconds"])
+        if asked.response_mode == "json":
+            return JSONResponse(whole_json(made), headers=headers)
+        if "words" in made.metadata:
+            headers.update(word_header(made.metadata["words"]))
+        return Response(made.data, media_type=CONTENT_TYPES[asked.response_format], headers=headers)
     pieces = pieces_of(request, lambda: service.stream(job, ticket, asked.response_format),
                        lambda: service.cancel(ticket))
     first = await opened(pieces)

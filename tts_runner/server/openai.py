@@ -7,6 +7,12 @@ or {"id": ...}; ours, an OpenAI name of `server.voices`, or a saved voice), `ins
 it has them: `language`, `seed`, `ref_audio`, `ref_text`, `stream` (true: stream raw audio, as
 stream_format "audio"), the sampling parameters of our payload's `params`, and `loudness_lufs`,
 `sample_rate`, `mp3_bitrate`. Anything else is refused by name (a typo never silently does nothing).
+
+Times beside the audio (our payload's fields, and vLLM-Omni's `word_timestamps: true` for
+`timestamps: "word"`): `timestamps` ("word" | "segment"), `subtitles` ("srt" | "vtt"), `chapters`.
+The answer is the audio with its word times in the `X-Word-Timestamps` header (a JSON list of
+{word, start, end}), or, with `response_mode: "json"`, one JSON body: the audio as base64 and the
+metadata (words, segments, chapters) and subtitles beside it. Subtitles come in the JSON body only.
 """
 
 from __future__ import annotations
@@ -29,8 +35,10 @@ STREAM_KINDS = ("audio", "sse")
 SAMPLING = ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens", "min_new_tokens",
             "subtalker_temperature", "subtalker_top_k", "subtalker_top_p", "seed", "language")
 TOP_LEVEL = ("ref_audio", "ref_text", "loudness_lufs", "sample_rate", "mp3_bitrate")
+CAPTIONS = ("timestamps", "subtitles", "chapters")
 FIELDS = ("model", "input", "voice", "instructions", "response_format", "speed", "stream_format", "stream",
-          *SAMPLING, *TOP_LEVEL)
+          *SAMPLING, *TOP_LEVEL, *CAPTIONS, "word_timestamps", "response_mode")
+RESPONSE_MODES = ("audio", "json")
 CONTENT_TYPES = {"mp3": "audio/mpeg", "opus": "audio/ogg", "aac": "audio/aac", "flac": "audio/flac",
                  "wav": "audio/wav", "pcm": "audio/pcm"}
 
@@ -41,6 +49,7 @@ class SpeechRequest:
     response_format: str
     stream: str | None       # None: the whole file; "audio": its bytes as made; "sse": OpenAI's events
     voice: str               # as asked
+    response_mode: str = "audio"  # the whole file: "audio" (word times in a header) | "json" (one JSON body)
 
 
 def bad(param: str, message: str, code: str = "invalid_value") -> ApiError:
@@ -103,7 +112,31 @@ def speech_request(body: Any, settings: ServerSettings, voices: VoiceStore, vari
     payload["model"] = model
     if params:
         payload["params"] = params
-    return SpeechRequest(payload, fmt, stream, voice)
+    mode = _captions(body, payload, stream)
+    return SpeechRequest(payload, fmt, stream, voice, mode)
+
+
+def _captions(body: dict, payload: dict, stream: str | None) -> str:
+    """The caption fields into the payload (the edge checks their values); the response mode."""
+    words = body.get("word_timestamps")
+    if words is not None and not isinstance(words, bool):
+        raise bad("word_timestamps", "true or false.")
+    if words and body.get("timestamps") not in (None, "word"):
+        raise bad("word_timestamps", f"word_timestamps asks for word times, but timestamps is "
+                                     f"{_shown(body['timestamps'])}; give one of the two.")
+    payload.update({k: body[k] for k in CAPTIONS if k in body})
+    if words:
+        payload["timestamps"] = "word"
+    mode = body.get("response_mode", "audio")
+    if mode not in RESPONSE_MODES:
+        raise bad("response_mode", f"{_shown(mode)} is not a response mode; use 'audio' (the file, word times in "
+                                   "the X-Word-Timestamps header) or 'json' (one JSON body).")
+    if stream is not None and mode == "json":
+        raise bad("response_mode", "a stream sends audio as it is made; 'json' answers with the whole file. "
+                                   "Leave out stream_format for 'json'.")
+    if payload.get("subtitles") and mode != "json":
+        raise bad("subtitles", "subtitles come beside the audio in a JSON body: add \"response_mode\": \"json\".")
+    return mode
 
 
 def _stream_kind(body: dict, fmt: str) -> str | None:

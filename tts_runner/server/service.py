@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from tts_runner.audio.codec import FRAMES_PER_SECOND  # codec frames: the "output tokens" of a request
 from tts_runner.edge import build
 from tts_runner.edge.worker import Worker
-from tts_runner.job.run import synthesize
+from tts_runner.job.run import JobAudio, synthesize
 from tts_runner.job.spec import Job
 from tts_runner.job.stream import stream_job
 from tts_runner.server.errors import ApiError
@@ -89,8 +89,8 @@ class Service:
         id = f"http-{uuid.uuid4().hex[:12]}"
         return worker.job({"id": id, "input": request.payload}), Ticket(id)
 
-    def whole(self, job: Job, ticket: Ticket) -> tuple[bytes, dict]:
-        """The job's whole file and its metadata (raises on failure)."""
+    def whole(self, job: Job, ticket: Ticket) -> JobAudio:
+        """The job's whole file, its metadata and the files beside it (raises on failure)."""
         try:
             made = synthesize(job, self.worker.store.get(job.model), ticket=ticket)
         except Exception as exc:
@@ -98,7 +98,7 @@ class Service:
             raise
         log.info("Request %s done: %.2f s of %s audio in %.2f s", job.id, made.duration_seconds, job.output.format,
                  made.metadata["generation_time_seconds"])
-        return made.data, made.metadata
+        return made
 
     def stream(self, job: Job, ticket: Ticket, fmt: str) -> Iterator[tuple[bytes, dict | None]]:
         try:
