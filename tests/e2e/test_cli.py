@@ -158,3 +158,16 @@ def test_a_missing_model_is_fetched_and_an_unreachable_hub_is_one_clear_error(tm
     assert (f"Model '1.7B-CustomVoice' not found at {empty}/Qwen3-TTS-12Hz-1.7B-CustomVoice, and fetching it from "
             "the Hugging Face Hub (Qwen/Qwen3-TTS-12Hz-1.7B-CustomVoice) failed") in out
     assert "python -m tts_runner.tools.tiny_model DIR" in out
+
+
+def test_subtitles_and_chapters_are_written_into_the_run_folder(tmp_path, model_dir):
+    proc = run_cli(["+job=jobs/interview.yaml", "sampling.max_new_tokens=12", "sampling.min_new_tokens=12",
+                    "input.subtitles=vtt", "input.chapters=true", "input.output_format=mp3", "hydra.run.dir=out"],
+                   tmp_path, model_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "out"
+    record = json.loads((out / "result.json").read_text())
+    assert record["subtitles_path"] == str(out / "interview.vtt") and record["chapters_path"] == str(out / "chapters.json")
+    assert (out / "interview.vtt").read_text().startswith("WEBVTT")
+    chapters = json.loads((out / "chapters.json").read_text())
+    assert chapters == record["metadata"]["chapters"] and len(chapters["chapters"]) == record["metadata"]["num_segments"]

@@ -344,3 +344,38 @@ def test_a_request_past_its_time_is_504_and_its_job_cancelled(worker, tmp_path, 
         response = httpx.post(f"{url}/v1/audio/speech", json={"input": TEXT, "voice": "alloy"}, timeout=60)
         assert response.status_code == 504 and error_of(response)["code"] == "timeout"
         assert cancelled.is_set()
+
+
+def test_word_times_come_in_a_header_or_in_a_json_body(server):
+    url, _ = server
+    with httpx.Client(timeout=120) as http:
+        plain = http.post(f"{url}/v1/audio/speech", json={"model": "tts-1", "voice": "alloy", "input": TEXT,
+                                                          "response_format": "wav", "word_timestamps": True})
+        assert plain.status_code == 200 and plain.headers["content-type"] == "audio/wav"
+        words = json.loads(plain.headers["x-word-timestamps"])
+        assert [w["word"] for w in words] == TEXT.split()  # the tiny model's noise: marked, never invented
+        assert all(set(w) <= {"word", "start", "end", "aligned"} and w["start"] <= w["end"] for w in words)
+        assert words[-1]["end"] <= float(plain.headers["x-audio-duration"]) + 0.001
+        body = http.post(f"{url}/v1/audio/speech", json={"voice": "alloy", "input": TEXT, "response_format": "mp3",
+                                                         "timestamps": "word", "subtitles": "srt", "chapters": True,
+                                                         "response_mode": "json"})
+        assert body.status_code == 200 and body.headers["content-type"] == "application/json"
+        answer = body.json()
+        assert agrees(base64.b64decode(answer["audio"]), "mp3", answer["metadata"]["duration_seconds"])
+        assert [w["word"] for w in answer["metadata"]["words"]] == TEXT.split()
+        assert answer["subtitles"]["format"] == "srt" and answer["subtitles"]["text"].startswith("1\n00:00:")
+        assert answer["metadata"]["chapters"]["chapters"][0]["startTime"] == 0
+
+
+@pytest.mark.parametrize("extra, param, words", [
+    ({"subtitles": "vtt"}, "subtitles", "response_mode"),
+    ({"word_timestamps": True, "language": "de"}, "timestamps", "English only"),
+    ({"timestamps": "word", "stream_format": "audio", "response_format": "pcm"}, "timestamps", "stream"),
+    ({"response_mode": "xml"}, "response_mode", "'audio'"),
+])
+def test_times_that_cannot_be_had_are_refused_by_name(server, extra, param, words):
+    url, _ = server
+    reply = httpx.post(f"{url}/v1/audio/speech", json={"voice": "alloy", "input": TEXT, **extra}, timeout=60)
+    assert reply.status_code == 400, reply.text
+    error = error_of(reply)
+    assert param in error["message"] and words in error["message"], error

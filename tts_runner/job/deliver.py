@@ -36,10 +36,13 @@ def deliver(file: File, job: Job) -> dict:
 
 def deliver_beside(data: bytes, fmt: str, job: Job, field: str) -> dict:
     """A file that goes with the audio (`field`: subtitles, chapters), sent the way the audio is:
-    `<field>_base64` inline, `<field>_url` on S3, `<field>_path` beside the audio file. Inline,
-    the chapters are the metadata's own document already, so they are not sent twice."""
+    `<field>_base64` inline, `<field>_url` on S3, `<field>_path` beside the audio file (`<name>.srt`,
+    `<name>.chapters.json`; in the command line's run folder `chapters.json`). Inline, the chapters
+    are the metadata's own document already, so they are not sent twice."""
     sink = job.recipe.sink
     if field == "chapters" and sinks.resolve_kind(sink) == "base64":
         return {}
-    name = f"{job.name}.chapters" if field == "chapters" else job.name
+    name = job.name
+    if field == "chapters":  # the command line's run folder holds one job: chapters.json there
+        name = "chapters" if sink.keep is not None and sink.dir == sink.keep else f"{job.name}.chapters"
     return sinks.deliver(data, fmt, sink, job.id, name, field=field)

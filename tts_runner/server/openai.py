@@ -127,6 +127,10 @@ def _captions(body: dict, payload: dict, stream: str | None) -> str:
     payload.update({k: body[k] for k in CAPTIONS if k in body})
     if words:
         payload["timestamps"] = "word"
+    asked = [k for k in CAPTIONS if payload.get(k)]
+    if stream is not None and asked:
+        raise bad(asked[0], "word and segment times, subtitles and chapters are made from the whole file, so they "
+                            "do not come with a stream; leave out stream_format (and stream).")
     mode = body.get("response_mode", "audio")
     if mode not in RESPONSE_MODES:
         raise bad("response_mode", f"{_shown(mode)} is not a response mode; use 'audio' (the file, word times in "
