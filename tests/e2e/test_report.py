@@ -109,3 +109,12 @@ def test_the_report_in_a_real_browser_loads_every_audio_and_sorts(sweep, tmp_pat
     shot = tmp_path / "report.png"
     browse(f"--screenshot={shot}", "--window-size=1200,1600", address=address)
     assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+def test_a_runs_word_times_are_shown_under_its_waveform():
+    metadata = {"duration_seconds": 2.0, "words": [{"word": "Hello", "start": 0.1, "end": 0.5},
+                                                   {"word": "<there>", "start": 1.0, "end": 1.6, "aligned": False}]}
+    strip = report.words_strip(metadata)
+    assert strip.count("<span") == 2 and 'left:5.00%' in strip and 'left:50.00%' in strip
+    assert "&lt;there&gt;" in strip and "unaligned" in strip and 'title="1.00 to 1.60 s"' in strip
+    assert report.words_strip({"duration_seconds": 2.0}) == ""

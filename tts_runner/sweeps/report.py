@@ -225,6 +225,18 @@ tally();
 """
 
 
+def words_strip(metadata: dict) -> str:
+    """A run's word times (timestamps: word), each word placed under the waveform where it starts,
+    its start and end in its tooltip; nothing when the run has none."""
+    words, duration = metadata.get("words"), metadata.get("duration_seconds") or 0
+    if not words or duration <= 0:
+        return ""
+    spans = "".join(f"<span class=\"word{'' if w.get('aligned', True) else ' unaligned'}\" "
+                    f"style=\"left:{100 * w['start'] / duration:.2f}%\" title=\"{w['start']:.2f} to {w['end']:.2f} s\">"
+                    f"{html.escape(w['word'])}</span>" for w in words)
+    return f"<div class=\"words\" aria-label=\"word times\">{spans}</div>"
+
+
 def page(runs: list[Run], varying: list[str], images: dict[str, tuple[str, str]], sweep: Path) -> str:
     esc = html.escape
     columns = ["run", *varying, *COLUMNS[1:]]
@@ -250,7 +262,8 @@ def page(runs: list[Run], varying: list[str], images: dict[str, tuple[str, str]]
         where = ", ".join(f"{esc(k)}={esc(run.overrides.get(k, ''))}" for k in varying) or esc(run.name)
         cards.append(f"<section><h3>{esc(run.name)}: {where}</h3>"
                      f"<audio controls preload=\"metadata\" data-run=\"{esc(run.name)}\" src=\"{esc(str(rel))}\"></audio>"
-                     f"<img alt=\"waveform\" src=\"{esc(wave)}\"><img alt=\"spectrogram\" src=\"{esc(spec)}\">{text}</section>")
+                     f"<img alt=\"waveform\" src=\"{esc(wave)}\">{words_strip(run.metadata)}"
+                     f"<img alt=\"spectrogram\" src=\"{esc(spec)}\">{text}</section>")
     shared = f"<p class='text'><b>Text</b> (every run): {esc(' / '.join(runs[0].texts))}</p>" if runs and same_text else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Sweep report: {esc(sweep.name)}</title>
@@ -258,7 +271,8 @@ def page(runs: list[Run], varying: list[str], images: dict[str, tuple[str, str]]
 body {{ font-family: sans-serif; margin: 1.5em; }} table {{ border-collapse: collapse; }}
 th, td {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }} th {{ cursor: pointer; background: #eee; }}
 .warn {{ background: #fff3cd; padding: 0.6em; border: 1px solid #e0b000; }} section {{ margin: 1em 0; }}
-img {{ display: block; max-width: 100%; }} .text {{ max-width: 60em; }} #loaded {{ color: #888; font-size: 0.8em; }}
+img {{ display: block; max-width: 100%; }} .words {{ position: relative; height: 2.6em; max-width: 480px; font-size: 0.7em; }}
+.word {{ position: absolute; white-space: nowrap; }} .word:nth-child(even) {{ top: 1.3em; }} .unaligned {{ color: #b00; }} .text {{ max-width: 60em; }} #loaded {{ color: #888; font-size: 0.8em; }}
 </style></head><body>
 <h1>Sweep report: {esc(str(sweep))}</h1>
 {warning}
