@@ -46,6 +46,17 @@ def spoken(word: str) -> str:
     return re.sub(r"[^a-z']", "", word.lower()).strip("'")
 
 
+def _known(decoder, written: list[str]) -> list[int]:
+    """The indices of the written words the dictionary knows."""
+    return [i for i, w in enumerate(written) if spoken(w) and decoder.lookup_word(spoken(w)) is not None]
+
+
+def known(text: str) -> list[str]:
+    """The words of `text` the aligner's dictionary knows (as written)."""
+    written = words_of(text)
+    return [written[i] for i in _known(_decoder(), written)]
+
+
 def align(samples: np.ndarray, rate: int, text: str) -> list[Word]:
     """Each word of `text` with its time in `samples` (mono float, at `rate`)."""
     written = words_of(text)
@@ -53,7 +64,7 @@ def align(samples: np.ndarray, rate: int, text: str) -> list[Word]:
         return []
     length = samples.size / rate
     decoder = _decoder()
-    known = [i for i, w in enumerate(written) if spoken(w) and decoder.lookup_word(spoken(w)) is not None]
+    known = _known(decoder, written)
     times = _aligned(decoder, samples, rate, [spoken(written[i]) for i in known]) if known else None
     if times is None:
         return [Word(w, 0.0, round(length, 3), aligned=False) for w in written]

@@ -26,6 +26,7 @@ from tts_runner.errors import SettingError
 from tts_runner.job.spec import Batching, Chunking, FrameBudget, Mastering, Pacing, Recipe, Trim
 from tts_runner.server.settings import ServerSettings
 from tts_runner.serving import sizing
+from tts_runner.serving.device import resolve_dtype
 from tts_runner.serving.store import Catalog, ModelStore, Runtime, Serving, Variant
 from tts_runner.voice.clones import Cloning
 from tts_runner.voice.fetch import FetchRules
@@ -65,7 +66,7 @@ def _auto_batch_size(device: str, dtype: str, max_len: int, folder: str) -> int:
         import torch
 
         if torch.cuda.is_available():
-            dtype = "bfloat16" if dtype in ("", "None", "auto") else dtype
+            dtype = str(resolve_dtype(None if dtype == "None" else dtype, device)).removeprefix("torch.")
             free, total = torch.cuda.mem_get_info(torch.device(device))
         else:
             device = "cpu"  # the model store refuses an explicit cuda:N here with its own clear error

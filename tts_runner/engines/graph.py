@@ -364,7 +364,7 @@ class GraphRows(RowBatch):
         self.rows = [r for i, r in enumerate(self.rows) if i not in gone]
         self.slots = [slot for i, slot in enumerate(self.slots) if i not in gone]
         self.positions = [p for i, p in enumerate(self.positions) if i not in gone]
-        self.need = candidates([r.sampling for r in self.rows]) if self.rows else (1, 1)
+        self.need = candidates([r.sampling for r in self.rows])
         if self.slots:
             now, smaller = e.bucket(max(self.slots) + 1), e.bucket(len(self.slots))
             if smaller < now:

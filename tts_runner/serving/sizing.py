@@ -76,7 +76,8 @@ def model_config(folder: Path) -> dict:
 def weights_bytes(folder: Path, dtype_bytes: int) -> int:
     """The bytes the model's weights take in the dtype it runs in: its safetensors files (the speech
     tokenizer's included), scaled from the dtype config.json says they are stored in."""
-    stored = model_config(folder).get("torch_dtype") or model_config(folder).get("dtype") or "float32"
+    config = model_config(folder)
+    stored = config.get("torch_dtype") or config.get("dtype") or "float32"
     scale = dtype_bytes / DTYPE_BYTES.get(str(stored).removeprefix("torch."), 4)
     return int(sum(f.stat().st_size for f in folder.rglob("*.safetensors")) * scale)
 

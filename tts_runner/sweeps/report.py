@@ -35,11 +35,12 @@ from pathlib import Path
 import numpy as np
 from hydra.experimental.callback import Callback
 
+from tts_runner.captions import align
 from tts_runner.serving.store import RANDOM_MARKER
 
 log = logging.getLogger(__name__)
 
-SCORE_RATE = 16000  # what DNSMOS and pocketsphinx both take
+SCORE_RATE = 16000  # what DNSMOS takes (and the aligner, which resamples on its own)
 COLUMNS = ("run", "duration_s", "rtf", "generation_s", "retries", "runaways", "lufs", "dnsmos_ovrl", "dnsmos_sig",
            "aligned")
 
@@ -131,31 +132,12 @@ def dnsmos(samples: np.ndarray, rate: int) -> dict:
     return {"dnsmos_ovrl": round(float(scores["ovrl_mos"]), 2), "dnsmos_sig": round(float(scores["sig_mos"]), 2)}
 
 
-def _words(text: str, known) -> str:
-    words = re.findall(r"[a-z']+", text.lower())
-    return " ".join(w for w in words if known(w))
-
-
 def aligns(samples: np.ndarray, rate: int, text: str) -> bool | None:
-    """Can pocketsphinx force-align `text` to this audio? None when no word of it is in its dictionary."""
-    import librosa
-    from pocketsphinx import Decoder
-
-    decoder = Decoder(samprate=SCORE_RATE, loglevel="FATAL", bestpath=False)
-    words = _words(text, lambda w: decoder.lookup_word(w) is not None)
-    if not words:
+    """Can `text` be force-aligned to this audio (tts_runner/captions/align.py, the aligner of word
+    timestamps)? None when no word of it is in the aligner's dictionary."""
+    if not align.known(text):
         return None
-    decoder.set_align_text(words)
-    audio16 = librosa.resample(samples, orig_sr=rate, target_sr=SCORE_RATE)
-    peak = float(np.abs(audio16).max(initial=0.0))
-    if peak > 0:  # its feature normalisation starts from a loud recording's: quiet speech found no path
-        audio16 = audio16 * (0.9 / peak)
-    data = (np.clip(audio16, -1.0, 1.0) * 32767).astype("<i2").tobytes()
-    decoder.start_utt()
-    for i in range(0, len(data), 4096):  # in blocks, as a stream (the whole utterance at once finds no path)
-        decoder.process_raw(data[i:i + 4096], False, False)
-    decoder.end_utt()
-    return decoder.hyp() is not None
+    return any(w.aligned for w in align.align(samples, rate, text))
 
 
 def score(run: Run, samples: np.ndarray, rate: int) -> None:
