@@ -158,6 +158,8 @@ def test_a_graph_failure_falls_back_to_the_fast_loop(graph, monkeypatch, caplog)
     ("runtime.graph.buckets=[]", "runtime.graph.buckets"),
     ("runtime.graph.max_len=8", "runtime.graph.max_len"),
     ("runtime.engine=turbo", "use auto, fast, graph, stock"),
+    ("runtime.graph.candidates=0", "runtime.graph.candidates=0 must be null"),
+    ("runtime.graph.candidates=0", "or an integer from 1 to 4096"),
 ])
 def test_bad_graph_settings_are_named(tiny_env, override, message):
     cfg = config_mod.load(FAST + GRAPH + [override])
