@@ -60,6 +60,7 @@ from tts_runner.job.spec import Job
 from tts_runner.serving.device import device_name
 from tts_runner.serving.model import ChunkRequest, Model
 from tts_runner.serving.store import ModelStore
+from tts_runner.tools.setup import point_at
 from tts_runner.tools.texts import AGREEMENT_TEXTS
 
 
@@ -135,10 +136,7 @@ def load(args: argparse.Namespace) -> tuple:
                       f"runtime.graph.max_len={args.max_new_tokens + 256}"]
     if args.dtype:
         overrides.append(f"runtime.dtype={args.dtype}")
-    if args.model_dir:
-        os.environ["QWEN_TTS_MODEL_DIR"] = str(args.model_dir)
-    if args.device:
-        os.environ["QWEN_TTS_DEVICE"] = args.device
+    point_at(args.model_dir, args.device)
     cfg = config_mod.load(overrides)
     started = time.perf_counter()
     store = build.model_store(cfg)

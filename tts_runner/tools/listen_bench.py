@@ -20,12 +20,12 @@ import base64
 import contextlib
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tts_runner.tools.serve_bench import drive, percentile, sentences
+from tts_runner.tools.setup import point_at
 
 SAMPLE_RATE = 24000
 
@@ -148,10 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("overrides", nargs="*", help="config overrides for both workers")
     args = parser.parse_args(argv)
-    if args.model_dir:
-        os.environ["QWEN_TTS_MODEL_DIR"] = str(args.model_dir)
-    if args.device:
-        os.environ["QWEN_TTS_DEVICE"] = args.device
+    point_at(args.model_dir, args.device)
     logging.basicConfig(level=logging.WARNING)
     from tts_runner.edge import build
     from tts_runner.edge import config as config_mod

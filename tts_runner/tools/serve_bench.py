@@ -40,6 +40,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tts_runner.tools.setup import point_at
+
 
 @dataclass
 class Row:
@@ -301,10 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch's intra-op threads (runtime.torch_threads; 0: the config's)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args(argv)
-    if args.model_dir:
-        os.environ["QWEN_TTS_MODEL_DIR"] = str(args.model_dir)
-    if args.device:
-        os.environ["QWEN_TTS_DEVICE"] = args.device
+    point_at(args.model_dir, args.device)
     from tts_runner.edge.worker import Worker
     from tts_runner.serving.device import device_name
 

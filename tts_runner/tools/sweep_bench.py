@@ -36,6 +36,8 @@ import time
 from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
 
+from tts_runner.tools.setup import point_at
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -142,10 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time the whole command line both ways")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    if args.model_dir:
-        os.environ["QWEN_TTS_MODEL_DIR"] = str(args.model_dir)
-    if args.device:
-        os.environ["QWEN_TTS_DEVICE"] = args.device
+    point_at(args.model_dir, args.device)
     values = settings(args.settings)
     times: dict[str, list[float]] = {"one_job": [], "batched": [], "serial": []}
     with tempfile.TemporaryDirectory() as tmp:
