@@ -28,10 +28,12 @@ def model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def tiny_env(model_dir):
-    """Every test runs against the tiny models on the CPU, with no S3 configured."""
+def tiny_env(model_dir, tmp_path_factory):
+    """Every test runs against the tiny models on the CPU, with no S3 configured, and voices saved
+    at run time in a folder of the session's own (never the checkout's saved_voices/)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("QWEN_TTS_MODEL_DIR", str(model_dir))
+        patch.setenv("TTS_RUNNER_VOICES_DIR", str(tmp_path_factory.mktemp("saved_voices")))
         patch.setenv("QWEN_TTS_DEVICE", "cpu")
         for name in ("S3_BUCKET", "S3_ACCESS_KEY", "S3_SECRET_KEY", "S3_ENDPOINT", "QWEN_TTS_MIN_NEW_TOKENS"):
             patch.delenv(name, raising=False)

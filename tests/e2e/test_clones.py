@@ -107,7 +107,7 @@ def test_a_reference_from_a_url_a_test_config_allows(tiny_env):
 def test_cloning_is_for_the_base_models_and_needs_a_reference(worker):
     assert clone(worker, text="Hi.")["error"] == (
         "Invalid input at $.voice: model '1.7B-Base' clones a voice: give ref_audio (for the job, or this segment) "
-        "or name a saved voice (voices.clones: anna).")
+        "or name a saved voice (voices.clones: anna; saved: none).")
     assert worker.handle({"input": {"text": "Hi.", "ref_audio": wav(2.0)}})["error"] == (
         "Invalid input at $.ref_audio: model '1.7B-CustomVoice' does not clone voices; ref_audio is for the Base "
         "models (1.7B-Base, 0.6B-Base).")

@@ -28,9 +28,10 @@ from tts_runner.server.settings import ServerSettings
 from tts_runner.serving import sizing
 from tts_runner.serving.device import resolve_dtype
 from tts_runner.serving.store import Catalog, ModelStore, Runtime, Serving, Variant
-from tts_runner.voice.clones import Cloning
+from tts_runner.voice.clones import CLONE_MODES, Cloning
 from tts_runner.voice.fetch import FetchRules
-from tts_runner.voice.voices import SavedVoice, Voices
+from tts_runner.voice.saved import VoiceStore
+from tts_runner.voice.voices import DESIGN_MODES, Design, SavedVoice, Voices
 
 log = logging.getLogger(__name__)
 
@@ -121,15 +122,31 @@ def pacing(node: DictConfig | None) -> Pacing:
                   early_min_speed=float(node.get("early_min_speed", Pacing.early_min_speed)))
 
 
-def voices(node: DictConfig) -> Voices:
+def voices(node: DictConfig, variants: list[str] | None = None) -> Voices:
     clones = {name: SavedVoice(str(v.audio), v.get("text") or None) for name, v in (node.get("clones") or {}).items()}
     return Voices(aliases=MappingProxyType(plain(node.aliases)), languages=MappingProxyType(plain(node.languages)),
-                  clones=MappingProxyType(clones))
+                  clones=MappingProxyType(clones), design=design(node.get("design"), variants))
+
+
+def design(node: DictConfig | None, variants: list[str] | None = None) -> Design:
+    """voices.design: a mode that exists, a Base variant to clone with, sentences as text."""
+    values = plain(node) or {}
+    mode, clone_with = str(values.get("mode", Design.mode)), str(values.get("clone_with", Design.clone_with))
+    if mode not in DESIGN_MODES:
+        raise SettingError(f"Invalid setting voices.design.mode={mode!r}: use {' or '.join(DESIGN_MODES)}.")
+    if variants is not None and clone_with not in variants:
+        raise SettingError(f"Invalid setting voices.design.clone_with={clone_with!r}: a Base variant of models.variants "
+                           f"({', '.join(v for v in sorted(variants) if 'Base' in v) or 'none configured'}).")
+    sentences = {str(k).lower(): str(v) for k, v in (values.get("sentences") or {}).items() if v and str(v).strip()}
+    return Design(mode=mode, clone_with=clone_with, sentences=MappingProxyType(sentences))
 
 
 def cloning(node: DictConfig) -> Cloning:
     rules = node.fetch
-    return Cloning(min_seconds=float(node.min_seconds), max_seconds=float(node.max_seconds),
+    mode = str(node.get("mode", Cloning.mode))
+    if mode not in CLONE_MODES:
+        raise SettingError(f"Invalid setting cloning.mode={mode!r}: use {' or '.join(CLONE_MODES)}.")
+    return Cloning(mode=mode, min_seconds=float(node.min_seconds), max_seconds=float(node.max_seconds),
                    max_bytes=int(node.max_bytes), silence_dbfs=float(node.silence_dbfs),
                    fetch=FetchRules(allow_http=bool(rules.allow_http), timeout_seconds=float(rules.timeout_seconds),
                                     max_redirects=int(rules.max_redirects),
@@ -156,10 +173,17 @@ def sink(node: DictConfig, keep: Path | None = None) -> Sink:
 
 def recipe(cfg: DictConfig, keep: Path | None = None) -> Recipe:
     """How the config makes every job (SettingError or SinkError on a bad setting)."""
-    chunking = cfg.chunking
+    chunking, limits = cfg.chunking, cloning(cfg.cloning)
     return Recipe(chunking=Chunking(int(chunking.max_chars), float(chunking.crossfade_ms), float(chunking.segment_gap_ms)),
                   batching=batching(cfg.batching, batch_size(cfg)), mastering=mastering(cfg.audio), pacing=pacing(cfg.get("stream")),
-                  voices=voices(cfg.voices), cloning=cloning(cfg.cloning), sink=sink(cfg.sink, keep))
+                  voices=voices(cfg.voices, list(cfg.models.variants)), cloning=limits, sink=sink(cfg.sink, keep),
+                  saved=saved_voices(cfg.voices, limits))
+
+
+def saved_voices(node: DictConfig, limits: Cloning) -> VoiceStore | None:
+    """The voices saved at run time (voices.saved_dir; null: none), checked as references are."""
+    folder = node.get("saved_dir")
+    return VoiceStore(Path(str(folder)), limits) if folder else None
 
 
 def server(node: DictConfig, variants: list[str]) -> ServerSettings:

@@ -51,6 +51,7 @@ class Edge:
         self.max_total_chars = int(cfg.limits.max_total_chars)
         self.defaults = payload.defaults(cfg)
         self.name = str(cfg.input.get("name") or "tts")
+        self.kinds = {str(name): str(v.kind) for name, v in cfg.models.variants.items()}
 
     def validate(self, given: Any) -> dict:
         return payload.validate(given, self.validator, self.max_total_chars)
@@ -92,16 +93,44 @@ class Edge:
             segments: tuple[Segment, ...] = (Segment(request["text"]),)
         else:
             segments = tuple(Segment(s["text"], s.get("voice"), s.get("instruct"), s.get("ref_audio"),
-                                     s.get("ref_text"), s.get("chapter")) for s in request["segments"])
+                                     s.get("ref_text"), s.get("chapter"), s.get("clone_mode")) for s in request["segments"])
         output = Output(format=request["output_format"], sample_rate=int(request["sample_rate"]),
                         mp3_bitrate=int(request["mp3_bitrate"]), loudness_lufs=request.get("loudness_lufs"),
                         speed=float(request.get("speed", 1.0)))
         stream = bool(request.get("stream", False))
-        return Job(id=id, name=name, model=request["model"], segments=segments, as_text="text" in request,
-                   voice=request["voice"], language=str(language), instruct=instruct or None,
-                   ref_audio=request.get("ref_audio"), ref_text=request.get("ref_text"), sampling=sampling,
-                   output=output, stream=stream, recipe=self.recipe,
-                   captions=captions(request, str(language), stream))
+        job = Job(id=id, name=name, model=request["model"], segments=segments, as_text="text" in request,
+                  voice=request["voice"], language=str(language), instruct=instruct or None,
+                  ref_audio=request.get("ref_audio"), ref_text=request.get("ref_text"), sampling=sampling,
+                  output=output, stream=stream, recipe=self.recipe,
+                  captions=captions(request, str(language), stream),
+                  clone_mode=str(request.get("clone_mode") or self.recipe.cloning.mode),
+                  design=str(request.get("design") or self.recipe.voices.design.mode),
+                  save_voice=request.get("save_voice") or None,
+                  score_consistency=bool(request.get("score_consistency", False)))
+        if job.save_voice:
+            self._check_save(job)
+        if job.stream and job.score_consistency:
+            raise PayloadError("$.score_consistency", "a voice's consistency is scored on each segment's whole audio, "
+                                                      "so it does not come with a stream; ask without 'stream'.")
+        return job
+
+    def _check_save(self, job: Job) -> None:
+        """save_voice keeps one designed voice under a name that is free, where voices are saved."""
+        def refuse(why: str):
+            raise PayloadError("$.save_voice", why)
+
+        if self.kinds.get(job.model) != "voice_design" or job.design != "once":
+            refuse(f"it keeps a voice designed once (a VoiceDesign model with design 'once'); this job "
+                   f"{'designs per chunk' if self.kinds.get(job.model) == 'voice_design' else f'runs on {job.model!r}'}.")
+        instructs = {s.instruct or job.instruct for s in job.segments}
+        if len(instructs) > 1:
+            refuse(f"it keeps one designed voice; this job designs {len(instructs)} (its segments' instructs differ). "
+                   "Save each from a job of its own.")
+        store = self.recipe.saved
+        if store is None:
+            refuse("no folder is set for saved voices (voices.saved_dir, TTS_RUNNER_VOICES_DIR).")
+        if job.save_voice in self.recipe.voices.clones or store.get(job.save_voice) is not None:
+            refuse(f"a voice '{job.save_voice}' is saved already; pick another name or delete it first.")
 
 
 def captions(request: dict, language: str, stream: bool) -> Captions:
@@ -126,7 +155,8 @@ def captions(request: dict, language: str, stream: bool) -> Captions:
 def as_payload(job: Job) -> dict:
     """A job's input in the payload's shape (its seed as drawn): what a record or a display shows."""
     segments = [{k: v for k, v in (("text", s.text), ("voice", s.voice), ("instruct", s.instruct),
-                                   ("ref_audio", s.ref_audio), ("ref_text", s.ref_text), ("chapter", s.chapter))
+                                   ("ref_audio", s.ref_audio), ("ref_text", s.ref_text), ("chapter", s.chapter),
+                                   ("clone_mode", s.clone_mode))
                  if v is not None}
                 for s in job.segments]
     sampling = {k: getattr(job.sampling, k) for k in Sampling.names() if k not in ("max_frames", "subtalker_dosample")}
@@ -134,7 +164,9 @@ def as_payload(job: Job) -> dict:
               "ref_text": job.ref_text, "stream": job.stream, "sample_rate": job.output.sample_rate,
               "mp3_bitrate": job.output.mp3_bitrate, "loudness_lufs": job.output.loudness_lufs,
               "speed": job.output.speed, "timestamps": job.captions.timestamps,
-              "subtitles": job.captions.subtitles, "chapters": job.captions.chapters or None}
+              "subtitles": job.captions.subtitles, "chapters": job.captions.chapters or None,
+              "clone_mode": job.clone_mode, "design": job.design, "save_voice": job.save_voice,
+              "score_consistency": job.score_consistency or None}
     given = {"text": job.segments[0].text} if job.as_text else {"segments": segments}
     fields = {k: v for k, v in fields.items() if v is not None or k == "loudness_lufs"}  # null: levels as made
     return {**given, **fields, "params": {**sampling, "language": job.language, "instruct": job.instruct}}

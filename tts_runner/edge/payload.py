@@ -38,6 +38,8 @@ FIELDS = {
     "stream": "input.stream", "sample_rate": "audio.sample_rate", "mp3_bitrate": "audio.mp3_bitrate",
     "loudness_lufs": "audio.loudness_lufs", "speed": "audio.speed", "params.language": "input.language", "params.instruct": "input.instruct",
     "timestamps": "input.timestamps", "subtitles": "input.subtitles", "chapters": "input.chapters",
+    "clone_mode": "cloning.mode", "design": "voices.design.mode", "save_voice": "input.save_voice",
+    "score_consistency": "input.score_consistency",
 }
 SAMPLING_GROUP = "sampling"
 

@@ -1,9 +1,10 @@
 """The plan stage: a job's text as chunks, each with its voice, language, frame budget and seed.
 
 Each segment's text is split into sentence-aware chunks (tts_runner/job/chunking.py); its voice is
-resolved for the model: a preset speaker (CustomVoice), an instruct (VoiceDesign), or the clone
-prompt of a reference recording (Base: the segment's own, the job's, or a saved voice; each
-distinct recording read once per job). Each chunk may run to a frame budget sized to its text (the
+resolved for the model: a preset speaker (CustomVoice), an instruct (VoiceDesign, or the clone
+prompt of the voice the design stage made: tts_runner/job/design.py), or the clone prompt of a
+reference recording (Base: the segment's own, the job's, a voice of the config or one saved at run
+time; each distinct recording read once per job, cloned by the job's or segment's clone_mode). Each chunk may run to a frame budget sized to its text (the
 runaway guard), and each attempt at it draws from a seed of its own, a function of the job's seed
 and the chunk's place in the job alone.
 """
@@ -12,7 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+
+import numpy as np
 
 from tts_runner.audio.codec import FRAMES_PER_SECOND
 from tts_runner.errors import InputError
@@ -20,6 +23,7 @@ from tts_runner.job.chunking import split_text
 from tts_runner.job.spec import FrameBudget, Job, Segment
 from tts_runner.serving.model import ChunkRequest, Model
 from tts_runner.voice import clones
+from tts_runner.voice.design import Designs
 from tts_runner.voice.voices import resolve_language, resolve_voice
 
 
@@ -30,7 +34,7 @@ class Chunk:
     position: int     # 0-based position within its segment
     segment_chunks: int
     request: ChunkRequest
-    voice: str = ""   # where the voice comes from: preset:<speaker>, clone:<name>, reference:<hash>, design
+    voice: str = ""   # where the voice comes from: preset:<speaker>, clone:<name>, reference:<hash>, design[:<hash>]
     attempts: int = 0
 
 
@@ -38,6 +42,9 @@ class Chunk:
 class Plan:
     chunks: list[Chunk]
     segments: int
+    model: Model | None = None   # what the chunks run on (a designed voice's Base model, or the job's own)
+    designs: Designs = field(default_factory=Designs)
+    references: dict[int, np.ndarray] = field(default_factory=dict)  # segment -> its voice's reference recording
 
     def where(self, chunk: Chunk) -> str:
         """The chunk's place, for messages: segment 2 of 3, chunk 1 of 4."""
@@ -70,26 +77,32 @@ def frame_budget(text: str, budget: FrameBudget | None, max_new_tokens: int, flo
     return max(1, min(frames, max_new_tokens - 1))
 
 
-def plan(job: Job, model: Model) -> Plan:
+def plan(job: Job, model: Model, designs: Designs | None = None) -> Plan:
     """Split the job's text into chunks; resolve voices (presets, designed voices, or the clone
-    prompts of the Base models) and the language; give each chunk its frame budget."""
-    voices = job.recipe.voices
+    prompts of the Base models) and the language; give each chunk its frame budget. `designs`: what
+    the design stage made (its Base model then runs the chunks)."""
+    voices, designs = job.recipe.voices, designs or Designs()
     language = resolve_language(job.language, voices.languages, model.languages)
     references = _References(job, model)
     sampling, budget = job.sampling, job.recipe.batching.frame_budget
     chunks: list[Chunk] = []
+    made = Plan(chunks, len(job.segments), model=designs.model or model, designs=designs)
     for s, segment in enumerate(job.segments):
-        speaker, clone, source, instruct = _voice(job, model, s, segment, references)
+        speaker, clone, source, instruct, recording = _voice(job, model, s, segment, references, designs, language)
+        if recording is not None:
+            made.references[s] = recording
         texts = split_text(segment.text, job.recipe.chunking.max_chars)
         for p, text in enumerate(texts):
             frames = frame_budget(text, budget, sampling.max_new_tokens, sampling.min_new_tokens)
             request = ChunkRequest(text, speaker, language, instruct, clone=clone, max_frames=frames)
             chunks.append(Chunk(len(chunks), s, p, len(texts), request, voice=source))
-    return Plan(chunks, len(job.segments))
+    return made
 
 
-def _voice(job: Job, model: Model, s: int, segment: Segment, references: _References) -> tuple:
-    """(speaker, clone prompt, source, instruct) of segment `s` on this kind of model."""
+def _voice(job: Job, model: Model, s: int, segment: Segment, references: _References, designs: Designs,
+           language: str) -> tuple:
+    """(speaker, clone prompt, source, instruct, reference recording or None) of segment `s` on this
+    kind of model."""
     at = job.at(s)
     voice = segment.voice or job.voice
     voice_at = f"{at}.voice" if segment.voice else "$.voice"
@@ -100,20 +113,25 @@ def _voice(job: Job, model: Model, s: int, segment: Segment, references: _Refere
                          "for the Base models (1.7B-Base, 0.6B-Base).")
     if model.kind == "custom_voice":
         speaker = resolve_voice(voice, job.recipe.voices.aliases, model.speakers, voice_at)
-        return speaker, None, f"preset:{speaker}", instruct
+        return speaker, None, f"preset:{speaker}", instruct, None
     if model.kind == "voice_design":
         if not instruct:
             where = "$.params.instruct" if job.as_text else f"{at}.instruct"
             raise InputError(f"Invalid input at {where}: model '{model.name}' designs a voice from an instruct "
                              "(params.instruct for the job, or a segment's own); describe the voice there.")
-        return None, None, "design", instruct
+        designed = designs.of(instruct, language)
+        if designed is None:
+            return None, None, "design", instruct, None
+        return None, designed.prompt, designed.reference.source, None, designed.reference.samples
     reference = references.of(segment, at, voice, voice_at)
-    return None, model.clone_prompt(reference), reference.source, instruct
+    return None, model.clone_prompt(reference), reference.source, instruct, reference.samples
 
 
 class _References:
     """The reference recording of each segment of a job on a Base model: the segment's own, the
-    job's, or the saved voice its `voice` names; each distinct recording is read once per job."""
+    job's, or the saved voice its `voice` names (the config's voices.clones, then those saved at run
+    time); each distinct recording read once per job. The segment's clone_mode (or the job's) says
+    whether its transcript goes with it: icl needs one, xvector leaves it out."""
 
     def __init__(self, job: Job, model: Model):
         self.job, self.model = job, model
@@ -121,15 +139,32 @@ class _References:
 
     def of(self, segment: Segment, at: str, voice: str, voice_at: str) -> clones.Reference:
         saved = self.job.recipe.voices.clones
+        mode = segment.clone_mode or self.job.clone_mode
         if segment.ref_audio:
-            return self._payload(segment.ref_audio, segment.ref_text, f"{at}.ref_audio")
+            return self._payload(segment.ref_audio, self._text(segment.ref_text, mode, f"{at}.ref_text"),
+                                 f"{at}.ref_audio")
         if self.job.ref_audio:
-            return self._payload(self.job.ref_audio, self.job.ref_text, "$.ref_audio")
+            return self._payload(self.job.ref_audio, self._text(self.job.ref_text, mode, "$.ref_text"), "$.ref_audio")
         if voice in saved:
-            return self._saved(voice)
+            return self._saved(voice, mode, voice_at)
+        stored = self.job.recipe.saved.get(voice) if self.job.recipe.saved is not None else None
+        if stored is not None:
+            return self._stored(stored, mode, voice_at)
         names = ", ".join(sorted(saved)) or "none configured"
+        stored = ", ".join(self.job.recipe.saved.names()) if self.job.recipe.saved is not None else ""
         raise InputError(f"Invalid input at {voice_at}: model '{self.model.name}' clones a voice: give ref_audio "
-                         f"(for the job, or this segment) or name a saved voice (voices.clones: {names}).")
+                         f"(for the job, or this segment) or name a saved voice (voices.clones: {names}; "
+                         f"saved: {stored or 'none'}).")
+
+    @staticmethod
+    def _text(text: str | None, mode: str, where: str) -> str | None:
+        """The transcript that goes with a reference: in icl mode it must be there; xvector leaves it out."""
+        if mode != "icl":
+            return None
+        if not text:
+            raise InputError(f"Invalid input at {where}: clone_mode 'icl' clones in context, which needs what the "
+                             "recording says; give ref_text, or use clone_mode 'xvector' (the speaker embedding alone).")
+        return text
 
     def _payload(self, value: str, text: str | None, where: str) -> clones.Reference:
         cloning = self.job.recipe.cloning
@@ -138,10 +173,19 @@ class _References:
             self.read[key] = clones.reference(clones.payload_bytes(value, where, cloning), text, where, cloning)
         return self.read[key]
 
-    def _saved(self, name: str) -> clones.Reference:
-        key = f"saved:{name}"
+    def _saved(self, name: str, mode: str, voice_at: str) -> clones.Reference:
+        key = f"saved:{name}:{mode}"
         if key not in self.read:
             cloning, saved = self.job.recipe.cloning, self.job.recipe.voices.clones[name]
             data = clones.saved_bytes(name, saved, cloning)
-            self.read[key] = clones.reference(data, saved.text, f"voices.clones.{name}.audio", cloning, name)
+            text = self._text(saved.text, mode, f"voices.clones.{name}.text (for {voice_at})")
+            self.read[key] = clones.reference(data, text, f"voices.clones.{name}.audio", cloning, name)
+        return self.read[key]
+
+    def _stored(self, stored, mode: str, voice_at: str) -> clones.Reference:
+        key = f"stored:{stored.name}:{mode}"
+        if key not in self.read:
+            text = self._text(stored.ref_text, mode, f"the ref_text of saved voice '{stored.name}' (for {voice_at})")
+            self.read[key] = clones.reference(stored.recording(), text, f"saved voice '{stored.name}'",
+                                              self.job.recipe.cloning, stored.name)
         return self.read[key]

@@ -16,6 +16,7 @@ from tts_runner.job import describe
 from tts_runner.job.assemble import Assembler
 from tts_runner.job.caption import caption, with_texts
 from tts_runner.job.deliver import File, deliver, deliver_beside, encode
+from tts_runner.job.design import design_voices
 from tts_runner.job.events import Events
 from tts_runner.job.generate import Stats, generate
 from tts_runner.job.plan import plan
@@ -47,7 +48,8 @@ def synthesize(job: Job, model: Model, progress=None, ticket: Ticket | None = No
     scheduler (fast and graph engines) the job's chunks share rows with other jobs; `ticket` lets
     the caller cancel it; `progress(done, total, seconds)` hears how far it is."""
     started = time.perf_counter()
-    chunks = plan(job, model)
+    chunks = plan(job, model, design_voices(job, model, ticket))
+    model = chunks.model  # a designed voice's chunks run on the Base model that clones it
     expected = round(job.text_length / READ_CHARS_PER_SECOND)
     assembler = Assembler(chunks, job)
     # on a terminal only (disable=None): a worker's log gets one line per job instead
@@ -73,6 +75,8 @@ def synthesize(job: Job, model: Model, progress=None, ticket: Ticket | None = No
         file = replace(file, data=chapter_marks.tag_mp3(file.data, captioned.chapters))
     metadata = describe.metadata(job, chunks, stats, spans, duration=file.duration_seconds,
                                  sample_rate=file.sample_rate, fmt=file.format, seconds=time.perf_counter() - started)
+    if job.score_consistency:
+        metadata["segments"] = describe.with_scores(metadata["segments"], chunks, assembler.scores)
     if job.captions.timestamps:
         metadata["segments"] = with_texts(metadata["segments"], job, chunks)
     return JobAudio(file, {**metadata, **captioned.metadata}, stats, captioned.files)

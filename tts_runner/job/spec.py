@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from tts_runner.audio.sinks import Sink
 from tts_runner.engines.sampling import Sampling
 from tts_runner.voice.clones import Cloning
+from tts_runner.voice.saved import VoiceStore
 from tts_runner.voice.voices import Voices
 
 
@@ -26,6 +27,7 @@ class Segment:
     ref_audio: str | None = None
     ref_text: str | None = None
     chapter: str | None = None   # a chapter starts here, with this title (chapters: true)
+    clone_mode: str | None = None  # Base models: xvector | icl (None: the job's)
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,7 @@ class Recipe:
     voices: Voices
     cloning: Cloning
     sink: Sink
+    saved: VoiceStore | None = None     # voices saved at run time (voices.saved_dir): cloned by name, save_voice
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,10 @@ class Job:
     stream: bool
     recipe: Recipe
     captions: Captions = Captions()
+    clone_mode: str = "xvector"     # Base models and designed voices: xvector | icl (cloning.mode)
+    design: str = "once"            # VoiceDesign: once (design, then clone) | per_chunk (voices.design.mode)
+    save_voice: str | None = None   # keep the designed voice under this name (Recipe.saved)
+    score_consistency: bool = False  # each multi-chunk segment's voice consistency in the metadata
 
     def at(self, segment: int) -> str:
         """The JSON path of a segment, for messages: $ for a job given as text."""

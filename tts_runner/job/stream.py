@@ -34,6 +34,7 @@ from tts_runner.audio.streams import StreamEncoder
 from tts_runner.errors import GenerationError, InputError, JobCancelled
 from tts_runner.job import describe
 from tts_runner.job.assemble import chunk_places, trimmed
+from tts_runner.job.design import design_voices
 from tts_runner.job.events import Events
 from tts_runner.job.generate import generate
 from tts_runner.job.plan import Chunk, Plan, plan
@@ -274,7 +275,11 @@ def stream_job(job: Job, model: Model, ticket: Ticket | None = None, fmt: str | 
         raise InputError("Invalid input at $.stream: streaming needs the scheduler (runtime.engine fast, "
                          "scheduler.enabled true); this worker runs the stock engine or has it off.")
     ticket = ticket or Ticket(job.id)
-    chunks = plan(job, model)
+    chunks = plan(job, model, design_voices(job, model, ticket))
+    model = chunks.model  # a designed voice's chunks run on the Base model that clones it
+    if model.scheduler is None:
+        raise InputError(f"Invalid input at $.stream: streaming needs the scheduler, and the model that clones the "
+                         f"designed voice ({model.name}) runs without one on this worker.")
     assembler = StreamAssembler(model, chunks, job)
     outcome: dict = {}
     out: queue.Queue = queue.Queue()  # encoded bytes, then _END or the failure

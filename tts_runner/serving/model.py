@@ -112,6 +112,8 @@ class Model:
         self.lock = threading.Lock()
         self.clone_prompts = clone_prompts or PromptCache(64, 256)  # Base models: clone prompts by reference
         self.scheduler = None  # the store's: tts_runner.serving.scheduler.Scheduler
+        self.random_weights = False  # built by tools/tiny_model (the store reads its marker): audio is noise
+        self.siblings: Callable[[str], Model | None] | None = None  # the store's: another variant, or None
         self._call = _Call(floors=2)
         self._capturing = False
         talker = tts.model.talker

@@ -217,6 +217,15 @@ class ModelStore:
                 self._models[variant] = self._load(variant)
             return self._models[variant]
 
+    def available(self, variant: str) -> Model | None:
+        """The variant's model when its folder is here or may be fetched (models.download); None when
+        it is absent and may not be (or is not configured). A failed fetch or load raises ModelError."""
+        if variant not in self.catalog.variants:
+            return None
+        if not (self.catalog.folder(variant) / "config.json").is_file() and not self.catalog.download:
+            return None
+        return self.get(variant)
+
     def loaded_models(self) -> list[Model]:
         with self._lock:
             return list(self._models.values())
@@ -273,6 +282,8 @@ class ModelStore:
             from tts_runner.serving import selfcheck
 
             selfcheck.check_rows(model)  # under the captured graphs: where no test runs them
+        model.random_weights = (self.catalog.folder(variant) / RANDOM_MARKER).exists()
+        model.siblings = self.available  # another variant of this store, for a job that needs two (design, then clone)
         if self.scheduled and model.engine in SCHEDULED:
             model.scheduler = Scheduler(model, self.serving.max_rows, self.serving.queue_limit, self.sync_every)
         return model

@@ -34,10 +34,14 @@ from tts_runner.voice.voices import SavedVoice
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+CLONE_MODES = ("xvector", "icl")
+
+
 @dataclass(frozen=True)
 class Cloning:
-    """The limits on a reference recording, and how one is fetched (the `cloning` group)."""
+    """How a reference recording is cloned, its limits, and how one is fetched (the `cloning` group)."""
 
+    mode: str = "xvector"   # xvector: the speaker embedding alone; icl: with the recording's codes and transcript
     min_seconds: float = 1.0
     max_seconds: float = 30.0
     max_bytes: int = 10_000_000

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tts_runner.errors import InputError, NotFound
 
@@ -18,11 +18,30 @@ class SavedVoice:
     text: str | None = None
 
 
+DESIGN_MODES = ("once", "per_chunk")
+DEFAULT_SENTENCE = ("The morning light came through the window, and I read the letter slowly, one careful "
+                    "line at a time.")
+
+
+@dataclass(frozen=True)
+class Design:
+    """How a VoiceDesign job's voice is kept (`voices.design`)."""
+
+    mode: str = "once"                 # once | per_chunk
+    clone_with: str = "1.7B-Base"      # the Base variant that clones the designed reference
+    sentences: Mapping[str, str] = field(default_factory=dict)  # library language -> the reference's text
+
+    def sentence(self, language: str) -> str:
+        """The reference sentence for a library language name (auto and the unlisted: English's)."""
+        return self.sentences.get(language) or self.sentences.get("english") or DEFAULT_SENTENCE
+
+
 @dataclass(frozen=True)
 class Voices:
     aliases: Mapping[str, str]          # male_1 -> ryan, ...
     languages: Mapping[str, str]        # ISO code -> the library's language name
     clones: Mapping[str, SavedVoice]    # saved voices of the Base models
+    design: Design = Design()           # VoiceDesign jobs: design once, or per chunk
 
 
 def resolve_voice(voice: str, aliases: Mapping[str, str], speakers: Iterable[str], path: str = "$.voice") -> str:
