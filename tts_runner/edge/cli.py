@@ -30,13 +30,17 @@ log = logging.getLogger("tts_runner")
 _STORES: dict = {}  # one ModelStore per process and settings: multirun jobs reuse loaded models
 
 
-def resolve_job(cfg: DictConfig, cli_overrides: list[str], keep: Path | None = None) -> Job:
+def resolve_job(cfg: DictConfig, cli_overrides: list[str], keep: Path | None = None, sweep: bool = False) -> Job:
     """The job of the command line: the job spec (+job=...) with the command-line overrides over it,
     checked as far as it can be before a model is loaded (the settings, the sink, the job, the model's
     folder). Errors name what the user typed: the job spec's fields, or config keys. `keep`: the run
-    folder (the file sink writes there, and a failed delivery keeps the audio there)."""
+    folder (the file sink writes there, and a failed delivery keeps the audio there). In a `sweep`
+    each run scores its voice's consistency unless the spec or the command line says otherwise
+    (the report has a column for it)."""
     pins = config_mod.pinned_overrides(cfg, cli_overrides)
     edge = Edge(cfg, keep)
+    if sweep:  # a default of sweeps: over the config's, under the spec's and the command line's
+        edge.defaults["score_consistency"] = True
     name, spec = payload.load_job_spec(str(cfg.job)) if cfg.get("job") else (None, None)
     job = edge.cli_job(spec, name, pins)
     build.catalog(cfg.models).check(job.model)
@@ -58,7 +62,8 @@ def main(cfg: DictConfig) -> None:
     out_dir = Path(hydra_cfg.runtime.output_dir)
     secrets = protect([cfg.sink.get("access_key"), cfg.sink.get("secret_key")])
     try:
-        job = resolve_job(cfg, list(hydra_cfg.overrides.task), keep=out_dir)
+        job = resolve_job(cfg, list(hydra_cfg.overrides.task), keep=out_dir,
+                          sweep=str(hydra_cfg.mode) == "RunMode.MULTIRUN")
         # what Hydra saved is the config before the job was read: save the job that runs instead
         saved = out_dir / hydra_cfg.output_subdir / "config.yaml" if hydra_cfg.output_subdir else None
         if saved and saved.parent.is_dir():

@@ -6,7 +6,8 @@ or {"id": ...}; ours, an OpenAI name of `server.voices`, or a saved voice), `ins
 `response_format`, `speed`, `stream_format`. Extensions, by the names vLLM-Omni gives them where
 it has them: `language`, `seed`, `ref_audio`, `ref_text`, `stream` (true: stream raw audio, as
 stream_format "audio"), the sampling parameters of our payload's `params`, and `loudness_lufs`,
-`sample_rate`, `mp3_bitrate`. Anything else is refused by name (a typo never silently does nothing).
+`sample_rate`, `mp3_bitrate`; and for voices kept across chunks `clone_mode` (or vLLM-Omni's
+`x_vector_only_mode`), `design`, `save_voice`, `score_consistency`. Anything else is refused by name (a typo never silently does nothing).
 
 Times beside the audio (our payload's fields, and vLLM-Omni's `word_timestamps: true` for
 `timestamps: "word"`): `timestamps` ("word" | "segment"), `subtitles` ("srt" | "vtt"), `chapters`.
@@ -34,10 +35,11 @@ RESPONSE_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
 STREAM_KINDS = ("audio", "sse")
 SAMPLING = ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens", "min_new_tokens",
             "subtalker_temperature", "subtalker_top_k", "subtalker_top_p", "seed", "language")
-TOP_LEVEL = ("ref_audio", "ref_text", "loudness_lufs", "sample_rate", "mp3_bitrate")
+TOP_LEVEL = ("ref_audio", "ref_text", "loudness_lufs", "sample_rate", "mp3_bitrate", "clone_mode", "design",
+             "save_voice", "score_consistency")
 CAPTIONS = ("timestamps", "subtitles", "chapters")
 FIELDS = ("model", "input", "voice", "instructions", "response_format", "speed", "stream_format", "stream",
-          *SAMPLING, *TOP_LEVEL, *CAPTIONS, "word_timestamps", "response_mode")
+          *SAMPLING, *TOP_LEVEL, *CAPTIONS, "word_timestamps", "response_mode", "x_vector_only_mode")
 RESPONSE_MODES = ("audio", "json")
 CONTENT_TYPES = {"mp3": "audio/mpeg", "opus": "audio/ogg", "aac": "audio/aac", "flac": "audio/flac",
                  "wav": "audio/wav", "pcm": "audio/pcm"}
@@ -89,6 +91,7 @@ def speech_request(body: Any, settings: ServerSettings, voices: VoiceStore, vari
     if body.get("instructions") is not None:
         params["instruct"] = body["instructions"]
     payload.update({k: body[k] for k in TOP_LEVEL if k in body})
+    _clone_mode(body, payload)
     saved = voices.get(voice)
     if voice.lower() in settings.voices and voice not in clones and saved is None:
         payload["voice"] = settings.voices[voice.lower()]
@@ -114,6 +117,20 @@ def speech_request(body: Any, settings: ServerSettings, voices: VoiceStore, vari
         payload["params"] = params
     mode = _captions(body, payload, stream)
     return SpeechRequest(payload, fmt, stream, voice, mode)
+
+
+def _clone_mode(body: dict, payload: dict) -> None:
+    """vLLM-Omni's x_vector_only_mode (true: xvector, false: icl) as our clone_mode; not both."""
+    flag = body.get("x_vector_only_mode")
+    if flag is None:
+        return
+    if not isinstance(flag, bool):
+        raise bad("x_vector_only_mode", "true or false.")
+    mode = "xvector" if flag else "icl"
+    if body.get("clone_mode") not in (None, mode):
+        raise bad("x_vector_only_mode", f"it asks for clone_mode '{mode}', but clone_mode is "
+                                        f"{_shown(body['clone_mode'])}; give one of the two.")
+    payload["clone_mode"] = mode
 
 
 def _captions(body: dict, payload: dict, stream: str | None) -> str:

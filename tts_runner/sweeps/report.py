@@ -41,8 +41,8 @@ from tts_runner.serving.store import RANDOM_MARKER
 log = logging.getLogger(__name__)
 
 SCORE_RATE = 16000  # what DNSMOS takes (and the aligner, which resamples on its own)
-COLUMNS = ("run", "duration_s", "rtf", "generation_s", "retries", "runaways", "lufs", "dnsmos_ovrl", "dnsmos_sig",
-           "aligned")
+COLUMNS = ("run", "duration_s", "rtf", "generation_s", "retries", "runaways", "voice_min", "lufs", "dnsmos_ovrl",
+           "dnsmos_sig", "aligned")
 
 
 @dataclass
@@ -79,7 +79,12 @@ class Run:
         return {"run": self.name, **{k: self.overrides.get(k, "") for k in varying},
                 "duration_s": duration, "rtf": round(duration / took, 2) if took else "",
                 "generation_s": took, "retries": m.get("retries", ""), "runaways": m.get("runaways", ""),
-                **self.scores}
+                "voice_min": self.voice_min(), **self.scores}
+
+    def voice_min(self) -> float | str:
+        """The lowest voice consistency of any chunk of the run (the metadata's, when it was scored)."""
+        scored = [s["voice_consistency"]["min"] for s in self.metadata.get("segments") or [] if "voice_consistency" in s]
+        return min(scored) if scored else ""
 
 
 def find_runs(sweep: Path) -> list[Run]:
@@ -259,7 +264,8 @@ img {{ display: block; max-width: 100%; }} .words {{ position: relative; height:
 <h1>Sweep report: {esc(str(sweep))}</h1>
 {warning}
 <p>{len(runs)} runs. Columns: the overrides that vary; duration (s); real-time factor (audio s / generation s);
-generation time (s); retries and runaways; loudness (LUFS, BS.1770); DNSMOS overall and signal (1-5, speechmos);
+generation time (s); retries and runaways; voice_min: the lowest voice consistency of any chunk (speaker-embedding
+cosine against its segment's reference or first chunk); loudness (LUFS, BS.1770); DNSMOS overall and signal (1-5, speechmos);
 aligned: chunks whose text pocketsphinx could force-align to their audio (English). Click a column to sort.</p>
 {shared}
 <table id="runs"><thead><tr>{head}</tr></thead><tbody>

@@ -13,7 +13,7 @@ from tts_runner.edge import config as config_mod
 from tts_runner.edge.cli import resolve_job
 from tts_runner.edge.jobs import Edge
 from tts_runner.engines.sampling import Sampling
-from tts_runner.errors import InputError
+from tts_runner.errors import InputError, SettingError
 
 
 def test_defaults_match_the_documented_api():
@@ -103,3 +103,23 @@ def test_every_config_group_is_documented_in_the_root_defaults():
     text = (config_mod.CONF_DIR / "config.yaml").read_text()
     opt_in = set(re.findall(r"^#   (\w+) ", text.split("# Opt-in groups")[1], re.M)) if "# Opt-in groups" in text else set()
     assert groups | opt_in == on_disk and not groups & opt_in
+
+
+def test_sweeps_score_the_voice_unless_the_spec_or_the_command_line_says_not_to():
+    base = ["+job=hello"]
+    assert resolve_job(config_mod.load(base, config_name="cli"), base, sweep=True).score_consistency
+    assert not resolve_job(config_mod.load(base, config_name="cli"), base).score_consistency  # a single run: off
+    off = [*base, "input.score_consistency=false"]
+    assert not resolve_job(config_mod.load(off, config_name="cli"), off, sweep=True).score_consistency
+
+
+def test_clone_mode_and_design_follow_the_precedence_of_every_field(monkeypatch):
+    cfg = config_mod.load(["+job=hello", "cloning.mode=icl"], config_name="cli")
+    job = resolve_job(cfg, ["+job=hello", "cloning.mode=icl"])
+    assert job.clone_mode == "icl" and job.design == "once"
+    with pytest.raises(SettingError, match=r"Invalid setting cloning.mode='both': use xvector or icl."):
+        overrides = ["+job=hello", "cloning.mode=both"]
+        resolve_job(config_mod.load(overrides, config_name="cli"), overrides)
+    with pytest.raises(SettingError, match=r"Invalid setting voices.design.clone_with='1.7B-CustomVoice': a Base"):
+        overrides = ["+job=hello", "voices.design.clone_with=1.7B-CustomVoice"]
+        resolve_job(config_mod.load(overrides, config_name="cli"), overrides)
