@@ -117,7 +117,9 @@ def test_voice_design_takes_an_instruct_per_segment(worker):
     out = worker.handle({"input": {"model": "1.7B-VoiceDesign", "segments": [
         {"text": "A deep voice.", "instruct": "A deep, slow male voice."},
         {"text": "A bright one.", "instruct": "A bright young female voice."}]}})
-    assert "error" not in out and [s["voice"] for s in out["metadata"]["segments"]] == ["design", "design"]
+    assert "error" not in out, out
+    voices = [s["voice"] for s in out["metadata"]["segments"]]
+    assert voices[0] != voices[1] and all(v.startswith("design:") for v in voices)  # each designed once, then cloned
     missing = worker.handle({"input": {"model": "1.7B-VoiceDesign", "segments": [
         {"text": "Described.", "instruct": "A calm voice."}, {"text": "Not described."}]}})
     assert missing["error"].startswith("Invalid input at $.segments[1].instruct: model '1.7B-VoiceDesign' designs")

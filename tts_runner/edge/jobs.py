@@ -180,5 +180,14 @@ def as_config(cfg: DictConfig, job: Job, resolve: bool = True) -> dict:
     groups = payload.as_config(as_payload(job))
     groups["input"] = {"text": None, "segments": None, **groups["input"], "name": job.name}
     for group, values in groups.items():
-        out[group] = {**out.get(group, {}), **values}
+        out[group] = _laid_over(out.get(group, {}), values)
     return out
+
+
+def _laid_over(base: dict, top: dict) -> dict:
+    """`top`'s keys over `base`'s, nested dicts key by key (voices.design.mode keeps voices.design's sentences)."""
+    merged = dict(base)
+    for key, value in top.items():
+        merged[key] = _laid_over(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) \
+            else value
+    return merged

@@ -152,8 +152,11 @@ def as_config(payload: Mapping[str, Any]) -> dict:
     fields = {**{k: v for k, v in payload.items() if k != "params"},
               **{f"params.{k}": v for k, v in payload.get("params", {}).items()}}
     for field, value in fields.items():
-        group, _, name = (FIELDS.get(field) or f"{SAMPLING_GROUP}.{field.removeprefix('params.')}").partition(".")
-        out.setdefault(group, {})[name] = value
+        *groups, name = (FIELDS.get(field) or f"{SAMPLING_GROUP}.{field.removeprefix('params.')}").split(".")
+        node = out
+        for group in groups:  # voices.design.mode -> {"voices": {"design": {"mode": ...}}}
+            node = node.setdefault(group, {})
+        node[name] = value
     return out
 
 

@@ -55,6 +55,7 @@ class StreamAssembler:
         self.adaptive = pacing.schedule == "adaptive"
         self.low_water = pacing.low_water_seconds
         self.early_rate = pacing.early_min_speed * FRAMES_PER_SECOND
+        self.decode_seconds = 0.0                   # how long a piece's decode took lately (its recent worst)
         self.pace: dict[int, tuple[float, int, float, int]] = {}  # chunk -> (first time, frames, last time, frames)
         self.playing_since: float | None = None     # when the first samples went out (a listener starts then)
         self.crossfade_ms = chunking.crossfade_ms
@@ -142,9 +143,9 @@ class StreamAssembler:
                 if self.segment >= len(self.order):
                     return
                 if self.error is None and not self._news():
-                    left = self._left_to_play()
-                    if left is not None and left > self.low_water:  # wake when it is time to decode early
-                        wait = min(timeout, max(0.005, left - self.low_water))
+                    left, low = self._left_to_play(), self._low_water()
+                    if left is not None and left > low:  # wake when it is time to decode early
+                        wait = min(timeout, max(0.005, left - low))
                     self.cond.wait(wait)
 
     def _news(self) -> bool:
@@ -167,7 +168,9 @@ class StreamAssembler:
         so pieces grow by the row's speed over real time (x3 at 3x real time: 4, 12, 36 frames...).
         A row made at less than early_min_speed x real time keeps to piece_frames: below 1x no
         schedule can feed its listener, and near it the early pieces' decodes (each with its left
-        context, on the loop's thread) cost the rows more than they give the listener."""
+        context, on the loop's thread) cost the rows more than they give the listener. The low
+        water rises by twice the recent decode time (`_low_water`), so a decode that waits its turn
+        on a busy loop still lands before the listener runs dry."""
         new = available - decoded
         if not decoded:
             return available >= self.first_frames
@@ -177,7 +180,13 @@ class StreamAssembler:
             return False
         left = self._left_to_play()
         rate = self._rate(chunk)
-        return left is not None and left <= self.low_water and (rate is None or rate >= self.early_rate)
+        return left is not None and left <= self._low_water() and (rate is None or rate >= self.early_rate)
+
+    def _low_water(self) -> float:
+        """When an early piece is due: low_water_seconds left to play, and twice what a piece's decode
+        has lately taken on top (on a loaded loop a decode waits its turn; the piece must still come
+        before the listener runs dry)."""
+        return self.low_water + 2.0 * self.decode_seconds
 
     def _rate(self, chunk: int) -> float | None:
         """The running chunk's frames per second so far (None until two host checks have been heard)."""
@@ -204,7 +213,10 @@ class StreamAssembler:
             return  # decode in pieces of a useful size: each decode costs the decoder's left context again
         start = 0 if self.left_context is None else max(0, frames - self.left_context)
         request = chunk.request if start == 0 else replace(chunk.request, clone=None)  # the reference is context at 0
+        began = time.monotonic()
         wav = self.model.scheduler.decode([(request, codes[start:])])[0]
+        took = time.monotonic() - began
+        self.decode_seconds = max(took, 0.8 * self.decode_seconds)  # the recent worst, forgotten slowly
         new = wav[(frames - start) * SAMPLES_PER_FRAME:]
         samples = new if samples is None else np.concatenate([samples, new])
         with self.cond:

@@ -57,3 +57,11 @@ def test_a_listener_hears_underruns_where_the_stream_ran_dry():
     first, count, gap = heard(started, [(1.0, 0.32), (1.5, 0.64), (2.5, 0.1)])
     assert count == 2 and gap == pytest.approx(0.18 + 0.36)
     assert heard(0.0, [(0.1, 1.0), (0.5, 1.0), (1.0, 1.0)])[1:] == (0, 0.0)
+
+
+def test_the_low_water_rises_with_what_a_decode_has_lately_taken(model):
+    stream = assembler(model, "adaptive")
+    listening(stream, left_to_play=0.6, speed=3.0)
+    assert not stream._due(0, 4, 8)          # 0.6 s left: above the 0.4 s low water
+    stream.decode_seconds = 0.15             # decodes lately waited their turn on a busy loop
+    assert stream._due(0, 4, 8)              # 0.4 + 2 x 0.15: due now, so the piece lands in time
