@@ -93,3 +93,30 @@ def test_an_upload_is_tried_again_until_the_store_answers(tiny_env, caplog):
             if failed:
                 server.stop()
     assert failed and "S3 upload to bucket 'late'" in failed[0] and "(attempt 1 of 6" in failed[0]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 32 KB tmpfs made for the test (a disk that fills); skipped where it cannot be mounted."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32k", "tmpfs", str(mount)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {made.stderr.strip() or made.returncode}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_file_sink_on_a_full_disk_is_one_clear_error_and_leaves_no_partial_file(tiny_env, small_disk):
+    worker = Worker.from_env([*FAST, "sink=file", f"sink.dir={small_disk}", "input.name=speech"])
+    out = worker.handle({"id": "full", "input": {"text": "This does not fit on the disk.", "output_format": "wav"}})
+    assert out["error"] == f"Could not write {small_disk / 'speech.wav'}: No space left on device"
+    assert list(small_disk.iterdir()) == []  # nothing under the final name, no temporary left behind
+    small = worker.handle({"id": "fits", "input": {"text": "Hi.", "output_format": "mp3",
+                                                   "params": {"max_new_tokens": 4, "min_new_tokens": 4}}})
+    assert "error" not in small, small  # the worker goes on, and a file that fits is written whole
+    assert [p.name for p in small_disk.iterdir()] == ["speech.mp3"]

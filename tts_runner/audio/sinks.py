@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import re
 import secrets
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +78,10 @@ def deliver(data: bytes, fmt: str, sink: Sink, job_id: str, name: str = "tts", f
     except SinkError as exc:
         if sink.keep is None:
             raise
-        kept = write_file(data, fmt, sink.keep, name)
+        try:
+            kept = write_file(data, fmt, sink.keep, name)
+        except SinkError as also:
+            raise SinkError(f"{exc} Keeping the audio in {sink.keep} failed too: {also}") from None
         raise SinkError(f"{exc} The audio is kept at {kept}.") from None
 
 
@@ -154,10 +159,20 @@ def upload_s3(data: bytes, fmt: str, sink: Sink, job_id: str) -> str:
 
 
 def write_file(data: bytes, fmt: str, directory: Path, name: str) -> Path:
+    """Write the file under a temporary name beside its own, then rename it into place: a reader
+    never sees part of one, and a write that fails (a full disk) leaves nothing under the name."""
     path = directory / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name) or 'tts'}.{fmt}"
+    staging = None
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=f".{path.name}.", suffix=".part", delete=False) as out:
+            staging = Path(out.name)
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(staging, path)
     except OSError as exc:
-        raise SinkError(f"Could not write {path}: {exc.strerror}") from None
+        if staging is not None:
+            staging.unlink(missing_ok=True)
+        raise SinkError(f"Could not write {path}: {exc.strerror or exc}") from None
     return path
