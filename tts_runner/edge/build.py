@@ -122,21 +122,23 @@ def pacing(node: DictConfig | None) -> Pacing:
                   early_min_speed=float(node.get("early_min_speed", Pacing.early_min_speed)))
 
 
-def voices(node: DictConfig, variants: list[str] | None = None) -> Voices:
+def voices(node: DictConfig, variants: dict[str, str] | None = None) -> Voices:
+    """The `voices` group; `variants` (name -> kind) checks what designed voices are cloned with."""
     clones = {name: SavedVoice(str(v.audio), v.get("text") or None) for name, v in (node.get("clones") or {}).items()}
     return Voices(aliases=MappingProxyType(plain(node.aliases)), languages=MappingProxyType(plain(node.languages)),
                   clones=MappingProxyType(clones), design=design(node.get("design"), variants))
 
 
-def design(node: DictConfig | None, variants: list[str] | None = None) -> Design:
+def design(node: DictConfig | None, variants: dict[str, str] | None = None) -> Design:
     """voices.design: a mode that exists, a Base variant to clone with, sentences as text."""
     values = plain(node) or {}
     mode, clone_with = str(values.get("mode", Design.mode)), str(values.get("clone_with", Design.clone_with))
     if mode not in DESIGN_MODES:
         raise SettingError(f"Invalid setting voices.design.mode={mode!r}: use {' or '.join(DESIGN_MODES)}.")
-    if variants is not None and clone_with not in variants:
-        raise SettingError(f"Invalid setting voices.design.clone_with={clone_with!r}: a Base variant of models.variants "
-                           f"({', '.join(v for v in sorted(variants) if 'Base' in v) or 'none configured'}).")
+    if variants is not None and variants.get(clone_with) != "base":
+        bases = ", ".join(sorted(name for name, kind in variants.items() if kind == "base")) or "none configured"
+        raise SettingError(f"Invalid setting voices.design.clone_with={clone_with!r}: use a Base variant of "
+                           f"models.variants ({bases}).")
     sentences = {str(k).lower(): str(v) for k, v in (values.get("sentences") or {}).items() if v and str(v).strip()}
     return Design(mode=mode, clone_with=clone_with, sentences=MappingProxyType(sentences))
 
@@ -176,7 +178,7 @@ def recipe(cfg: DictConfig, keep: Path | None = None) -> Recipe:
     chunking, limits = cfg.chunking, cloning(cfg.cloning)
     return Recipe(chunking=Chunking(int(chunking.max_chars), float(chunking.crossfade_ms), float(chunking.segment_gap_ms)),
                   batching=batching(cfg.batching, batch_size(cfg)), mastering=mastering(cfg.audio), pacing=pacing(cfg.get("stream")),
-                  voices=voices(cfg.voices, list(cfg.models.variants)), cloning=limits, sink=sink(cfg.sink, keep),
+                  voices=voices(cfg.voices, {str(k): str(v.kind) for k, v in cfg.models.variants.items()}), cloning=limits, sink=sink(cfg.sink, keep),
                   saved=saved_voices(cfg.voices, limits))
 
 

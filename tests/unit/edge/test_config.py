@@ -120,6 +120,6 @@ def test_clone_mode_and_design_follow_the_precedence_of_every_field(monkeypatch)
     with pytest.raises(SettingError, match=r"Invalid setting cloning.mode='both': use xvector or icl."):
         overrides = ["+job=hello", "cloning.mode=both"]
         resolve_job(config_mod.load(overrides, config_name="cli"), overrides)
-    with pytest.raises(SettingError, match=r"Invalid setting voices.design.clone_with='1.7B-CustomVoice': a Base"):
+    with pytest.raises(SettingError, match=r"Invalid setting voices.design.clone_with='1.7B-CustomVoice': use a Base variant of models.variants \(0.6B-Base, 1.7B-Base\)."):
         overrides = ["+job=hello", "voices.design.clone_with=1.7B-CustomVoice"]
         resolve_job(config_mod.load(overrides, config_name="cli"), overrides)

@@ -43,9 +43,9 @@ def test_readme_examples_are_valid(check):
     ({"text": "a", "model": "../../etc/passwd"}, "$.model: '../../etc/passwd' is not allowed; allowed: 0.6B-Base, 0.6B-CustomVoice, 1.7B-Base, 1.7B-CustomVoice, 1.7B-VoiceDesign"),
     ({"text": "a", "voice": "/etc/passwd"}, "$.voice: '/etc/passwd' is not a voice name"),
     ({"text": "a", "voice": "..%2F..%2Fetc"}, "$.voice: '..%2F..%2Fetc' is not a voice name"),
-    ({"text": "a", "extra": 1, "more": 2}, "$: unknown field(s) 'extra', 'more'; allowed: chapters, loudness_lufs, model, "
-     "mp3_bitrate, output_format, params, ref_audio, ref_text, sample_rate, segments, speed, stream, subtitles, text, "
-     "timestamps, voice"),
+    ({"text": "a", "extra": 1, "more": 2}, "$: unknown field(s) 'extra', 'more'; allowed: chapters, clone_mode, design, "
+     "loudness_lufs, model, mp3_bitrate, output_format, params, ref_audio, ref_text, sample_rate, save_voice, "
+     "score_consistency, segments, speed, stream, subtitles, text, timestamps, voice"),
     ({"text": "a", "params": {"temp": 1}}, "$.params: unknown field(s) 'temp'; allowed:"),
     ({"text": "a", "params": {"temperature": 0}}, "$.params.temperature: must be > 0 and <= 2, got 0"),
     ({"text": "a", "params": {"top_p": 1.5}}, "$.params.top_p: must be > 0 and <= 1, got 1.5"),
