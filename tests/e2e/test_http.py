@@ -123,7 +123,8 @@ def test_a_voice_cloned_from_a_base64_reference_over_http(api):
     reference = base64.b64encode((REPO / "jobs" / "voices" / "anna.wav").read_bytes()).decode()
     answer = api({"model": "0.6B-Base", "output_format": "flac",
                   "segments": [{"text": "A guest with a borrowed voice.", "ref_audio": reference,
-                                "ref_text": "Hello, I am Anna, and this is how I sound when I read the news."},
+                                "ref_text": "Hello, I am Anna, and this is how I sound when I read the news.",
+                                "clone_mode": "icl"},
                                {"text": "And the host, from the saved voice.", "voice": "anna"}]})
     assert answer["status"] == "COMPLETED", answer
     output = answer["output"]
