@@ -6,7 +6,9 @@ The worker composes conf/ with the environment, loads the default model and warm
 once per warm worker; each job is then answered on its own thread, up to worker.concurrency at
 once, their chunks sharing the model's rows through its scheduler. A job RunPod stops (cancel,
 timeout) gives its rows back. With worker.streaming (TTS_RUNNER_STREAMING=true) the handler is a
-generator: a payload with "stream": true gets its audio in pieces as it is made.
+generator: a payload with "stream": true gets its audio in pieces as it is made. On SIGTERM the
+worker takes no new job, lets those running finish within worker.shutdown_grace_seconds, answers
+the rest with "Worker shutting down", and exits 0.
 """
 
 import asyncio
@@ -31,6 +33,7 @@ if __name__ == "__main__" and MODE != "queue":
 import runpod  # noqa: E402  (reads the level at import)
 
 from tts_runner.edge.aio import iterate_in_thread  # noqa: E402
+from tts_runner.edge.signals import drain_first  # noqa: E402
 from tts_runner.edge.worker import Worker  # noqa: E402
 
 WORKER = Worker.from_env()
@@ -55,6 +58,7 @@ async def stream_handler(job: dict):
 
 
 if __name__ == "__main__":
+    drain_first(WORKER.stop)  # SIGTERM: no new jobs, worker.shutdown_grace_seconds for those running, exit 0
     runpod.serverless.start({
         "handler": stream_handler if WORKER.cfg.worker.streaming else handler,
         "concurrency_modifier": WORKER.concurrency_modifier,

@@ -54,6 +54,19 @@ def worker(tiny_env):
     return w
 
 
+@pytest.fixture
+def fresh_worker(tiny_env):
+    """A worker of the test's own (natural-length chunks, and `overrides`): for tests that change or stop it."""
+    from tests.helpers.config import NATURAL
+    from tts_runner.edge.worker import Worker
+
+    def make(*overrides):
+        worker = Worker.from_env([*NATURAL, *overrides])
+        assert worker.startup_error is None, worker.startup_error
+        return worker
+    return make
+
+
 @pytest.fixture(scope="session")
 def model(worker):
     return worker.store.get("1.7B-CustomVoice")

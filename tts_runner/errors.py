@@ -43,6 +43,15 @@ class JobCancelled(TTSError):
     """The job was cancelled (by RunPod, or its client) while it ran."""
 
 
+class ShuttingDown(JobCancelled):
+    """The worker is stopping (SIGTERM): it takes no new job, and a job still running when its grace
+    time ends is answered with this."""
+
+
+class SlowReader(JobCancelled):
+    """A stream's reader made no room in its buffer in time: the stream is dropped, its job stopped."""
+
+
 class PayloadError(InputError):
     """A field of the payload (or job spec) is invalid: `path` is its JSON path ($.params.top_k),
     `detail` what is wrong and what is allowed. The command line names the config key instead."""

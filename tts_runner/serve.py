@@ -7,6 +7,9 @@ Precedence, lowest first: conf/ (the `server` group), the environment (PORT, POR
 TTS_RUNNER_HOST, TTS_RUNNER_API_KEY, TTS_RUNNER_OVERRIDES, and every variable the queue worker
 reads), then this command line (Hydra overrides such as batching.max_batch_size=32, then the flags).
 The server listens at once and loads its model on a thread: /ping answers 204 until it is ready.
+On SIGTERM it stops accepting connections, lets the requests running finish within
+server.shutdown_grace_seconds (those still running then are answered 503 "Worker shutting down"),
+and exits 0.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 from dataclasses import replace
 
@@ -34,8 +38,16 @@ def parse(argv: list[str]) -> argparse.Namespace:
 async def serve(app, settings, log_level: str = "info") -> None:
     import uvicorn
 
-    servers = [uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level,
-                                             timeout_graceful_shutdown=30))]
+    class Draining(uvicorn.Server):
+        """uvicorn's server, whose stop signal also starts the service's bounded drain."""
+
+        def handle_exit(self, sig, frame) -> None:
+            app.state.service.stop()
+            super().handle_exit(sig, frame)
+
+    # uvicorn waits for open connections a little longer than the grace: the cancelled requests' answers go out
+    servers = [Draining(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level,
+                                       timeout_graceful_shutdown=settings.shutdown_grace_seconds + 10))]
     if settings.health_port and settings.health_port != settings.port:
         from fastapi import FastAPI
 
@@ -56,6 +68,10 @@ def configure(args: argparse.Namespace):
     return cfg, replace(settings, **flags)
 
 
+def _stopped(sig, frame) -> None:
+    raise SystemExit(0)
+
+
 def main(argv: list[str]) -> int:
     args = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -70,9 +86,13 @@ def main(argv: list[str]) -> int:
     service = Service(cfg, settings)
     app = create_app(service)
     service.start()
+    signal.signal(signal.SIGTERM, _stopped)  # what uvicorn's re-raised SIGTERM runs: exit 0, the drain done
     logging.getLogger(__name__).info("Listening on http://%s:%d (health %s)", settings.host, settings.port,
                                      settings.health_port or settings.port)
-    asyncio.run(serve(app, settings))
+    try:
+        asyncio.run(serve(app, settings))
+    except SystemExit as stopped:  # uvicorn re-raises the stop signal once it has shut down
+        return int(stopped.code or 0)
     return 0
 
 

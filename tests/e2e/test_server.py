@@ -8,6 +8,7 @@ import base64
 import json
 import socket
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -137,6 +138,37 @@ def test_a_client_that_leaves_mid_stream_gives_its_rows_back(server, monkeypatch
     assert scheduler.wait_idle(60), "the cancelled stream's chunks still hold rows"
 
 
+def test_a_client_that_stops_reading_holds_a_bounded_buffer_then_is_dropped(worker, tmp_path):
+    """A client that opens a long stream and never reads (its socket's receive buffer 4 KB): the
+    server holds at most server.stream_buffer_bytes for it, drops it once it has made no room for
+    server.stream_stall_seconds, and gives its rows back; another stream meanwhile is served whole."""
+    limit = 200_000  # about two pieces of pcm (24 frames each)
+    service = make_service(worker, tmp_path, stream_buffer_bytes=limit, stream_stall_seconds=1.0)
+    long_text = " ".join(f"Sentence number {i} of a text that goes on for a long while." for i in range(120))
+    body = json.dumps({"input": long_text, "voice": "alloy", "response_format": "pcm", "stream_format": "audio"})
+    with in_process(create_app(service)) as url:
+        host, port = url.removeprefix("http://").split(":")
+        slow = socket.socket()
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        slow.connect((host, int(port)))
+        slow.sendall(f"POST /v1/audio/speech HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
+        assert slow.recv(64).startswith(b"HTTP/1.1 200")  # its stream has begun; it reads no more
+        with httpx.Client(timeout=120) as http:  # another client's stream, read as it comes
+            other = http.post(f"{url}/v1/audio/speech", json={"input": TEXT, "voice": "alloy", "response_format": "wav",
+                                                               "stream_format": "audio"})
+        assert other.status_code == 200 and file_seconds(other.content, "wav") > 0.5
+        deadline = time.monotonic() + 120
+        while service.stream_drops == 0:
+            assert time.monotonic() < deadline, "the slow client's stream was never dropped"
+            threading.Event().wait(0.05)
+        assert service.worker.store.get("1.7B-CustomVoice").scheduler.wait_idle(60), "its rows were not given back"
+        assert 0 < service.stream_peak_bytes <= limit and service.buffered_bytes() == 0
+        slow.close()
+        assert httpx.post(f"{url}/v1/audio/speech", json={"input": "Still serving.", "voice": "alloy"},
+                          timeout=120).status_code == 200
+
+
 @pytest.mark.parametrize("body, status, param, code", [
     ({"input": "hi", "voice": "alloy", "speed": 9}, 400, "speed", "invalid_value"),
     ({"input": "", "voice": "alloy"}, 400, "input", "invalid_value"),
@@ -212,6 +244,38 @@ def test_a_full_queue_is_429(worker, tmp_path, monkeypatch):
             response = httpx.post(f"{url}/v1/audio/speech", json={"input": long_text, "voice": "alloy", **stream},
                                   timeout=60)
             assert response.status_code == 429 and error_of(response)["code"] == "queue_full"
+
+
+def test_a_burst_of_ten_times_the_queue_limit_is_refused_at_once_then_served(worker, tmp_path, monkeypatch):
+    """40 one-chunk requests at once against a queue limit of 4, with admission held (no chunk leaves
+    the queue): the 36 beyond the limit are answered 429 while the hold is still on, so "at once" is
+    an event, not a time; the 4 queued are then made, and the server serves as before."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    service = make_service(worker, tmp_path)
+    scheduler = worker.store.get("1.7B-CustomVoice").scheduler
+    monkeypatch.setattr(scheduler, "queue_limit", 4)
+    with in_process(create_app(service)) as url, httpx.Client(timeout=120) as http, ThreadPoolExecutor(40) as pool:
+        def post(i: int) -> httpx.Response:
+            return http.post(f"{url}/v1/audio/speech", json={"input": f"Request {i}.", "voice": "alloy",
+                                                              "response_format": "wav"})
+
+        with scheduler.held():
+            futures = [pool.submit(post, i) for i in range(40)]
+            deadline = time.monotonic() + 120
+            while sum(f.done() for f in futures) < 36:
+                assert time.monotonic() < deadline, "the requests beyond the queue limit were not refused"
+                threading.Event().wait(0.01)
+            refused = [f.result() for f in futures if f.done()]
+            assert scheduler.load == (0, 4)  # nothing was made while the burst was refused
+        answers = [f.result() for f in futures]
+        monkeypatch.setattr(scheduler, "queue_limit", 4096)
+        assert http.post(f"{url}/v1/audio/speech", json={"input": "Served as before.", "voice": "alloy"}).status_code == 200
+    assert len(refused) == 36 and all(r.status_code == 429 for r in refused)
+    assert all(error_of(r)["code"] == "queue_full" and error_of(r)["message"].startswith("Worker busy: 4 chunks are "
+               "waiting") for r in refused)
+    served = [r for r in answers if r.status_code == 200]
+    assert len(served) == 4 and all(file_seconds(r.content, "wav") > 0 for r in served)
 
 
 def test_voices_are_saved_listed_used_kept_across_restarts_and_deleted(worker, tmp_path):

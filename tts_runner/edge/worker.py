@@ -6,12 +6,14 @@ and every job is answered with it instead of the worker crash-looping. Per job: 
 payload a Job, the job's stages make it, and the answer is {audio_base64 | audio_url, metadata} or
 {error, traceback}. Nothing returned or logged contains a secret. A GPU failure that may have broken the CUDA context (not out
 of memory) is answered with `refresh_worker`, later jobs are refused, and the process exits, so
-RunPod replaces the worker.
+RunPod replaces the worker. On SIGTERM (`stop`) it takes no new job, gives the jobs running
+worker.shutdown_grace_seconds to finish, then answers the rest with a clear error.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -27,7 +29,7 @@ from tts_runner.edge import build
 from tts_runner.edge import config as config_mod
 from tts_runner.edge.jobs import Edge
 from tts_runner.edge.redact import protect, redact
-from tts_runner.errors import DeviceFailure, InputError, TTSError
+from tts_runner.errors import DeviceFailure, InputError, ShuttingDown, TTSError
 from tts_runner.job.run import run_job
 from tts_runner.job.spec import Job
 from tts_runner.job.stream import stream_format, stream_job
@@ -55,6 +57,9 @@ class Worker:
         self.store: ModelStore | None = None
         self.device_failure: str | None = None  # set once the GPU failed: every later job is refused
         self.exit = exit_soon
+        self.active: set[Ticket] = set()   # the jobs running now (their tickets)
+        self.idle = threading.Condition()
+        self.stopping: threading.Thread | None = None  # the drain, once stop() was called
         if startup_error:
             log.error("Worker start-up failed; every job will be answered with: %s", self.startup_error)
             return
@@ -97,6 +102,9 @@ class Worker:
             raise TTSError(f"The worker failed to start: {self.startup_error}")
         if self.device_failure:
             raise DeviceFailure(f"This worker is unhealthy and about to be replaced: {self.device_failure}")
+        if self.stopping is not None:
+            raise ShuttingDown("Worker shutting down: it takes no new jobs. Send the job again (RunPod gives it "
+                               "to another worker).")
         return self.edge.job(job.get("input"), id=str(job.get("id", "local")))
 
     def handle(self, job: dict, ticket: Ticket | None = None) -> dict:
@@ -115,10 +123,53 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - every failure becomes {error, traceback}
             return self.failure(job, exc), exc
 
+    @contextlib.contextmanager
+    def running(self, ticket: Ticket) -> Iterator[Ticket]:
+        """Count `ticket`'s job as running while the block runs (stop() waits for it, then cancels it)."""
+        with self.idle:
+            self.active.add(ticket)
+        log.info("Job %s running", ticket.name)
+        try:
+            yield ticket
+        finally:
+            with self.idle:
+                self.active.discard(ticket)
+                self.idle.notify_all()
+
+    def stop(self, grace: float | None = None) -> threading.Thread:
+        """Stop taking jobs (SIGTERM): every new one is answered "Worker shutting down"; the jobs
+        running get `grace` seconds (worker.shutdown_grace_seconds) to finish, and those still running
+        then are cancelled, each answered with a ShuttingDown error that says so. Returns the thread
+        that drains (it ends when the last job was answered or cancelled); called again, the same."""
+        with self.idle:
+            if self.stopping is not None:
+                return self.stopping
+            grace = float(self.cfg.worker.shutdown_grace_seconds if grace is None else grace)
+            self.stopping = threading.Thread(target=self._drain, args=(grace,), name="drain", daemon=True)
+            log.warning("Stopping: no new jobs; the %d running get %g s to finish", len(self.active), grace)
+        self.stopping.start()
+        return self.stopping
+
+    def _drain(self, grace: float) -> None:
+        with self.idle:
+            running = len(self.active)
+            self.idle.wait_for(lambda: not self.active, timeout=grace)
+            left = list(self.active)
+        for ticket in left:
+            ticket.error = ShuttingDown(
+                f"Worker shutting down: job {ticket.name} did not finish within the {grace:g} s grace "
+                "(worker.shutdown_grace_seconds). Send it again.")
+            self.cancel(ticket)
+        with self.idle:
+            self.idle.wait_for(lambda: not self.active, timeout=grace + 30)  # their answers go out
+        log.warning("Stopped: of the %d jobs running, %d finished in the grace time and %d were cancelled",
+                    running, running - len(left), len(left))
+
     def _whole(self, spec: Job, job: dict, ticket: Ticket | None) -> dict:
         """A job's one answer, the whole file (raises on failure)."""
         model = self.store.get(spec.model)
-        response, _ = run_job(spec, model, progress=self._progress(job), ticket=ticket or self.ticket(job))
+        with self.running(ticket or self.ticket(job)) as ticket:
+            response, _ = run_job(spec, model, progress=self._progress(job), ticket=ticket)
         meta = {k: v for k, v in response["metadata"].items() if k != "segments"}
         log.info("Job %s done: %s", spec.id, json.dumps(meta))
         return redact(response, self.secrets)
@@ -139,20 +190,20 @@ class Worker:
                 yield self.failure(job, exc)
             return
         ticket = ticket or self.ticket(job)
-        piece = 0
         try:
-            for data, metadata in stream_job(spec, self.store.get(spec.model), ticket):
-                answer = {"audio_base64": base64.b64encode(data).decode("ascii"),
-                          "format": stream_format(spec),
-                          "sample_rate": SAMPLE_RATE, "piece": piece}
-                if metadata is not None:
-                    answer["metadata"] = metadata
-                    log.info("Job %s streamed: %s", spec.id,
-                             json.dumps({k: v for k, v in metadata.items() if k != "segments"}))
-                piece += 1
-                yield redact(answer, self.secrets)
+            with self.running(ticket):
+                yield from self._pieces(spec, ticket)
         except Exception as exc:  # noqa: BLE001 - the stream ends with {error, traceback}
             yield self.failure(job, exc)
+
+    def _pieces(self, spec: Job, ticket: Ticket) -> Iterator[dict]:
+        for piece, (data, metadata) in enumerate(stream_job(spec, self.store.get(spec.model), ticket)):
+            answer = {"audio_base64": base64.b64encode(data).decode("ascii"), "format": stream_format(spec),
+                      "sample_rate": SAMPLE_RATE, "piece": piece}
+            if metadata is not None:
+                answer["metadata"] = metadata
+                log.info("Job %s streamed: %s", spec.id, json.dumps({k: v for k, v in metadata.items() if k != "segments"}))
+            yield redact(answer, self.secrets)
 
     def cancel(self, ticket: Ticket) -> None:
         """RunPod stopped a job: its chunks leave every scheduler (waiting now, running at the next check)."""

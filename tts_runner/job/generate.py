@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from tts_runner.audio.codec import FRAMES_PER_SECOND, SAMPLE_RATE
-from tts_runner.errors import DeviceFailure, GenerationError, JobCancelled
+from tts_runner.errors import DeviceFailure, GenerationError
 from tts_runner.job.check import judge
 from tts_runner.job.events import Events
 from tts_runner.job.plan import Chunk, Plan, seeded
@@ -176,7 +176,7 @@ def _scheduled(model: Model, tally: _Tally, ticket: Ticket) -> None:
         while waiting:
             done, _ = wait(waiting, timeout=0.5, return_when=FIRST_COMPLETED)
             if ticket.cancelled:
-                raise JobCancelled("The job was cancelled.")
+                raise ticket.failure()
             ready, retry = [], []
             for future in done:
                 chunk, request = waiting.pop(future)

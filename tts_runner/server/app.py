@@ -23,6 +23,7 @@ import contextlib
 import hmac
 import json
 import logging
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import APIRouter, FastAPI, Request
@@ -30,7 +31,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from tts_runner.edge.aio import iterate_in_thread
+from tts_runner.edge.aio import Buffer, iterate_in_thread
 from tts_runner.errors import TTSError
 from tts_runner.server.errors import ApiError, from_exception
 from tts_runner.server.limits import BodyLimits
@@ -78,7 +79,7 @@ async def validation_error(request: Request, exc: RequestValidationError):
 
 async def any_error(request: Request, exc: Exception):
     error = from_exception(exc)
-    if error.status >= 500:
+    if error.status >= 500 and not isinstance(exc, TTSError):  # a job's own failure was logged by the worker
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
     return JSONResponse(error.body(), status_code=error.status)
 
@@ -130,9 +131,33 @@ async def cancellable(request: Request, work, ticket):
                         "shorter text, or split it.", type="server_error", code="timeout")
 
 
-def pieces_of(request: Request, make, stop):
-    """A job's pieces from a request thread, as they come (`stop` when the client goes away)."""
-    return iterate_in_thread(make, stop, request.app.state.threads)
+def pieces_of(request: Request, make, stop) -> tuple[AsyncIterator, Buffer]:
+    """A job's pieces from a request thread, as they come (`stop` when the client goes away), through
+    a bounded buffer (server.stream_buffer_bytes): a client that stops reading holds at most that."""
+    buffer = service_of(request).open_buffer()
+    return iterate_in_thread(make, stop, request.app.state.threads, buffer), buffer
+
+
+class BoundedStream(StreamingResponse):
+    """A streamed answer whose client must keep reading: when sending waits longer than
+    server.stream_stall_seconds (the client stopped reading, its socket is full), the request is
+    dropped and its job stopped, so its rows go back; other streams never wait for it."""
+
+    def __init__(self, content, buffer: Buffer, **kwargs):
+        super().__init__(content, **kwargs)
+        self.buffer = buffer
+
+    async def stream_response(self, send) -> None:
+        async def timed(message) -> None:
+            await asyncio.wait_for(send(message), self.buffer.stall_seconds)
+
+        try:
+            await super().stream_response(timed)
+        except TimeoutError:
+            self.buffer.dropped = True
+            log.warning("A stream's client read nothing for %g s (server.stream_stall_seconds): dropped, its job "
+                        "stopped", self.buffer.stall_seconds)
+            await self.body_iterator.aclose()  # the pieces' reader stops: the job is cancelled
 
 
 async def opened(pieces):
@@ -204,8 +229,8 @@ async def speech(request: Request):
         if "words" in made.metadata:
             headers.update(word_header(made.metadata["words"]))
         return Response(made.data, media_type=CONTENT_TYPES[asked.response_format], headers=headers)
-    pieces = pieces_of(request, lambda: service.stream(job, ticket, asked.response_format),
-                       lambda: service.cancel(ticket))
+    pieces, buffer = pieces_of(request, lambda: service.stream(job, ticket, asked.response_format),
+                               lambda: service.cancel(ticket))
     first = await opened(pieces)
 
     async def audio():
@@ -231,8 +256,9 @@ async def speech(request: Request):
                 yield _event({"type": "error", **from_exception(exc).body()})
 
     if asked.stream == "sse":
-        return StreamingResponse(events(), media_type="text/event-stream", headers={**headers, "Cache-Control": "no-cache"})
-    return StreamingResponse(audio(), media_type=CONTENT_TYPES[asked.response_format], headers=headers)
+        return BoundedStream(events(), buffer, media_type="text/event-stream",
+                             headers={**headers, "Cache-Control": "no-cache"})
+    return BoundedStream(audio(), buffer, media_type=CONTENT_TYPES[asked.response_format], headers=headers)
 
 
 @routes.post("/v1/tts")
@@ -242,7 +268,7 @@ async def tts(request: Request):
     worker = service.worker
     ticket = worker.ticket(job)
     if isinstance(job["input"], dict) and job["input"].get("stream") is True:
-        pieces = pieces_of(request, lambda: worker.stream(job, ticket), lambda: worker.cancel(ticket))
+        pieces, buffer = pieces_of(request, lambda: worker.stream(job, ticket), lambda: worker.cancel(ticket))
         first = await opened(pieces)
         if first is not None and "error" in first:
             return JSONResponse(first, status_code=_status(first))
@@ -254,7 +280,7 @@ async def tts(request: Request):
                     yield json.dumps(item) + "\n"
                     item = await anext(pieces, None)
 
-        return StreamingResponse(lines(), media_type="application/x-ndjson")
+        return BoundedStream(lines(), buffer, media_type="application/x-ndjson")
     answer, error = await cancellable(request, lambda: worker.answer(job, ticket), ticket)
     status = 200 if error is None else from_exception(error, openai=False).status
     return JSONResponse(answer, status_code=status)

@@ -11,6 +11,7 @@ from tts_runner.errors import (
     ModelError,
     NotFound,
     PayloadError,
+    ShuttingDown,
     TTSError,
     WorkerBusy,
 )
@@ -62,6 +63,8 @@ def from_exception(exc: BaseException, openai: bool = True) -> ApiError:
         return ApiError(503, message, type="server_error", code="worker_unhealthy")
     if isinstance(exc, ModelError):
         return ApiError(503, message, type="server_error", code="model_unavailable")
+    if isinstance(exc, ShuttingDown):
+        return ApiError(503, message, type="server_error", code="shutting_down")
     if isinstance(exc, JobCancelled):
         return ApiError(499, message, type="server_error", code="cancelled")
     if isinstance(exc, TTSError):

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from tts_runner.audio.codec import FRAMES_PER_SECOND  # codec frames: the "output tokens" of a request
 from tts_runner.edge import build
+from tts_runner.edge.aio import Buffer
 from tts_runner.edge.worker import Worker
 from tts_runner.job.run import JobAudio, synthesize
 from tts_runner.job.spec import Job
@@ -46,6 +47,11 @@ class Service:
         self.default_model, self.default_voice = str(cfg.input.model), str(cfg.input.voice)
         self.counters: dict = {}  # model -> its tokenizer's copy, for usage
         self.counting = threading.Lock()
+        self.stopping = False
+        self.buffers: set[Buffer] = set()  # the open streams' buffers
+        self.stream_drops = 0        # streams dropped for a client that stopped reading
+        self.stream_peak_bytes = 0   # the most one stream's buffer has held
+        self.buffering = threading.Lock()
 
     def load(self, worker: Worker | None = None) -> None:
         """Load the worker (its default model, warmed up): on a thread of its own at start-up."""
@@ -64,6 +70,8 @@ class Service:
         """RunPod's load balancer reads /ping: 204 while loading, 200 ready, 503 unhealthy."""
         if not self.loaded.is_set():
             return 204, "loading"
+        if self.stopping:
+            return 503, "shutting down"
         if self.worker.startup_error:
             return 503, f"start-up failed: {self.worker.startup_error}"
         if self.worker.device_failure:
@@ -71,6 +79,9 @@ class Service:
         return 200, "ready"
 
     def ready_worker(self) -> Worker:
+        if self.stopping:
+            raise ApiError(503, "Worker shutting down: it takes no new requests. Send it again (to another worker).",
+                           type="server_error", code="shutting_down")
         status, why = self.health()
         if status == 204:
             raise ApiError(503, "The server is loading its model; try again in a moment (GET /ping answers 200 "
@@ -92,7 +103,8 @@ class Service:
     def whole(self, job: Job, ticket: Ticket) -> JobAudio:
         """The job's whole file, its metadata and the files beside it (raises on failure)."""
         try:
-            made = synthesize(job, self.worker.store.get(job.model), ticket=ticket)
+            with self.worker.running(ticket):
+                made = synthesize(job, self.worker.store.get(job.model), ticket=ticket)
         except Exception as exc:
             self.failed(job, exc)
             raise
@@ -102,7 +114,8 @@ class Service:
 
     def stream(self, job: Job, ticket: Ticket, fmt: str) -> Iterator[tuple[bytes, dict | None]]:
         try:
-            yield from stream_job(job, self.worker.store.get(job.model), ticket, fmt=fmt)
+            with self.worker.running(ticket):
+                yield from stream_job(job, self.worker.store.get(job.model), ticket, fmt=fmt)
         except Exception as exc:
             self.failed(job, exc)
             raise
@@ -110,6 +123,30 @@ class Service:
     def failed(self, job: Job, exc: BaseException) -> None:
         """Log it as the queue worker does; a GPU failure makes the worker unhealthy (/ping 503)."""
         self.worker.failure({"id": job.id}, exc)
+
+    def open_buffer(self) -> Buffer:
+        """A new stream's buffer (server.stream_buffer_bytes, stream_stall_seconds), counted while it is open."""
+        buffer = Buffer(self.settings.stream_buffer_bytes, self.settings.stream_stall_seconds, on_end=self._closed)
+        with self.buffering:
+            self.buffers.add(buffer)
+        return buffer
+
+    def _closed(self, buffer: Buffer) -> None:
+        with self.buffering:
+            self.buffers.discard(buffer)
+            self.stream_drops += buffer.dropped
+            self.stream_peak_bytes = max(self.stream_peak_bytes, buffer.peak)
+
+    def buffered_bytes(self) -> int:
+        """What the open streams hold for their readers now."""
+        with self.buffering:
+            return sum(b.held for b in self.buffers)
+
+    def stop(self) -> None:
+        """SIGTERM: the worker takes no new job; those running get server.shutdown_grace_seconds."""
+        self.stopping = True
+        if self.worker is not None:
+            self.worker.stop(self.settings.shutdown_grace_seconds)
 
     def cancel(self, ticket: Ticket) -> None:
         if self.worker is not None:

@@ -16,6 +16,9 @@ class ServerSettings:
     max_body_bytes: int = 16_000_000
     body_timeout_seconds: float = 30.0
     request_timeout_seconds: float = 900.0
+    shutdown_grace_seconds: float = 20.0     # SIGTERM: how long the requests running get to finish
+    stream_buffer_bytes: int = 4_000_000     # what a stream holds for a reader slower than the audio is made
+    stream_stall_seconds: float = 30.0       # a stream whose reader makes no room this long is dropped
     max_input_chars: int = 20000
     voices_dir: Path = Path("saved_voices")
     clone_model: str = "1.7B-Base"

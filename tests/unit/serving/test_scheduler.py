@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers.config import FAST, NATURAL, load_model, make_job
+from tests.helpers.config import FAST, load_model, make_job
 from tests.helpers.decode import codes as library_codes
 from tests.helpers.scheduler import GREEDY, JOB_A, JOB_B, request, wait_rounds
-from tts_runner.edge.worker import Worker
 from tts_runner.engines.sampling import Sampling
 from tts_runner.errors import WorkerBusy
 from tts_runner.serving.scheduler import Scheduler
@@ -90,15 +89,6 @@ def test_a_hold_keeps_chunks_waiting_while_the_running_rows_go_on(model):
         wait_rounds(scheduler, 5)
         assert scheduler.load == (1, 1) and not late[0].done()  # the running row went on, the new one waits
     assert late[0].result(timeout=60).shape[0] >= 3 and running[0].result(timeout=60).shape[0] == 39
-
-
-@pytest.fixture
-def fresh_worker(tiny_env):
-    def make(*overrides):
-        worker = Worker.from_env([*NATURAL, *overrides])
-        assert worker.startup_error is None, worker.startup_error
-        return worker
-    return make
 
 
 def test_a_job_that_fails_fails_alone_and_its_neighbours_come_out_as_alone(fresh_worker):
