@@ -120,3 +120,71 @@ def test_a_file_sink_on_a_full_disk_is_one_clear_error_and_leaves_no_partial_fil
                                                    "params": {"max_new_tokens": 4, "min_new_tokens": 4}}})
     assert "error" not in small, small  # the worker goes on, and a file that fits is written whole
     assert [p.name for p in small_disk.iterdir()] == ["speech.mp3"]
+
+
+@pytest.fixture
+def store():
+    """moto's S3 server in this process with a bucket of the test's own (moto's store outlives its
+    server in a process); yields (its URL, a client of it, the bucket)."""
+    import uuid
+
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    client = boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="x",
+                          aws_secret_access_key="y")
+    bucket = f"faults-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(Bucket=bucket)
+    try:
+        yield url, client, bucket
+    finally:
+        server.stop()
+
+
+def objects(client, bucket: str) -> dict[str, int]:
+    return {o["Key"]: o["Size"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])}
+
+
+def test_uploads_meet_500_503_a_reset_and_a_slow_store_and_the_object_is_whole(tiny_env, store):
+    """Through the fault proxy: the first upload is answered 500, the second 503, the third is cut off
+    half-way (a reset), the fourth is never answered (past the sink's 1 s timeout); the fifth reaches
+    the store. The job's URL serves the whole file (decoded by ffmpeg to the metadata's duration),
+    and it is the only object: no partial or empty one under any key."""
+    import requests
+
+    from tests.helpers.media import agrees
+    from tests.helpers.s3proxy import faulty_s3
+
+    url, client, bucket = store
+    with faulty_s3(url, ["500", "503", "reset", "slow"]) as proxy, \
+            environment(S3_BUCKET=bucket, S3_ACCESS_KEY="AKIAEXAMPLE", S3_SECRET_KEY=SECRET, S3_ENDPOINT=proxy.url):
+        worker = Worker.from_env(FAST + ["sink.upload_attempts=6", "sink.upload_backoff_seconds=0.05",
+                                         "sink.timeout_seconds=1"])
+        out = worker.handle({"id": "faults", "input": {"text": "Delivered through every fault.", "output_format": "mp3"}})
+        assert "audio_url" in out, out
+        data = requests.get(out["audio_url"], timeout=30).content
+    assert proxy.seen == ["500", "503", "reset", "slow", "pass"]
+    assert agrees(data, "mp3", out["metadata"]["duration_seconds"])
+    key = out["audio_url"].split(f"/{bucket}/")[1].split("?")[0]
+    assert objects(client, bucket) == {key: len(data)}
+
+
+def test_when_the_store_never_recovers_the_audio_is_kept_locally_and_the_error_says_where(tiny_env, store, tmp_path):
+    from tests.helpers.media import file_seconds
+    from tests.helpers.s3proxy import faulty_s3
+
+    url, client, bucket = store
+    kept = tmp_path / "kept"
+    with faulty_s3(url, ["503", "reset", "500"]) as proxy, \
+            environment(S3_BUCKET=bucket, S3_ACCESS_KEY="AKIAEXAMPLE", S3_SECRET_KEY=SECRET, S3_ENDPOINT=proxy.url,
+                        TTS_RUNNER_KEEP_DIR=str(kept)):
+        worker = Worker.from_env(FAST + ["sink.upload_attempts=3", "sink.upload_backoff_seconds=0.05", "input.name=lost"])
+        out = worker.handle({"id": "lost", "input": {"text": "Kept on the disk instead.", "output_format": "wav"}})
+    assert proxy.seen == ["503", "reset", "500"]
+    assert out["error"].startswith(f"S3 upload to bucket '{bucket}' at {proxy.url} failed after 3 attempts: InternalError")
+    assert out["error"].endswith(f"The audio is kept at {kept / 'lost.wav'}.")
+    assert file_seconds((kept / "lost.wav").read_bytes(), "wav") > 1.0  # the one chunk of 16 frames, whole
+    assert objects(client, bucket) == {} and SECRET not in repr(out)

@@ -47,6 +47,7 @@ class Sink:
     url_expiry_seconds: int = 3600
     upload_attempts: int = 4
     upload_backoff_seconds: float = 0.5
+    timeout_seconds: float = 60.0      # one attempt's connect and read timeouts
     dir: Path | None = None            # file: the folder (None: ./outputs)
     keep: Path | None = None           # where the audio is written when delivery fails (None: nowhere)
 
@@ -128,8 +129,10 @@ def upload_s3(data: bytes, fmt: str, sink: Sink, job_id: str) -> str:
         region_name=sink.region or "us-east-1",
         aws_access_key_id=sink.access_key,
         aws_secret_access_key=sink.secret_key,
-        config=Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": 1},
-                      signature_version="s3v4"),  # the attempts are ours (upload_attempts), not botocore's
+        config=Config(connect_timeout=min(5.0, sink.timeout_seconds), read_timeout=sink.timeout_seconds,
+                      retries={"total_max_attempts": 1, "mode": "standard"},  # one try per attempt: the
+                      signature_version="s3v4"),  # attempts are ours (upload_attempts); botocore's legacy
+                                                  # "max_attempts": 1 was one more retry of its own
     )
     key = object_key(sink.prefix, job_id, fmt)
     where = f"bucket '{sink.bucket}'" + (f" at {sink.endpoint_url}" if sink.endpoint_url else "")

@@ -161,6 +161,7 @@ def sink(node: DictConfig, keep: Path | None = None) -> Sink:
     delivery that fails keeps the audio there."""
     values = plain(node)
     folder = values.get("dir")
+    keep = keep or (Path(str(values["keep_dir"])) if values.get("keep_dir") else None)
     made = Sink(kind=str(values["kind"]), max_inline_bytes=int(values.get("max_inline_bytes", Sink.max_inline_bytes)),
                 bucket=values.get("bucket"), access_key=values.get("access_key"), secret_key=values.get("secret_key"),
                 endpoint_url=values.get("endpoint_url"), region=values.get("region"),
@@ -168,6 +169,7 @@ def sink(node: DictConfig, keep: Path | None = None) -> Sink:
                 url_expiry_seconds=int(values.get("url_expiry_seconds", Sink.url_expiry_seconds)),
                 upload_attempts=int(values.get("upload_attempts", Sink.upload_attempts)),
                 upload_backoff_seconds=float(values.get("upload_backoff_seconds", Sink.upload_backoff_seconds)),
+                timeout_seconds=float(values.get("timeout_seconds", Sink.timeout_seconds)),
                 dir=Path(folder) if folder else keep, keep=keep)
     sinks.check(made)
     return made
