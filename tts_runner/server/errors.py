@@ -16,6 +16,16 @@ from tts_runner.errors import (
     WorkerBusy,
 )
 
+# our errors past the request's own fields -> (status, OpenAI's type, code); a subclass before its parent
+STATUSES = [
+    (WorkerBusy, 429, "rate_limit_error", "queue_full"),
+    (DeviceFailure, 503, "server_error", "worker_unhealthy"),
+    (ModelError, 503, "server_error", "model_unavailable"),
+    (ShuttingDown, 503, "server_error", "shutting_down"),
+    (JobCancelled, 499, "server_error", "cancelled"),
+    (TTSError, 500, "server_error", "generation_failed"),
+]
+
 # payload path -> the speech request's field
 PARAM_OF_PATH = {"$.text": "input", "$.voice": "voice", "$.model": "model", "$.output_format": "response_format",
                  "$.speed": "speed", "$.ref_audio": "ref_audio", "$.ref_text": "ref_text",
@@ -57,16 +67,7 @@ def from_exception(exc: BaseException, openai: bool = True) -> ApiError:
     if isinstance(exc, InputError):
         path = message.removeprefix("Invalid input at ").split(":")[0] if message.startswith("Invalid input at ") else None
         return ApiError(400, message, param=param_of(path, openai), code="invalid_value")
-    if isinstance(exc, WorkerBusy):
-        return ApiError(429, message, type="rate_limit_error", code="queue_full")
-    if isinstance(exc, DeviceFailure):
-        return ApiError(503, message, type="server_error", code="worker_unhealthy")
-    if isinstance(exc, ModelError):
-        return ApiError(503, message, type="server_error", code="model_unavailable")
-    if isinstance(exc, ShuttingDown):
-        return ApiError(503, message, type="server_error", code="shutting_down")
-    if isinstance(exc, JobCancelled):
-        return ApiError(499, message, type="server_error", code="cancelled")
-    if isinstance(exc, TTSError):
-        return ApiError(500, message, type="server_error", code="generation_failed")
+    for kind, status, type_, code in STATUSES:
+        if isinstance(exc, kind):
+            return ApiError(status, message, type=type_, code=code)
     return ApiError(500, f"Internal error: {type(exc).__name__}: {exc}", type="server_error", code="internal_error")
