@@ -45,9 +45,10 @@ async def serve(app, settings, log_level: str = "info") -> None:
             app.state.service.stop()
             super().handle_exit(sig, frame)
 
-    # uvicorn waits for open connections a little longer than the grace: the cancelled requests' answers go out
+    # uvicorn waits for open connections longer than the grace: a cancelled job ends at its next check, after
+    # the decode it may be in (seconds on a loaded CPU), and its answer still goes out
     servers = [Draining(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level,
-                                       timeout_graceful_shutdown=settings.shutdown_grace_seconds + 10))]
+                                       timeout_graceful_shutdown=settings.shutdown_grace_seconds + 30))]
     if settings.health_port and settings.health_port != settings.port:
         from fastapi import FastAPI
 
