@@ -39,6 +39,10 @@ class WorkerBusy(TTSError):
     """The worker's queue is full: the job is refused at once (send it again, or elsewhere)."""
 
 
+class StoreFull(TTSError):
+    """The saved-voice store holds as many voices, or megabytes, as its bound allows."""
+
+
 class JobCancelled(TTSError):
     """The job was cancelled (by RunPod, or its client) while it ran."""
 

@@ -17,6 +17,7 @@ from tests.helpers.servers import REPO
 from tts_runner.edge.worker import Worker
 from tts_runner.job.chunking import split_text
 from tts_runner.voice import consistency
+from tts_runner.voice.saved import StoreBounds
 
 VOICES = Path(__file__).resolve().parents[1] / "fixtures" / "voices"
 ANNA = base64.b64encode((REPO / "jobs" / "voices" / "anna.wav").read_bytes()).decode()
@@ -177,3 +178,14 @@ def test_the_consistency_score_separates_one_voice_from_another_on_real_speech()
     assert against["against"] == "reference" and against["mean"] < 0.75
     close = consistency.consistency([read("en-us")[0], *read("en-gb+f3")[1:]], 16000)
     assert changed["mean"] < close["mean"] < same["mean"]  # a close voice scores between: a fall, not an identity
+
+
+def test_a_full_voice_store_refuses_save_voice_before_anything_runs(designer, monkeypatch):
+    store = designer.edge.recipe.saved
+    count = store.usage()[0]
+    monkeypatch.setattr(store, "bounds", StoreBounds(max_voices=max(1, count), max_megabytes=2048))
+    if not count:
+        store.save("filler", base64.b64decode(ANNA), None)
+    out = designer.handle(design_job(text="Keep me too.", save_voice="one_more", params={"instruct": "A voice."}))
+    assert out["error"].startswith("The saved-voice store is full: it holds ")
+    assert "voices.saved_max_voices" in out["error"] and store.get("one_more") is None

@@ -22,6 +22,7 @@ from tests.helpers.servers import in_process
 from tts_runner.edge import build
 from tts_runner.server.app import create_app
 from tts_runner.server.service import Service
+from tts_runner.voice.saved import StoreBounds
 
 SPEECH = Path(__file__).resolve().parents[1] / "fixtures" / "speech" / "clean.wav"
 TEXT = "Hello there. This is a test of the speech server."
@@ -443,3 +444,27 @@ def test_times_that_cannot_be_had_are_refused_by_name(server, extra, param, word
     assert reply.status_code == 400, reply.text
     error = error_of(reply)
     assert param in error["message"] and words in error["message"], error
+
+
+def test_the_voice_store_is_bounded_in_voices_and_megabytes(worker, tmp_path):
+    service = make_service(worker, tmp_path)
+    service.voices.bounds = StoreBounds(max_voices=2, max_megabytes=2048)
+
+    def save(name: str) -> httpx.Response:
+        return httpx.post(f"{url}/v1/audio/voices", data={"name": name},
+                          files={"audio_sample": ("clean.wav", SPEECH.read_bytes(), "audio/wav")}, timeout=60)
+
+    with in_process(create_app(service)) as url:
+        assert save("one").status_code == 201 and save("two").status_code == 201
+        full = save("three")
+        assert full.status_code == 507 and error_of(full)["code"] == "voice_store_full"
+        assert "saved_max_voices 2" in error_of(full)["message"] and not (tmp_path / "voices" / "three").exists()
+        assert httpx.delete(f"{url}/v1/audio/voices/one").status_code == 200
+        assert save("three").status_code == 201  # room again once one is deleted
+        used = service.voices.usage()[1]
+        service.voices.bounds = StoreBounds(max_voices=100, max_megabytes=(used + 1000) / 2**20)
+        too_big = save("four")
+        assert too_big.status_code == 507 and "saved_max_megabytes" in error_of(too_big)["message"]
+        assert sorted(p.name for p in (tmp_path / "voices").iterdir()) == ["three", "two"]  # no staging left
+        assert httpx.post(f"{url}/v1/audio/speech", json={"model": "tts-1", "voice": "two", "input": "Hi.",
+                                                          "response_format": "wav"}, timeout=120).status_code == 200

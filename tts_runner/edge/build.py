@@ -30,7 +30,7 @@ from tts_runner.serving.device import resolve_dtype
 from tts_runner.serving.store import Catalog, ModelStore, Runtime, Serving, Variant
 from tts_runner.voice.clones import CLONE_MODES, Cloning
 from tts_runner.voice.fetch import FetchRules
-from tts_runner.voice.saved import VoiceStore
+from tts_runner.voice.saved import StoreBounds, VoiceStore
 from tts_runner.voice.voices import DESIGN_MODES, Design, SavedVoice, Voices
 
 log = logging.getLogger(__name__)
@@ -184,10 +184,18 @@ def recipe(cfg: DictConfig, keep: Path | None = None) -> Recipe:
                   saved=saved_voices(cfg.voices, limits))
 
 
-def saved_voices(node: DictConfig, limits: Cloning) -> VoiceStore | None:
-    """The voices saved at run time (voices.saved_dir; null: none), checked as references are."""
-    folder = node.get("saved_dir")
-    return VoiceStore(Path(str(folder)), limits) if folder else None
+def saved_voices(node: DictConfig, limits: Cloning, folder: Path | None = None,
+                 reserved: set[str] = frozenset()) -> VoiceStore | None:
+    """The voices saved at run time (`folder`, else voices.saved_dir; null: none), checked as
+    references are, within voices.saved_max_voices and saved_max_megabytes."""
+    folder = folder or node.get("saved_dir")
+    if not folder:
+        return None
+    bounds = StoreBounds(int(node.get("saved_max_voices", StoreBounds.max_voices)),
+                         float(node.get("saved_max_megabytes", StoreBounds.max_megabytes)))
+    if bounds.max_voices < 1 or bounds.max_megabytes <= 0:
+        raise SettingError("voices.saved_max_voices must be at least 1 and voices.saved_max_megabytes above 0.")
+    return VoiceStore(Path(str(folder)), limits, reserved, bounds)
 
 
 def server(node: DictConfig, variants: list[str]) -> ServerSettings:

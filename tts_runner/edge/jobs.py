@@ -131,6 +131,7 @@ class Edge:
             refuse("no folder is set for saved voices (voices.saved_dir, TTS_RUNNER_VOICES_DIR).")
         if job.save_voice in self.recipe.voices.clones or store.get(job.save_voice) is not None:
             refuse(f"a voice '{job.save_voice}' is saved already; pick another name or delete it first.")
+        store.check_room()  # a full store refuses the job before anything runs
 
 
 def captions(request: dict, language: str, stream: bool) -> Captions:

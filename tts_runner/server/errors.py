@@ -12,6 +12,7 @@ from tts_runner.errors import (
     NotFound,
     PayloadError,
     ShuttingDown,
+    StoreFull,
     TTSError,
     WorkerBusy,
 )
@@ -22,6 +23,7 @@ STATUSES = [
     (DeviceFailure, 503, "server_error", "worker_unhealthy"),
     (ModelError, 503, "server_error", "model_unavailable"),
     (ShuttingDown, 503, "server_error", "shutting_down"),
+    (StoreFull, 507, "server_error", "voice_store_full"),
     (JobCancelled, 499, "server_error", "cancelled"),
     (TTSError, 500, "server_error", "generation_failed"),
 ]

@@ -28,7 +28,6 @@ from tts_runner.server.errors import ApiError
 from tts_runner.server.openai import SpeechRequest, speech_request
 from tts_runner.server.settings import ServerSettings
 from tts_runner.serving.ticket import Ticket
-from tts_runner.voice.saved import VoiceStore
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +40,7 @@ class Service:
         self.loaded = threading.Event()
         voices = build.voices(cfg.voices)
         reserved = {*voices.aliases, *voices.clones, *settings.voices}
-        self.voices = VoiceStore(settings.voices_dir, build.cloning(cfg.cloning), reserved)
+        self.voices = build.saved_voices(cfg.voices, build.cloning(cfg.cloning), settings.voices_dir, reserved)
         self.variants = {name: str(v.kind) for name, v in cfg.models.variants.items()}
         self.clones = dict(voices.clones)
         self.default_model, self.default_voice = str(cfg.input.model), str(cfg.input.voice)

@@ -66,3 +66,14 @@ def test_torch_threads_that_are_not_a_count(tiny_env, value):
     assert start_up_error([f"runtime.torch_threads={value}"]) == (
         f"The worker failed to start: runtime.torch_threads={value if value == '0' else repr(value)} must be auto "
         "or a positive integer.")
+
+
+def test_the_voice_stores_bounds_come_from_conf_and_are_checked(tmp_path):
+    cfg = config_mod.load(["voices.saved_max_voices=3", "voices.saved_max_megabytes=1.5"])
+    store = build.saved_voices(cfg.voices, build.cloning(cfg.cloning), tmp_path)
+    assert (store.bounds.max_voices, store.bounds.max_megabytes) == (3, 1.5)
+    defaults = config_mod.load([])
+    assert build.saved_voices(defaults.voices, build.cloning(defaults.cloning), tmp_path).bounds.max_voices == 1000
+    bad = config_mod.load(["voices.saved_max_voices=0"])
+    with pytest.raises(InputError, match="voices.saved_max_voices must be at least 1"):
+        build.saved_voices(bad.voices, build.cloning(bad.cloning), tmp_path)
