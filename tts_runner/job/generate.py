@@ -187,7 +187,11 @@ def _scheduled(model: Model, tally: _Tally, ticket: Ticket) -> None:
                 except Exception as exc:  # noqa: BLE001 - the round failed (out of memory, say): try the chunk again
                     tally.fail(chunk, f"{type(exc).__name__}: {exc}")
                     retry.append(chunk)
-            wavs = scheduler.decode([(request, codes) for _, request, codes in ready])
+            wavs = []
+            for group in _groups(ready):  # a cancel is heard between groups, not after every decode
+                if ticket.cancelled:
+                    raise ticket.failure()
+                wavs += scheduler.decode([(request, codes) for _, request, codes in group])
             for (chunk, _, codes), wav in zip(ready, wavs, strict=True):
                 stats.calls += 1
                 stats.frame_steps += codes.shape[0] + 1
@@ -201,6 +205,24 @@ def _scheduled(model: Model, tally: _Tally, ticket: Ticket) -> None:
         scheduler.cancel(ticket)  # the job is over: its other chunks give their rows back
         raise
     stats.model_seconds = time.perf_counter() - started
+
+
+DECODE_GROUP_FRAMES = 1024  # frames decoded in one call at most (82 s of audio): rows that end together are
+                           # many; one call for all would keep a cancel (SIGTERM's grace) and other jobs'
+                           # stream pieces, which share the decoder, waiting behind it
+
+
+def _groups(ready: list) -> list[list]:
+    """(chunk, request, codes) items in order, in groups of at most DECODE_GROUP_FRAMES frames (one
+    item alone may be more)."""
+    groups, frames = [], 0
+    for item in ready:
+        if not groups or frames + item[2].shape[0] > DECODE_GROUP_FRAMES:
+            groups.append([])
+            frames = 0
+        groups[-1].append(item)
+        frames += item[2].shape[0]
+    return groups
 
 
 def _release_memory(exc: Exception) -> None:

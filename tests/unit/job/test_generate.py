@@ -238,3 +238,17 @@ def test_progress_moves_during_a_batch(tiny_env, engine):
     assert len(during) >= 10 and during == sorted(during) and 0 < during[-1]  # moving inside the one batch
     assert seen[-1][:2] == (3, 3) and seen[-1][2] == pytest.approx(3 * 1.2)
     assert out.stats.calls == 1
+
+
+def test_finished_chunks_are_decoded_in_bounded_groups_in_order():
+    from tts_runner.job import generate as generate_mod
+
+    limit = generate_mod.DECODE_GROUP_FRAMES
+    sizes = [0, 400] + [400] * 6 + [limit + 5, 10, 300]
+    ready = [(i, None, torch.zeros(n, 16)) for i, n in enumerate(sizes)]
+    groups = generate_mod._groups(ready)
+    assert [item for group in groups for item in group] == ready  # all of them, once, in order
+    for group in groups:  # within the bound, unless one chunk alone is past it
+        assert len(group) == 1 or sum(item[2].shape[0] for item in group) <= limit
+    assert [len(g) for g in groups] == [3, 2, 2, 1, 1, 2]
+    assert generate_mod._groups([]) == []
