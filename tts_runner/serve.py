@@ -76,15 +76,15 @@ def _stopped(sig, frame) -> None:
 def main(argv: list[str]) -> int:
     args = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg, settings = configure(args)
-    except Exception as exc:  # noqa: BLE001 - a bad setting is one line, not a traceback
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     from tts_runner.server.app import create_app
     from tts_runner.server.service import Service
 
-    service = Service(cfg, settings)
+    try:
+        cfg, settings = configure(args)
+        service = Service(cfg, settings)
+    except Exception as exc:  # noqa: BLE001 - a bad setting is one line, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     app = create_app(service)
     service.start()
     signal.signal(signal.SIGTERM, _stopped)  # what uvicorn's re-raised SIGTERM runs: exit 0, the drain done
