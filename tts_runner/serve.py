@@ -76,11 +76,11 @@ def _stopped(sig, frame) -> None:
 def main(argv: list[str]) -> int:
     args = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from tts_runner.server.app import create_app
-    from tts_runner.server.service import Service
-
     try:
         cfg, settings = configure(args)
+        from tts_runner.server.app import create_app  # after the settings: a bad one is told at once
+        from tts_runner.server.service import Service
+
         service = Service(cfg, settings)
     except Exception as exc:  # noqa: BLE001 - a bad setting is one line, not a traceback
         print(f"error: {exc}", file=sys.stderr)

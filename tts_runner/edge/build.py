@@ -191,11 +191,11 @@ def saved_voices(node: DictConfig, limits: Cloning, folder: Path | None = None,
     folder = folder or node.get("saved_dir")
     if not folder:
         return None
-    bounds = StoreBounds(int(node.get("saved_max_voices", StoreBounds.max_voices)),
-                         float(node.get("saved_max_megabytes", StoreBounds.max_megabytes)))
-    if bounds.max_voices < 1 or bounds.max_megabytes <= 0:
-        raise SettingError("voices.saved_max_voices must be at least 1 and voices.saved_max_megabytes above 0.")
-    return VoiceStore(Path(str(folder)), limits, reserved, bounds)
+    voices, megabytes = node.get("saved_max_voices", StoreBounds.max_voices), \
+        node.get("saved_max_megabytes", StoreBounds.max_megabytes)
+    _number("voices.saved_max_voices", voices, 1, 1_000_000)
+    _number("voices.saved_max_megabytes", megabytes, 1, 1_048_576)
+    return VoiceStore(Path(str(folder)), limits, reserved, StoreBounds(int(voices), float(megabytes)))
 
 
 def server(node: DictConfig, variants: list[str]) -> ServerSettings:

@@ -75,11 +75,10 @@ def test_the_voice_stores_bounds_come_from_conf_and_are_checked(tmp_path):
     defaults = config_mod.load([])
     assert build.saved_voices(defaults.voices, build.cloning(defaults.cloning), tmp_path).bounds.max_voices == 1000
     bad = config_mod.load(["voices.saved_max_voices=0"])
-    with pytest.raises(InputError, match="voices.saved_max_voices must be at least 1"):
+    with pytest.raises(InputError, match=r"^Invalid setting voices.saved_max_voices=0: use a number from 1 to 1000000\.$"):
         build.saved_voices(bad.voices, build.cloning(bad.cloning), tmp_path)
 
 
 def test_a_bad_voice_store_bound_is_the_workers_start_up_error(tiny_env):
     assert start_up_error(["voices.saved_max_megabytes=0"]) == (
-        "The worker failed to start: voices.saved_max_voices must be at least 1 and voices.saved_max_megabytes "
-        "above 0.")
+        "The worker failed to start: Invalid setting voices.saved_max_megabytes=0: use a number from 1 to 1048576.")
