@@ -52,6 +52,10 @@ class ShuttingDown(JobCancelled):
     time ends is answered with this."""
 
 
+class TimedOut(JobCancelled):
+    """The job ran past its time limit (worker.job_timeout_seconds): it was stopped."""
+
+
 class SlowReader(JobCancelled):
     """A stream's reader made no room in its buffer in time: the stream is dropped, its job stopped."""
 

@@ -201,3 +201,15 @@ def test_a_broken_gpu_fails_the_job_then_the_worker_refuses_work_and_exits(tiny_
 ])
 def test_which_errors_mean_the_gpu_may_be_broken(error, broken):
     assert device_broken(error) is broken
+
+
+def test_a_job_past_its_time_limit_is_stopped_with_an_error_naming_it(fresh_worker):
+    w = fresh_worker("worker.job_timeout_seconds=0.001", "worker.streaming=true")  # no job is made in a millisecond
+    limit = "ran past its time limit of 0.001 s (worker.job_timeout_seconds) and was stopped"
+    whole = w.handle({"id": "slow", "input": {"text": "A sentence that takes longer than a millisecond."}})
+    assert whole["error"].startswith("Job slow " + limit), whole["error"]
+    pieces = list(w.stream({"id": "slow-stream", "input": {"text": "A streamed sentence.", "stream": True}}))
+    assert pieces[-1]["error"].startswith("Job slow-stream " + limit), pieces[-1]
+    assert not w.active
+    w.time_limit = 900.0  # the same worker, its limit raised: it serves as before
+    assert "audio_base64" in w.handle({"id": "fine", "input": {"text": "Hi."}})

@@ -198,6 +198,13 @@ def saved_voices(node: DictConfig, limits: Cloning, folder: Path | None = None,
     return VoiceStore(Path(str(folder)), limits, reserved, StoreBounds(int(voices), float(megabytes)))
 
 
+def job_time_limit(node: DictConfig) -> float:
+    """worker.job_timeout_seconds as seconds (SettingError unless a number from 0.001 to a week)."""
+    value = plain(node).get("job_timeout_seconds", 900)
+    _number("worker.job_timeout_seconds", value, 0.001, 604_800)
+    return float(value)
+
+
 def server(node: DictConfig, variants: list[str]) -> ServerSettings:
     """The `server` group (SettingError on an alias to a variant that does not exist)."""
     values = plain(node)

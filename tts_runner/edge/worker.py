@@ -6,7 +6,8 @@ and every job is answered with it instead of the worker crash-looping. Per job: 
 payload a Job, the job's stages make it, and the answer is {audio_base64 | audio_url, metadata} or
 {error, traceback}. Nothing returned or logged contains a secret. A GPU failure that may have broken the CUDA context (not out
 of memory) is answered with `refresh_worker`, later jobs are refused, and the process exits, so
-RunPod replaces the worker. On SIGTERM (`stop`) it takes no new job, gives the jobs running
+RunPod replaces the worker. A job still running after worker.job_timeout_seconds is stopped and
+answered with an error naming the limit. On SIGTERM (`stop`) it takes no new job, gives the jobs running
 worker.shutdown_grace_seconds to finish, then answers the rest with a clear error.
 """
 
@@ -29,7 +30,7 @@ from tts_runner.edge import build
 from tts_runner.edge import config as config_mod
 from tts_runner.edge.jobs import Edge
 from tts_runner.edge.redact import protect, redact
-from tts_runner.errors import DeviceFailure, InputError, ShuttingDown, TTSError
+from tts_runner.errors import DeviceFailure, InputError, ShuttingDown, TimedOut, TTSError
 from tts_runner.job.run import run_job
 from tts_runner.job.spec import Job
 from tts_runner.job.stream import stream_format, stream_job
@@ -60,11 +61,13 @@ class Worker:
         self.active: set[Ticket] = set()   # the jobs running now (their tickets)
         self.idle = threading.Condition()
         self.stopping: threading.Thread | None = None  # the drain, once stop() was called
+        self.time_limit = 900.0  # worker.job_timeout_seconds, read below
         if startup_error:
             log.error("Worker start-up failed; every job will be answered with: %s", self.startup_error)
             return
         started = time.perf_counter()
         try:
+            self.time_limit = build.job_time_limit(cfg.worker)
             self.edge = Edge(cfg)
             try:
                 self.edge.job({"text": "start-up check"})
@@ -125,13 +128,18 @@ class Worker:
 
     @contextlib.contextmanager
     def running(self, ticket: Ticket) -> Iterator[Ticket]:
-        """Count `ticket`'s job as running while the block runs (stop() waits for it, then cancels it)."""
+        """Count `ticket`'s job as running while the block runs (stop() waits for it, then cancels it);
+        cancel it, with an error naming the limit, if it runs past worker.job_timeout_seconds."""
         with self.idle:
             self.active.add(ticket)
         log.info("Job %s running", ticket.name)
+        limit = threading.Timer(self.time_limit, self._time_out, args=(ticket,))
+        limit.daemon = True
+        limit.start()
         try:
             yield ticket
         finally:
+            limit.cancel()
             with self.idle:
                 self.active.discard(ticket)
                 self.idle.notify_all()
@@ -164,6 +172,13 @@ class Worker:
             self.idle.wait_for(lambda: not self.active, timeout=grace + 30)  # their answers go out
         log.warning("Stopped: of the %d jobs running, %d finished in the grace time and %d were cancelled",
                     running, running - len(left), len(left))
+
+    def _time_out(self, ticket: Ticket) -> None:
+        if ticket.cancelled:
+            return
+        ticket.error = TimedOut(f"Job {ticket.name} ran past its time limit of {self.time_limit:g} s "
+                                "(worker.job_timeout_seconds) and was stopped: send a shorter text, or split it.")
+        self.cancel(ticket)
 
     def _whole(self, spec: Job, job: dict, ticket: Ticket | None) -> dict:
         """A job's one answer, the whole file (raises on failure)."""

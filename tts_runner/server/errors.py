@@ -13,6 +13,7 @@ from tts_runner.errors import (
     PayloadError,
     ShuttingDown,
     StoreFull,
+    TimedOut,
     TTSError,
     WorkerBusy,
 )
@@ -24,6 +25,7 @@ STATUSES = [
     (ModelError, 503, "server_error", "model_unavailable"),
     (ShuttingDown, 503, "server_error", "shutting_down"),
     (StoreFull, 507, "server_error", "voice_store_full"),
+    (TimedOut, 504, "server_error", "timeout"),
     (JobCancelled, 499, "server_error", "cancelled"),
     (TTSError, 500, "server_error", "generation_failed"),
 ]

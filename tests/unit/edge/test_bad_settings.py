@@ -82,3 +82,11 @@ def test_the_voice_stores_bounds_come_from_conf_and_are_checked(tmp_path):
 def test_a_bad_voice_store_bound_is_the_workers_start_up_error(tiny_env):
     assert start_up_error(["voices.saved_max_megabytes=0"]) == (
         "The worker failed to start: Invalid setting voices.saved_max_megabytes=0: use a number from 1 to 1048576.")
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "soon"])
+def test_a_job_time_limit_that_is_not_a_positive_number_is_the_start_up_error(tiny_env, value):
+    broken = Worker.from_env([f"worker.job_timeout_seconds={value}"])
+    shown = repr(value if value == "soon" else int(value))
+    assert broken.startup_error == (f"Invalid setting worker.job_timeout_seconds={shown}: "
+                                    "use a number from 0.001 to 604800.")
