@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 # The RunPod SDK logs at DEBUG unless told otherwise, and at DEBUG and INFO it prints every job's
 # whole result: megabytes of base64 per job. Its warnings and errors are enough; what a job did
@@ -37,12 +38,15 @@ from tts_runner.edge.signals import drain_first  # noqa: E402
 from tts_runner.edge.worker import Worker  # noqa: E402
 
 WORKER = Worker.from_env()
+# A thread for each job RunPod may give at once: asyncio's default pool has min(32, cores + 4) threads,
+# fewer than worker.concurrency on a small machine, and a job past them would wait for a thread.
+JOBS = ThreadPoolExecutor(max_workers=WORKER.concurrency_modifier(0), thread_name_prefix="job")
 
 
 async def handler(job: dict) -> dict:
     ticket = WORKER.ticket(job)
     try:
-        return await asyncio.to_thread(WORKER.handle, job, ticket)
+        return await asyncio.get_running_loop().run_in_executor(JOBS, WORKER.handle, job, ticket)
     except asyncio.CancelledError:
         WORKER.cancel(ticket)
         raise
@@ -51,7 +55,7 @@ async def handler(job: dict) -> dict:
 async def stream_handler(job: dict):
     """Worker.stream on a thread, its pieces handed over as they come."""
     ticket = WORKER.ticket(job)
-    pieces = iterate_in_thread(lambda: WORKER.stream(job, ticket), lambda: WORKER.cancel(ticket))
+    pieces = iterate_in_thread(lambda: WORKER.stream(job, ticket), lambda: WORKER.cancel(ticket), JOBS)
     async with contextlib.aclosing(pieces):  # a stopped stream gives its rows back at once
         async for piece in pieces:
             yield piece

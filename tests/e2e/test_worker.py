@@ -213,3 +213,28 @@ def test_a_job_past_its_time_limit_is_stopped_with_an_error_naming_it(fresh_work
     assert not w.active
     w.time_limit = 900.0  # the same worker, its limit raised: it serves as before
     assert "audio_base64" in w.handle({"id": "fine", "input": {"text": "Hi."}})
+
+
+def test_the_handler_runs_as_many_jobs_at_once_as_its_concurrency(tiny_env, monkeypatch):
+    """RunPod gives the worker worker.concurrency jobs at once; each must get a thread at once, even
+    past asyncio's default pool (min(32, cores + 4) threads): N jobs meet at a barrier of N."""
+    import asyncio
+    import importlib.util
+    import os
+    import threading
+
+    from tests.helpers.servers import REPO
+
+    n = min(32, (os.cpu_count() or 1) + 4) + 4
+    monkeypatch.setenv("TTS_RUNNER_OVERRIDES", " ".join([*FAST, f"worker.concurrency={n}"]))
+    spec = importlib.util.spec_from_file_location("handler_under_test", REPO / "handler.py")
+    handler = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(handler)
+    assert handler.WORKER.concurrency_modifier(1) == n
+    barrier = threading.Barrier(n, timeout=60)
+    monkeypatch.setattr(handler.WORKER, "handle", lambda job, ticket=None: barrier.wait() >= 0 and {"ok": job["id"]})
+
+    async def all_at_once():
+        return await asyncio.gather(*(handler.handler({"id": str(i), "input": {}}) for i in range(n)))
+
+    assert asyncio.run(all_at_once()) == [{"ok": str(i)} for i in range(n)]
