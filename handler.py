@@ -36,6 +36,7 @@ import runpod  # noqa: E402  (reads the level at import)
 from tts_runner.edge.aio import iterate_in_thread  # noqa: E402
 from tts_runner.edge.signals import drain_first  # noqa: E402
 from tts_runner.edge.worker import Worker  # noqa: E402
+from tts_runner.serving import vitals  # noqa: E402
 
 WORKER = Worker.from_env()
 # A thread for each job RunPod may give at once: asyncio's default pool has min(32, cores + 4) threads,
@@ -62,6 +63,7 @@ async def stream_handler(job: dict):
 
 
 if __name__ == "__main__":
+    vitals.Reporter(lambda: vitals.of_worker(WORKER), WORKER.vitals_every).start()  # a JSON line every N s
     drain_first(WORKER.stop)  # SIGTERM: no new jobs, worker.shutdown_grace_seconds for those running, exit 0
     runpod.serverless.start({
         "handler": stream_handler if WORKER.cfg.worker.streaming else handler,

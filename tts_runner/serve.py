@@ -82,11 +82,15 @@ def main(argv: list[str]) -> int:
         from tts_runner.server.service import Service
 
         service = Service(cfg, settings)
+        every = build.vitals_every(cfg.worker)
     except Exception as exc:  # noqa: BLE001 - a bad setting is one line, not a traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
     app = create_app(service)
     service.start()
+    from tts_runner.serving.vitals import Reporter
+
+    Reporter(service.vitals, every).start()  # a JSON line every worker.vitals_every_seconds
     signal.signal(signal.SIGTERM, _stopped)  # what uvicorn's re-raised SIGTERM runs: exit 0, the drain done
     logging.getLogger(__name__).info("Listening on http://%s:%d (health %s)", settings.host, settings.port,
                                      settings.health_port or settings.port)

@@ -468,3 +468,30 @@ def test_the_voice_store_is_bounded_in_voices_and_megabytes(worker, tmp_path):
         assert sorted(p.name for p in (tmp_path / "voices").iterdir()) == ["three", "two"]  # no staging left
         assert httpx.post(f"{url}/v1/audio/speech", json={"model": "tts-1", "voice": "two", "input": "Hi.",
                                                           "response_format": "wav"}, timeout=120).status_code == 200
+
+
+def test_stats_tell_the_process_and_its_models_and_count_a_new_clone_prompt(worker, tmp_path):
+    import numpy as np
+    import soundfile
+
+    service = make_service(worker, tmp_path)
+    recording, rate = soundfile.read(SPEECH, dtype="float32")
+    recording[:100] = 0.0  # a reference no other test has used: its prompt is made, not found in the cache
+    fresh = tmp_path / "fresh.wav"
+    soundfile.write(fresh, np.asarray(recording), rate)
+    with in_process(create_app(service)) as url:
+        def clone(recording: bytes) -> None:
+            spoken = httpx.post(f"{url}/v1/audio/speech", timeout=120, json={
+                "input": "Hello.", "ref_audio": base64.b64encode(recording).decode(), "response_format": "wav"})
+            assert spoken.status_code == 200, spoken.text
+
+        clone(SPEECH.read_bytes())  # the clone model is loaded (its warm-up makes a prompt of its own)
+        before = httpx.get(f"{url}/stats").json()
+        assert set(before) >= {"rss_mb", "threads", "fds", "jobs_running", "models", "streams"}
+        clone(fresh.read_bytes())
+        clone(fresh.read_bytes())  # the same reference again: found in the cache
+        after = httpx.get(f"{url}/stats").json()
+    base = after["models"]["1.7B-Base"]
+    assert base["clone_prompts"] == before["models"]["1.7B-Base"]["clone_prompts"] + 1
+    assert base["clone_prompt_bytes"] > before["models"]["1.7B-Base"]["clone_prompt_bytes"] and base["rows"] == 0 and base["queued"] == 0
+    assert after["jobs_running"] == 0 and after["streams"]["open"] == 0

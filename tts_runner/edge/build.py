@@ -205,6 +205,13 @@ def job_time_limit(node: DictConfig) -> float:
     return float(value)
 
 
+def vitals_every(node: DictConfig) -> float:
+    """worker.vitals_every_seconds as seconds, 0 for never (SettingError unless from 0 to a day)."""
+    value = plain(node).get("vitals_every_seconds", 60)
+    _number("worker.vitals_every_seconds", value, 0, 86_400)
+    return float(value)
+
+
 def server(node: DictConfig, variants: list[str]) -> ServerSettings:
     """The `server` group (SettingError on an alias to a variant that does not exist)."""
     values = plain(node)

@@ -62,12 +62,14 @@ class Worker:
         self.idle = threading.Condition()
         self.stopping: threading.Thread | None = None  # the drain, once stop() was called
         self.time_limit = 900.0  # worker.job_timeout_seconds, read below
+        self.vitals_every = 0.0  # worker.vitals_every_seconds (handler.py and the server start the reports)
         if startup_error:
             log.error("Worker start-up failed; every job will be answered with: %s", self.startup_error)
             return
         started = time.perf_counter()
         try:
             self.time_limit = build.job_time_limit(cfg.worker)
+            self.vitals_every = build.vitals_every(cfg.worker)
             self.edge = Edge(cfg)
             try:
                 self.edge.job({"text": "start-up check"})

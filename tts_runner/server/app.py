@@ -286,6 +286,12 @@ async def tts(request: Request):
     return JSONResponse(answer, status_code=status)
 
 
+@routes.get("/stats")
+def stats(request: Request):
+    """What the worker holds now (memory, threads, open files, rows, queue, clone prompts, stream buffers)."""
+    return authorize(request).vitals()
+
+
 @routes.get("/v1/models")
 def models(request: Request):
     service = authorize(request)

@@ -27,6 +27,7 @@ from tts_runner.job.stream import stream_job
 from tts_runner.server.errors import ApiError
 from tts_runner.server.openai import SpeechRequest, speech_request
 from tts_runner.server.settings import ServerSettings
+from tts_runner.serving import vitals
 from tts_runner.serving.ticket import Ticket
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,15 @@ class Service:
         """What the open streams hold for their readers now."""
         with self.buffering:
             return sum(b.held for b in self.buffers)
+
+    def vitals(self) -> dict:
+        """The worker's vitals (tts_runner/serving/vitals.py) and the open streams' buffers; the process's
+        alone while the model loads."""
+        made = vitals.of_worker(self.worker) if self.loaded.is_set() else vitals.of_process()
+        with self.buffering:
+            made["streams"] = {"open": len(self.buffers), "buffered_bytes": sum(b.held for b in self.buffers),
+                               "dropped": self.stream_drops, "peak_bytes": self.stream_peak_bytes}
+        return made
 
     def stop(self) -> None:
         """SIGTERM: the worker takes no new job; those running get server.shutdown_grace_seconds."""

@@ -132,6 +132,11 @@ class PromptCache:
         self.lock = threading.Lock()
         self.computed = 0  # prompts made, all time (a hit makes none)
 
+    def usage(self) -> tuple[int, int]:
+        """(prompts held, their bytes)."""
+        with self.lock:
+            return len(self.entries), sum(s for _, s in self.entries.values())
+
     def get(self, ref: Reference, compute: Callable[[Reference], Any]) -> Any:
         with self.lock:
             if ref.digest in self.entries:

@@ -90,3 +90,8 @@ def test_a_job_time_limit_that_is_not_a_positive_number_is_the_start_up_error(ti
     shown = repr(value if value == "soon" else int(value))
     assert broken.startup_error == (f"Invalid setting worker.job_timeout_seconds={shown}: "
                                     "use a number from 0.001 to 604800.")
+
+
+def test_a_vitals_period_that_is_not_a_number_of_seconds_is_the_start_up_error(tiny_env):
+    broken = Worker.from_env(["worker.vitals_every_seconds=-1"])
+    assert broken.startup_error == "Invalid setting worker.vitals_every_seconds=-1: use a number from 0 to 86400."
