@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import threading
 import time
 
@@ -135,3 +136,30 @@ def test_stream_over_the_local_http_api(tmp_path):
         assert pcm(pieces).size == round(pieces[-1]["metadata"]["duration_seconds"] * 24000)
         whole = api({"text": "Hi.", "output_format": "wav"})  # aggregated: a one-item list
         assert whole["output"][0]["metadata"]["format"] == "wav"
+
+
+def _encoders() -> tuple[int, int]:
+    """(stream-encoder threads alive, ffmpeg processes that are children of this one)."""
+    import os
+    from pathlib import Path
+
+    threads = sum(t.name == "stream-encoder" for t in threading.enumerate())
+    children = [pid for task in Path("/proc/self/task").iterdir()
+                for pid in (task / "children").read_text().split()]
+    ffmpeg = sum("ffmpeg" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+                 for pid in children if os.path.exists(f"/proc/{pid}/cmdline"))
+    return threads, ffmpeg
+
+
+@pytest.mark.parametrize("fmt, speed", [("mp3", 1.5), ("pcm", 1.0)])
+def test_a_stream_that_fails_leaves_no_encoder_behind(streaming, monkeypatch, fmt, speed):
+    """Found by the soak: a stream whose job failed (its thread and the encoder's had both ended) kept
+    its ffmpeg process, the encoder's reader thread and three pipes, one set per failed stream."""
+    from tts_runner.job import generate
+
+    monkeypatch.setattr(generate, "judge", lambda chunk, wav, sampling, batching: ("an injected fault", False))
+    before = _encoders()
+    pieces = list(streaming.stream({"id": "fails", "input": {"text": TEXT, "stream": True, "output_format": fmt,
+                                                              "speed": speed}}))
+    assert re.match(r"Generation failed on segment 1 of 1, chunk \d of \d", pieces[-1]["error"]), pieces[-1]["error"]
+    assert _encoders() == before == (0, 0)

@@ -10,6 +10,7 @@ change, with no seams at the pieces' edges.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 import subprocess
@@ -123,10 +124,16 @@ class StreamEncoder:
             self.emit(head + data)
 
     def close(self) -> None:
-        """Stop the encoder without finishing (the stream was abandoned)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+        """Let go of everything the encoder holds: ffmpeg (killed if it still runs), its reader thread
+        and pipes, the MP3 writer. Safe to call again, and after finish()."""
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
             self.proc.wait()
+            self.reader.join()  # ffmpeg's stdout has ended: the reader has read its last
+            for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+                with contextlib.suppress(OSError):
+                    pipe.close()
         if self.sndfile is not None and not self.sndfile.closed:
             self.sndfile.close()
 

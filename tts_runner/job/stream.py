@@ -332,6 +332,7 @@ def stream_job(job: Job, model: Model, ticket: Ticket | None = None, fmt: str | 
             encoder.close()
         for thread in threads:
             thread.join()
+        encoder.close()  # however it ended (a failure too): no ffmpeg, reader thread or pipe outlives the stream
     took = time.perf_counter() - started
     duration = assembler.total / SAMPLE_RATE if job.output.speed == 1.0 else encoder.seconds
     yield b"", describe.metadata(job, chunks, outcome["stats"], assembler.spans, duration=round(duration, 3),
