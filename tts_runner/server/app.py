@@ -220,7 +220,7 @@ async def speech(request: Request):
     service = authorize(request)
     asked = service.request(await json_body(request))
     job, ticket = service.job(asked)
-    headers = {"X-Seed": str(job.sampling.seed)}
+    headers = {"X-Seed": str(job.sampling.seed), "X-Request-Id": job.id}  # the id the server's log names it by
     if asked.stream is None:
         made = await cancellable(request, lambda: service.whole(job, ticket), ticket)
         headers["X-Audio-Duration"] = str(made.metadata["duration_seconds"])

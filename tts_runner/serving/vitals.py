@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -27,10 +28,33 @@ def of_process(pid: int | str = "self") -> dict:
             "fds": len(os.listdir(proc / "fd"))}
 
 
+def open_files(pid: int | str = "self") -> dict[str, int]:
+    """Process `pid`'s open file descriptors by kind (socket, pipe, anon_inode:..., or the file's path)."""
+    kinds: dict[str, int] = {}
+    folder = Path("/proc", str(pid), "fd")
+    for fd in os.listdir(folder):
+        try:
+            link = os.readlink(folder / fd)
+        except OSError:  # closed while we looked
+            continue
+        kind = link.split(":")[0] if link.startswith(("socket:", "pipe:")) else link
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return dict(sorted(kinds.items()))
+
+
+def python_threads() -> dict[str, int]:
+    """This process's Python threads by name, less their numbers (a pool's threads are one entry)."""
+    names: dict[str, int] = {}
+    for thread in threading.enumerate():
+        name = re.sub(r"[-_]?\d+", "", thread.name.split(" ")[0]) or "thread"
+        names[name] = names.get(name, 0) + 1
+    return dict(sorted(names.items()))
+
+
 def of_worker(worker) -> dict:
     """This process's vitals and, per loaded model, {rows, queued, clone_prompts, clone_prompt_bytes},
     and the jobs running (an edge.worker.Worker; nothing of the models before it has loaded)."""
-    vitals = {**of_process(), "jobs_running": len(worker.active), "models": {}}
+    vitals = {**of_process(), "python_threads": python_threads(), "jobs_running": len(worker.active), "models": {}}
     for model in worker.store.loaded_models() if worker.store else []:
         rows, queued = model.scheduler.load if model.scheduler is not None else (0, 0)
         prompts, size = model.clone_prompts.usage()

@@ -1,7 +1,7 @@
 """Reading the files the worker makes with other code than the worker's (it writes them with
-libsndfile and ffmpeg's MP3 encoder, and counts their duration from the samples it made): the
-standard library's `wave` for WAV, ffmpeg's decoder for MP3, FLAC and Ogg Opus, and the byte count
-for raw PCM."""
+libsndfile and ffmpeg's encoders, and counts their duration from the samples it made): the
+standard library's `wave` for WAV, ffmpeg's decoder for MP3, FLAC, Ogg Opus and AAC, and the byte
+count for raw PCM. The tests and the soak (tts_runner/tools/soak.py) check answers with it."""
 
 from __future__ import annotations
 
@@ -10,25 +10,20 @@ import subprocess
 import tempfile
 import wave
 
-import numpy as np
-
 from tts_runner.audio.formats import ffmpeg_path
-
-
-def tone(seconds: float, rate: int = 24000, level: float = 0.3, hz: float = 440.0) -> np.ndarray:
-    """A sine of `hz` at `level`, `seconds` long."""
-    t = np.arange(int(round(seconds * rate))) / rate
-    return (level * np.sin(2 * np.pi * hz * t)).astype(np.float32)
 
 
 def file_seconds(data: bytes, fmt: str, rate: int = 24000) -> float:
     """The file's length, checking it is mono at `rate` where the format says."""
     if fmt == "pcm":
-        assert len(data) % 2 == 0
+        if len(data) % 2:
+            raise ValueError(f"raw 16-bit PCM of an odd length ({len(data)} bytes)")
         return len(data) / 2 / rate
     if fmt == "wav":
         with wave.open(io.BytesIO(data)) as w:
-            assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (rate, 1, 2)
+            if (w.getframerate(), w.getnchannels(), w.getsampwidth()) != (rate, 1, 2):
+                raise ValueError(f"a WAV of {w.getframerate()} Hz, {w.getnchannels()} channels, "
+                                 f"{8 * w.getsampwidth()} bits; expected {rate} Hz mono 16-bit")
             return w.getnframes() / w.getframerate()
     # ffmpeg decodes to raw 16-bit mono at `rate` (an Ogg Opus stream decodes at 48 kHz first); from a
     # file (not a pipe: it seeks) it honours the encoder delay and padding an MP3 records, as a
