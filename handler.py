@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 # The RunPod SDK logs at DEBUG unless told otherwise, and at DEBUG and INFO it prints every job's
 # whole result: megabytes of base64 per job. Its warnings and errors are enough; what a job did
@@ -33,15 +32,15 @@ if __name__ == "__main__" and MODE != "queue":
 
 import runpod  # noqa: E402  (reads the level at import)
 
-from tts_runner.edge.aio import iterate_in_thread  # noqa: E402
+from tts_runner.edge.aio import iterate_in_thread, started_pool  # noqa: E402
 from tts_runner.edge.signals import drain_first  # noqa: E402
 from tts_runner.edge.worker import Worker  # noqa: E402
 from tts_runner.serving import vitals  # noqa: E402
 
 WORKER = Worker.from_env()
-# A thread for each job RunPod may give at once: asyncio's default pool has min(32, cores + 4) threads,
-# fewer than worker.concurrency on a small machine, and a job past them would wait for a thread.
-JOBS = ThreadPoolExecutor(max_workers=WORKER.concurrency_modifier(0), thread_name_prefix="job")
+# A thread for each job RunPod may give at once, all started now: asyncio's default pool has min(32,
+# cores + 4) threads, fewer than worker.concurrency on a small machine, and a job past them would wait.
+JOBS = started_pool(WORKER.concurrency_modifier(0), "job")
 
 
 async def handler(job: dict) -> dict:

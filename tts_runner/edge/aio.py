@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -16,6 +16,18 @@ from tts_runner.errors import SlowReader
 
 T = TypeVar("T")
 _DONE = object()
+
+
+def started_pool(size: int, name: str) -> ThreadPoolExecutor:
+    """A pool of `size` threads, every one started now: its thread count never changes while it
+    serves (a lazily grown pool rises with each new peak of requests, and a soak could not tell that
+    from a leak), and a burst does not wait for threads to start."""
+    pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix=name)
+    met = threading.Barrier(size + 1, timeout=120)
+    for _ in range(size):  # none is idle until all have met: each task starts a thread of its own
+        pool.submit(met.wait)
+    met.wait()
+    return pool
 
 
 class _Raised:

@@ -24,14 +24,13 @@ import hmac
 import json
 import logging
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from tts_runner.edge.aio import Buffer, iterate_in_thread
+from tts_runner.edge.aio import Buffer, iterate_in_thread, started_pool
 from tts_runner.errors import TTSError
 from tts_runner.server.errors import ApiError, from_exception
 from tts_runner.server.limits import BodyLimits
@@ -48,8 +47,7 @@ def create_app(service: Service) -> FastAPI:
     settings = service.settings
     app = FastAPI(title="tts-runner", summary="Qwen3-TTS behind OpenAI's speech API", version="1")
     app.state.service = service
-    app.state.threads = ThreadPoolExecutor(max_workers=max(32, 4 * int(service.cfg.worker.concurrency)),
-                                           thread_name_prefix="request")
+    app.state.threads = started_pool(max(32, 4 * int(service.cfg.worker.concurrency)), "request")
     app.state.ping = ping  # also served on server.health_port
     app.add_middleware(BodyLimits, max_bytes=settings.max_body_bytes, timeout_seconds=settings.body_timeout_seconds)
     app.add_exception_handler(ApiError, api_error)

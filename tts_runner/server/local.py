@@ -34,3 +34,6 @@ def in_process(app):
         server.should_exit = True
         thread.join(30)
         sock.close()
+        threads = getattr(app.state, "threads", None)  # the server's request threads (tts_runner.server.app)
+        if threads is not None:
+            threads.shutdown(wait=False)
