@@ -78,6 +78,9 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg, settings = configure(args)
+        from tts_runner.serving.memory import limit_arenas
+
+        limit_arenas(build.malloc_arenas(cfg.runtime))  # before the request threads start
         from tts_runner.server.app import create_app  # after the settings: a bad one is told at once
         from tts_runner.server.service import Service
 

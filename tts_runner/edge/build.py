@@ -205,6 +205,13 @@ def job_time_limit(node: DictConfig) -> float:
     return float(value)
 
 
+def malloc_arenas(node: DictConfig) -> int | None:
+    """runtime.malloc_arenas: a count from 1 to 64, or None (SettingError otherwise)."""
+    value = plain(node).get("malloc_arenas")
+    _number("runtime.malloc_arenas", value, 1, 64, nullable=True)
+    return None if value is None else int(value)
+
+
 def vitals_every(node: DictConfig) -> float:
     """worker.vitals_every_seconds as seconds, 0 for never (SettingError unless from 0 to a day)."""
     value = plain(node).get("vitals_every_seconds", 60)

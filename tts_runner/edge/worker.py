@@ -34,6 +34,7 @@ from tts_runner.errors import DeviceFailure, InputError, ShuttingDown, TimedOut,
 from tts_runner.job.run import run_job
 from tts_runner.job.spec import Job
 from tts_runner.job.stream import stream_format, stream_job
+from tts_runner.serving import memory
 from tts_runner.serving.store import ModelStore
 from tts_runner.serving.ticket import Ticket
 
@@ -68,6 +69,7 @@ class Worker:
             return
         started = time.perf_counter()
         try:
+            memory.limit_arenas(build.malloc_arenas(cfg.runtime))  # before this worker's threads allocate
             self.time_limit = build.job_time_limit(cfg.worker)
             self.vitals_every = build.vitals_every(cfg.worker)
             self.edge = Edge(cfg)

@@ -129,10 +129,15 @@ def reported(target: str, url: str, log: Path) -> dict:
     return json.loads(lines[-1].split("Vitals: ", 1)[1]) if lines else {}
 
 
-def sample(proc, target: str, url: str, log: Path, jobs: int, began: float) -> dict:
+def sample(proc, target: str, url: str, log: Path, jobs: int, began: float, files: bool = False) -> dict:
+    """The child's RSS, threads and open files (from /proc, read before the /stats request this
+    makes is open), then the worker's own report."""
+    process = vitals.of_process(proc.pid)
+    if files:
+        process["open_files"] = vitals.open_files(proc.pid)
     own = reported(target, url, log)
     models = own.get("models", {})
-    return {**vitals.of_process(proc.pid), "jobs": jobs, "t": round(time.monotonic() - began, 1),
+    return {**process, "python_threads": own.get("python_threads"), "jobs": jobs, "t": round(time.monotonic() - began, 1),
             "jobs_running": own.get("jobs_running"),
             "rows": sum(m["rows"] for m in models.values()), "queued": sum(m["queued"] for m in models.values()),
             "clone_prompts": sum(m["clone_prompts"] for m in models.values()),
@@ -147,12 +152,10 @@ def idle_sample(proc, target: str, url: str, log: Path, jobs: int, began: float,
     deadline, last = time.monotonic() + timeout, None
     while True:
         time.sleep(1.5)  # the queue worker's report is a second old at most
-        now = sample(proc, target, url, log, jobs, began)
+        now = sample(proc, target, url, log, jobs, began, files=True)
         now["idle"] = now["jobs_running"] == 0 and now["rows"] == 0 and now["queued"] == 0
         settled = last is not None and (last["threads"], last["fds"]) == (now["threads"], now["fds"])
         if (now["idle"] and settled) or time.monotonic() > deadline:
-            now["open_files"] = vitals.open_files(proc.pid)
-            now["python_threads"] = reported(target, url, log).get("python_threads")
             return now
         last = now if now["idle"] else None
 
