@@ -138,7 +138,7 @@ class Worker:
             self.active.add(ticket)
         log.info("Job %s running", ticket.name)
         limit = threading.Timer(self.time_limit, self._time_out, args=(ticket,))
-        limit.daemon = True
+        limit.daemon, limit.name = True, "time-limit"
         limit.start()
         try:
             yield ticket

@@ -146,9 +146,10 @@ class Service:
         """The worker's vitals (tts_runner/serving/vitals.py) and the open streams' buffers; the process's
         alone while the model loads."""
         made = vitals.of_worker(self.worker) if self.loaded.is_set() else vitals.of_process()
+        held = self.buffered_bytes()
         with self.buffering:
-            made["streams"] = {"open": len(self.buffers), "buffered_bytes": sum(b.held for b in self.buffers),
-                               "dropped": self.stream_drops, "peak_bytes": self.stream_peak_bytes}
+            made["streams"] = {"open": len(self.buffers), "buffered_bytes": held, "dropped": self.stream_drops,
+                               "peak_bytes": self.stream_peak_bytes}
         return made
 
     def stop(self) -> None:
