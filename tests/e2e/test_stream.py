@@ -144,8 +144,12 @@ def _encoders() -> tuple[int, int]:
     from pathlib import Path
 
     threads = sum(t.name == "stream-encoder" for t in threading.enumerate())
-    children = [pid for task in Path("/proc/self/task").iterdir()
-                for pid in (task / "children").read_text().split()]
+    children = []
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            children += (task / "children").read_text().split()
+        except FileNotFoundError:  # a thread that ended while we looked
+            pass
     ffmpeg = sum("ffmpeg" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
                  for pid in children if os.path.exists(f"/proc/{pid}/cmdline"))
     return threads, ffmpeg
