@@ -470,10 +470,11 @@ def test_the_voice_store_is_bounded_in_voices_and_megabytes(worker, tmp_path):
                                                           "response_format": "wav"}, timeout=120).status_code == 200
 
 
-def test_stats_tell_the_process_and_its_models_and_count_a_new_clone_prompt(worker, tmp_path):
+def test_stats_tell_the_process_and_its_models_and_count_a_new_clone_prompt(worker, tmp_path, caplog):
     import numpy as np
     import soundfile
 
+    caplog.set_level("INFO", logger="tts_runner.edge.worker")
     service = make_service(worker, tmp_path)
     recording, rate = soundfile.read(SPEECH, dtype="float32")
     recording[:100] = 0.0  # a reference no other test has used: its prompt is made, not found in the cache
@@ -484,7 +485,9 @@ def test_stats_tell_the_process_and_its_models_and_count_a_new_clone_prompt(work
             spoken = httpx.post(f"{url}/v1/audio/speech", timeout=120, json={
                 "input": "Hello.", "ref_audio": base64.b64encode(recording).decode(), "response_format": "wav"})
             assert spoken.status_code == 200, spoken.text
+            ids.append(spoken.headers["x-request-id"])
 
+        ids: list[str] = []
         clone(SPEECH.read_bytes())  # the clone model is loaded (its warm-up makes a prompt of its own)
         before = httpx.get(f"{url}/stats").json()
         assert set(before) >= {"rss_mb", "threads", "fds", "jobs_running", "models", "streams"}
@@ -495,3 +498,5 @@ def test_stats_tell_the_process_and_its_models_and_count_a_new_clone_prompt(work
     assert base["clone_prompts"] == before["models"]["1.7B-Base"]["clone_prompts"] + 1
     assert base["clone_prompt_bytes"] > before["models"]["1.7B-Base"]["clone_prompt_bytes"] and base["rows"] == 0 and base["queued"] == 0
     assert after["jobs_running"] == 0 and after["streams"]["open"] == 0
+    logged = caplog.text
+    assert len(set(ids)) == 3 and all(f"Job {i} running" in logged for i in ids)  # X-Request-Id: the log's name

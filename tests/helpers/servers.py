@@ -16,12 +16,6 @@ import requests
 REPO = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -135,5 +129,5 @@ def audio_server(recording: bytes):
         server.server_close()
 
 
-# an ASGI app on a thread of this process, on 127.0.0.1
-from tts_runner.server.local import in_process  # noqa: E402, F401
+# an ASGI app on a thread of this process, on 127.0.0.1, and a free port there
+from tts_runner.server.local import free_port, in_process  # noqa: E402, F401

@@ -6,6 +6,13 @@ import socket
 from contextlib import contextmanager
 
 
+def free_port() -> int:
+    """A port nothing listens on now, on 127.0.0.1 (for a server a test or tool starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @contextmanager
 def in_process(app):
     """An ASGI app served by uvicorn on a thread of this process, on 127.0.0.1 (a port of its own):

@@ -43,7 +43,11 @@ def agrees(data: bytes, fmt: str, seconds: float, rate: int = 24000) -> bool:
     """Does a duration the worker reported agree with the file (to the millisecond it reports; for
     AAC in ADTS, which keeps no gapless information, the file is longer by its priming frame and the
     last frame's padding, less than two frames)?"""
-    found = file_seconds(data, fmt, rate)
+    return lengths_agree(file_seconds(data, fmt, rate), fmt, seconds, rate)
+
+
+def lengths_agree(found: float, fmt: str, seconds: float, rate: int = 24000) -> bool:
+    """agrees() for a file already decoded to `found` seconds."""
     if fmt == "aac":
         return 0 <= found - seconds < 2 * AAC_FRAME / rate + 0.0015
     return abs(seconds - found) < 0.0015

@@ -174,9 +174,9 @@ def serve_api(overrides: str, log: Path):
     """Start handler.py --rp_serve_api on a free 127.0.0.1 port; returns (process, port)."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from tts_runner.server.local import free_port
+
+    port = free_port()
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "TTS_RUNNER_OVERRIDES": overrides}
     with open(log, "wb") as out:

@@ -39,6 +39,7 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tts_runner.server.local import free_port
 from tts_runner.serving import vitals
 from tts_runner.tools.serve_bench import percentile, sentences
 from tts_runner.tools.soak_work import Failed, HttpTarget, Mix, QueueTarget, Work
@@ -71,14 +72,6 @@ class Goal:
 
 
 # ---- the child process ---------------------------------------------------------------------------------
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def child_env(model_dir: Path | None, device: str | None, voices: Path, overrides: list[str]) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("S3_")}  # answers inline, never uploaded
     env.update(TTS_RUNNER_VOICES_DIR=str(voices), TTS_RUNNER_STREAMING="true", PYTHONUNBUFFERED="1",
@@ -249,11 +242,10 @@ def judge(done: list[Done], samples: list[dict], baseline: dict, final: dict, di
     outcomes = Counter(d.outcome for d in done)
     goals = [Goal("jobs lost", outcomes["lost"], "0", outcomes["lost"] == 0),
              Goal("bad answers", outcomes["bad"], "0", outcomes["bad"] == 0),
-             Goal("worker deaths", int(died), "0", not died),
-             Goal("threads when idle", f"{final.get('threads')} (warm-up {baseline.get('threads')})",
-                  "<= the warm-up's", bool(final.get("idle")) and final.get("threads", 1e9) <= baseline.get("threads", -1)),
-             Goal("open files when idle", f"{final.get('fds')} (warm-up {baseline.get('fds')})",
-                  "<= the warm-up's", bool(final.get("idle")) and final.get("fds", 1e9) <= baseline.get("fds", -1))]
+             Goal("worker deaths", int(died), "0", not died)]
+    for key, name in (("threads", "threads when idle"), ("fds", "open files when idle")):
+        goals.append(Goal(name, f"{final.get(key)} (warm-up {baseline.get(key)})", "<= the warm-up's",
+                          bool(final.get("idle")) and final.get(key, 1e9) <= baseline.get(key, -1)))
     jobs = len(load)
     if jobs >= JUDGE_RSS_FROM_JOBS and "rss_mb" in final:
         growth = (final["rss_mb"] - baseline["rss_mb"]) / jobs * 1000

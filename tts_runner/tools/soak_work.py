@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tts_runner.audio.formats import FORMATS
 from tts_runner.audio.streams import STREAM_FORMATS
-from tts_runner.tools.decoded import agrees, file_seconds
+from tts_runner.tools.decoded import file_seconds, lengths_agree
 
 OUTCOMES = ("ok", "busy", "refused", "abandoned", "timed_out", "failed", "bad", "lost")
 # "failed": a good job's generation failed and its error names the part (the tiny models' noise may
@@ -103,7 +103,7 @@ def check_audio(data: bytes, fmt: str, seconds: float | None, exact: bool = True
     if found <= 0:
         raise Failed(f"{fmt} audio decodes to nothing ({len(data)} bytes)")
     if seconds is not None:
-        if exact and not agrees(data, fmt, seconds):
+        if exact and not lengths_agree(found, fmt, seconds):
             raise Failed(f"{fmt} audio decodes to {found:.4f} s, its metadata says {seconds:.4f} s")
         if not exact and abs(found - seconds) > LOOSE_SECONDS:
             raise Failed(f"{fmt} stream decodes to {found:.4f} s, its metadata says {seconds:.4f} s")

@@ -95,3 +95,9 @@ def test_a_job_time_limit_that_is_not_a_positive_number_is_the_start_up_error(ti
 def test_a_vitals_period_that_is_not_a_number_of_seconds_is_the_start_up_error(tiny_env):
     broken = Worker.from_env(["worker.vitals_every_seconds=-1"])
     assert broken.startup_error == "Invalid setting worker.vitals_every_seconds=-1: use a number from 0 to 86400."
+
+
+@pytest.mark.parametrize("value, shown", [("0", "0"), ("many", "'many'")])
+def test_a_malloc_arena_count_out_of_range_is_the_start_up_error(tiny_env, value, shown):
+    broken = Worker.from_env([f"runtime.malloc_arenas={value}"])
+    assert broken.startup_error == f"Invalid setting runtime.malloc_arenas={shown}: use a number from 1 to 64 or null."
