@@ -118,8 +118,7 @@ def pacing(node: DictConfig | None) -> Pacing:
         raise SettingError(f"Invalid setting stream.schedule: '{schedule}'; use adaptive or fixed.")
     return Pacing(first_piece_frames=int(node.get("first_piece_frames") or 1), piece_frames=int(node.get("piece_frames") or 1),
                   left_context_frames=None if left is None else int(left), schedule=schedule,
-                  low_water_seconds=float(node.get("low_water_seconds", Pacing.low_water_seconds)),
-                  early_min_speed=float(node.get("early_min_speed", Pacing.early_min_speed)))
+                  low_water_seconds=float(node.get("low_water_seconds", Pacing.low_water_seconds)))
 
 
 def voices(node: DictConfig, variants: dict[str, str] | None = None) -> Voices:

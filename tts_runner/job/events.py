@@ -11,6 +11,9 @@ if TYPE_CHECKING:
     import torch
 
     from tts_runner.job.plan import Chunk
+    from tts_runner.serving.model import ChunkRequest
+
+    Decode = tuple[ChunkRequest, torch.Tensor]  # what the speech decoder is given
 
 
 def _nothing(*args: Any) -> None:
@@ -28,3 +31,8 @@ class Events:
     retry: Callable[[Chunk, str, str], None] = _nothing
     # a chunk about to run: a callable that hears its codes so far at every host check (streaming), or None
     listener: Callable[[Chunk], Callable[[torch.Tensor], None] | None] = _nothing
+    # a finished chunk about to be decoded, (chunk, request, codes): None to decode it whole, or (what to
+    # decode instead, what makes the chunk's audio of its output): a stream that has decoded the chunk's
+    # opening asks for the rest only
+    tail: Callable[[Chunk, ChunkRequest, torch.Tensor], tuple[Decode, Callable[[np.ndarray], np.ndarray]] | None] = \
+        _nothing

@@ -191,7 +191,10 @@ def _scheduled(model: Model, tally: _Tally, ticket: Ticket) -> None:
             for group in _groups(ready):  # a cancel is heard between groups, not after every decode
                 if ticket.cancelled:
                     raise ticket.failure()
-                wavs += scheduler.decode([(request, codes) for _, request, codes in group])
+                tails = [events.tail(chunk, request, codes) for chunk, request, codes in group]
+                decoded = scheduler.decode([(request, codes) if tail is None else tail[0]
+                                            for (_, request, codes), tail in zip(group, tails, strict=True)])
+                wavs += [wav if tail is None else tail[1](wav) for wav, tail in zip(decoded, tails, strict=True)]
             for (chunk, _, codes), wav in zip(ready, wavs, strict=True):
                 stats.calls += 1
                 stats.frame_steps += codes.shape[0] + 1

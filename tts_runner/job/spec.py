@@ -104,7 +104,6 @@ class Pacing:
     left_context_frames: int | None = 72  # None: the whole chunk so far
     schedule: str = "adaptive"            # adaptive: a piece comes early when the listener would run low; fixed
     low_water_seconds: float = 0.4        # adaptive: decode what there is once the audio sent has less left to play
-    early_min_speed: float = 1.5          # adaptive: ... for rows made at least this many times real time
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@
 The job's chunks go to the scheduler in order. While the chunk at the head of the line runs, its
 codes so far reach the stream at every host check and are decoded with the speech tokenizer's left
 context (`stream.left_context_frames` frames before the new ones; the decoder is causal, so the
-opening of a chunk is there before its end). Finished chunks behind the head wait their turn.
+opening of a chunk is there before its end). Finished chunks behind the head wait their turn; the
+head, once finished, is decoded only after the frames the stream decoded of it (the same left
+context), so its last piece comes as soon as its row ends.
 
 The pieces are exactly the samples the whole job would have: each chunk's silent edges trimmed,
 chunks crossfaded, segments joined with their gap, as tts_runner.job.assemble builds them, except
@@ -20,9 +22,11 @@ ends with an error naming it.
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import replace
 
 import numpy as np
@@ -42,6 +46,8 @@ from tts_runner.job.spec import Job
 from tts_runner.serving.model import Model
 from tts_runner.serving.ticket import Ticket
 
+PACE_CHECKS = 6  # a running chunk's speed is read over its last host checks (it falls as other rows join it)
+
 
 class StreamAssembler:
     """The job's audio so far and how much of it is final."""
@@ -54,9 +60,9 @@ class StreamAssembler:
         self.piece_frames = max(self.first_frames, pacing.piece_frames)
         self.adaptive = pacing.schedule == "adaptive"
         self.low_water = pacing.low_water_seconds
-        self.early_rate = pacing.early_min_speed * FRAMES_PER_SECOND
-        self.decode_seconds = 0.0                   # how long a piece's decode took lately (its recent worst)
-        self.pace: dict[int, tuple[float, int, float, int]] = {}  # chunk -> (first time, frames, last time, frames)
+        self.scheduler = model.scheduler
+        self.decode_seconds = 0.0                   # how long this stream's piece decodes took lately (their recent worst)
+        self.pace: dict[int, deque] = {}            # chunk -> its last host checks heard, (time, frames)
         self.playing_since: float | None = None     # when the first samples went out (a listener starts then)
         self.crossfade_ms = chunking.crossfade_ms
         self.crossfade = int(round(SAMPLE_RATE * chunking.crossfade_ms / 1000.0))
@@ -79,7 +85,7 @@ class StreamAssembler:
 
     def events(self) -> Events:
         """What the generate stage tells this assembler."""
-        return Events(result=self.add, retry=self.retry, listener=self.listener)
+        return Events(result=self.add, retry=self.retry, listener=self.listener, tail=self.tail)
 
     # ---- what the generation side tells it (job thread, scheduler thread) -------------------------
     def listener(self, chunk):
@@ -87,11 +93,21 @@ class StreamAssembler:
             now = time.monotonic()
             with self.cond:
                 self.latest[chunk.index] = codes
-                first = self.pace.get(chunk.index)
-                self.pace[chunk.index] = (now, codes.shape[0], now, codes.shape[0]) if first is None else \
-                    (first[0], first[1], now, codes.shape[0])
+                self.pace.setdefault(chunk.index, deque(maxlen=PACE_CHECKS)).append((now, codes.shape[0]))
                 self.cond.notify_all()
         return hear
+
+    def tail(self, chunk, request, codes: torch.Tensor):
+        """A finished chunk whose opening this stream has decoded: its other frames only, with the left
+        context a piece has (the whole chunk again would hold its last piece back and load the shared
+        decoder twice); None for any other chunk (decoded whole)."""
+        with self.cond:
+            if not (self.head and self.head[0] == chunk.index and self.head[1]):
+                return None
+            _, frames, samples = self.head
+        start = 0 if self.left_context is None else max(0, frames - self.left_context)
+        request = request if start == 0 else replace(request, clone=None)  # the reference is context at 0
+        return (request, codes[start:]), lambda wav: np.concatenate([samples, wav[(frames - start) * SAMPLES_PER_FRAME:]])
 
     def add(self, chunk, wav: np.ndarray) -> None:
         with self.cond:
@@ -161,37 +177,64 @@ class StreamAssembler:
     def _due(self, chunk: int, decoded: int, available: int) -> bool:
         """Is the head chunk's next piece due, with `decoded` of its `available` frames decoded? (stream.schedule)
 
-        First at first_piece_frames; then at piece_frames new frames (each decode costs the decoder's
-        left context again, so pieces are as large as the listener allows); and with `adaptive` sooner,
-        at first_piece_frames new frames or more, once the listener has less than low_water_seconds to
-        play. Decoded at that last moment, a piece holds what the row made while the last one played,
-        so pieces grow by the row's speed over real time (x3 at 3x real time: 4, 12, 36 frames...).
-        A row made at less than early_min_speed x real time keeps to piece_frames: below 1x no
-        schedule can feed its listener, and near it the early pieces' decodes (each with its left
-        context, on the loop's thread) cost the rows more than they give the listener. The low
-        water rises by twice the recent decode time (`_low_water`), so a decode that waits its turn
-        on a busy loop still lands before the listener runs dry."""
+        fixed: first at first_piece_frames, then at every piece_frames new frames.
+
+        adaptive, from the row's measured speed s (x real time) and what a piece's decode lately took, d:
+        a piece of P frames brings the listener P/12.5 s of audio and took P/(12.5 s) + d to make and
+        decode, so it gains P/12.5 (1 - 1/s) - d. The smallest piece worth decoding early is the one
+        that gains at least one more decode's time (`_min_piece`): 4 frames at 3x real time, 8 at 1.2x,
+        piece_frames at or below 1x. While nothing has gone out, the first piece waits until what it
+        brings (less the crossfade that stays behind) covers the making of such a piece and two
+        decodes (for a fast row, or one not yet measured: at first_piece_frames, the time to first
+        audio; after a chunk's silent opening, as soon again); then a piece is decoded early, at
+        that size or more, once the listener has less than the low water left (`_low_water`), at the
+        last moment, so pieces grow by the row's speed over real time (x3 at 3x: 4, 12, 36 frames...).
+        No piece waits for more than piece_frames new frames (each decode costs its left context again,
+        so pieces are as large as the listener allows, and no larger than that)."""
         new = available - decoded
-        if not decoded:
-            return available >= self.first_frames
         if new >= self.piece_frames:
             return True
-        if not self.adaptive or new < self.first_frames:
+        if new < self.first_frames:
             return False
+        if not self.adaptive:
+            return not decoded
+        speed = self._speed(chunk)
+        piece = self._min_piece(speed)
         left = self._left_to_play()
-        rate = self._rate(chunk)
-        return left is not None and left <= self._low_water() and (rate is None or rate >= self.early_rate)
+        if left is None:  # nothing out yet: the first piece, once what it brings covers the making of the next
+            audible = available / FRAMES_PER_SECOND - self.crossfade / SAMPLE_RATE  # a crossfade's worth waits
+            return speed is None or audible >= piece / (speed * FRAMES_PER_SECOND) + 2.0 * self._decode_time()
+        return new >= piece and left <= self._low_water()
+
+    def _decode_time(self) -> float:
+        """What a piece's decode lately took: this stream's recent worst, or the other streams' on the
+        same decoder (measured at warm-up before any), whichever is longer."""
+        return max(self.decode_seconds, getattr(self.scheduler, "piece_seconds", 0.0))
+
+    def _min_piece(self, speed: float | None) -> int:
+        """Frames in the smallest piece that gains the listener at least a decode's time at `speed`
+        (x real time; None, not yet measured: first_piece_frames)."""
+        if speed is None:
+            return self.first_frames
+        gain = 1.0 - 1.0 / speed if speed > 0 else 0.0  # seconds of listening gained per second of audio made
+        if gain <= 0:
+            return self.piece_frames
+        need = math.ceil(2.0 * self._decode_time() * FRAMES_PER_SECOND / gain)
+        return min(self.piece_frames, max(self.first_frames, need))
 
     def _low_water(self) -> float:
         """When an early piece is due: low_water_seconds left to play, and twice what a piece's decode
         has lately taken on top (on a loaded loop a decode waits its turn; the piece must still come
         before the listener runs dry)."""
-        return self.low_water + 2.0 * self.decode_seconds
+        return self.low_water + 2.0 * self._decode_time()
 
-    def _rate(self, chunk: int) -> float | None:
-        """The running chunk's frames per second so far (None until two host checks have been heard)."""
-        first_t, first_n, last_t, last_n = self.pace.get(chunk, (0.0, 0, 0.0, 0))
-        return (last_n - first_n) / (last_t - first_t) if last_t > first_t and last_n > first_n else None
+    def _speed(self, chunk: int) -> float | None:
+        """The running chunk's speed over its last host checks, x real time (None until two have been heard)."""
+        checks = self.pace.get(chunk)
+        if not checks or len(checks) < 2:
+            return None
+        (first_t, first_n), (last_t, last_n) = checks[0], checks[-1]
+        return (last_n - first_n) / (last_t - first_t) / FRAMES_PER_SECOND if last_t > first_t else None
 
     def _left_to_play(self) -> float | None:
         """Seconds of audio sent and not yet played by a listener who started at the first piece."""
@@ -217,6 +260,8 @@ class StreamAssembler:
         wav = self.model.scheduler.decode([(request, codes[start:])])[0]
         took = time.monotonic() - began
         self.decode_seconds = max(took, 0.8 * self.decode_seconds)  # the recent worst, forgotten slowly
+        if self.scheduler is not None:  # and the model's other streams', which share its decoder
+            self.scheduler.piece_seconds = max(took, 0.8 * self.scheduler.piece_seconds)
         new = wav[(frames - start) * SAMPLES_PER_FRAME:]
         samples = new if samples is None else np.concatenate([samples, new])
         with self.cond:

@@ -96,6 +96,8 @@ class Scheduler:
         self.to_decode: list = []  # ((request, codes), future) waiting to be decoded
         self.decoder: threading.Thread | None = None
         self.decodes = 0  # decoder calls made
+        self.piece_seconds = 0.0  # how long the streams' piece decodes lately took, their recent worst (measured
+                                  # at warm-up, then by tts_runner/job/stream.py): each stream's estimate
         self.holds = 0  # holds on admission (held()): while any is on, waiting chunks wait
 
     # ---- the jobs' side --------------------------------------------------------------------------

@@ -306,4 +306,10 @@ def _warm_up(model: Model) -> None:
     request = ChunkRequest("Warm up.", speaker, "english" if "english" in model.languages else "auto",
                            "A calm voice." if model.kind == "voice_design" else None, clone=clone)
     model.generate([request], Sampling(max_new_tokens=4, min_new_tokens=2))
+    if model.scheduler is not None:  # the decode of a stream's first piece (4 frames): the first streams' estimate
+        import torch
+
+        began = time.perf_counter()
+        model.decode([(request, torch.zeros((4, 16), dtype=torch.long, device=model.like.device))])
+        model.scheduler.piece_seconds = time.perf_counter() - began
     log.info("Warmed up %s in %.2f s", model.name, time.perf_counter() - started)
