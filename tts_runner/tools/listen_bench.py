@@ -42,6 +42,7 @@ class Row:
     underruns_per_stream: float
     underrun_s_per_stream: float
     streams_with_underruns: int
+    of_them_first_wave: int     # how many of those were among the first `concurrency` streams, sent at once
     audio_s_per_stream: float
     realtime_per_stream: float  # seconds of audio made per second, per stream running: below 1, no schedule can keep up
 
@@ -113,14 +114,14 @@ def http_stream(url: str, kind: str, text: str, seed: int) -> list[tuple[float, 
     return arrivals
 
 
-def measure(send, texts: list[str], concurrency: int) -> tuple[list[tuple[float, int, float, float]], int, float]:
+def measure(send, texts: list[str], concurrency: int) -> tuple[list[tuple[float, int, float, float, int]], int, float]:
     """Each text streamed by `send(text, seed)` with `concurrency` clients (serve_bench's drive), heard by
-    a listener: (time to first audio, underruns, underrun seconds, audio seconds) per stream, the
-    number that failed, and the wall seconds."""
-    def one(i: int, text: str) -> tuple[float, int, float, float]:
+    a listener: (time to first audio, underruns, underrun seconds, audio seconds, the order it was sent
+    in) per stream, the number that failed, and the wall seconds."""
+    def one(i: int, text: str) -> tuple[float, int, float, float, int]:
         started = time.perf_counter()
         arrivals = send(text, 1000 + i)
-        return (*heard(started, arrivals), sum(s for _, s in arrivals))
+        return (*heard(started, arrivals), sum(s for _, s in arrivals), i)
 
     wall, results, failed = drive(one, texts, concurrency)
     return results, failed, wall
@@ -131,7 +132,8 @@ def row(schedule: str, via: str, concurrency: int, results, failed: int, wall: f
     return Row(schedule, via, concurrency, len(results), failed,
                round(percentile([r[0] for r in results], 0.5), 3), round(percentile([r[0] for r in results], 0.95), 3),
                round(sum(r[1] for r in results) / n, 2), round(sum(r[2] for r in results) / n, 3),
-               sum(1 for r in results if r[1]), round(sum(r[3] for r in results) / n, 2),
+               sum(1 for r in results if r[1]), sum(1 for r in results if r[1] and r[4] < concurrency),
+               round(sum(r[3] for r in results) / n, 2),
                round(sum(r[3] for r in results) / wall / concurrency, 2))
 
 
@@ -181,12 +183,12 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(row(schedule, via, c, results, failed, wall))
                     print(json.dumps(asdict(rows[-1])), flush=True)
     print(f"\n{'schedule':9} {'via':6} {'c':>3} {'n':>3} {'fail':>4} {'TTFA p50':>9} {'p95':>6} "
-          f"{'underruns/stream':>17} {'underrun s/stream':>18} {'streams w/ underrun':>20} {'audio s/stream':>15} "
+          f"{'underruns/stream':>17} {'underrun s/stream':>18} {'streams w/ underrun':>20} {'first wave':>10} {'audio s/stream':>15} "
           f"{'x real time/stream':>19}")
     for r in rows:
         print(f"{r.schedule:9} {r.via:6} {r.concurrency:>3} {r.streams:>3} {r.failed:>4} {r.p50_first_audio_s:>9.3f} "
               f"{r.p95_first_audio_s:>6.3f} {r.underruns_per_stream:>17.2f} {r.underrun_s_per_stream:>18.3f} "
-              f"{r.streams_with_underruns:>20} {r.audio_s_per_stream:>15.2f} {r.realtime_per_stream:>19.2f}")
+              f"{r.streams_with_underruns:>20} {r.of_them_first_wave:>10} {r.audio_s_per_stream:>15.2f} {r.realtime_per_stream:>19.2f}")
     if args.json:
         args.json.write_text(json.dumps({"step_ms": args.step_ms, "rows": [asdict(r) for r in rows]}, indent=2))
     return 0

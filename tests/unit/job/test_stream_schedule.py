@@ -13,7 +13,7 @@ import torch
 from tests.helpers.config import load_model, make_job
 from tts_runner.job.plan import plan
 from tts_runner.job.stream import FRAMES_PER_SECOND, PACE_CHECKS, SAMPLES_PER_FRAME, StreamAssembler
-from tts_runner.tools.listen_bench import heard
+from tts_runner.tools.listen_bench import heard, row
 
 
 def assembler(model, schedule: str, decode_seconds: float = 0.0) -> StreamAssembler:
@@ -145,3 +145,13 @@ def test_a_model_s_warm_up_measures_a_first_piece_s_decode(tiny_env):
     # the first streams on a fresh worker size their pieces by it, before any of theirs has been decoded
     assert load_model().scheduler.piece_seconds > 0
     assert load_model(["runtime.warmup=false"]).scheduler.piece_seconds == 0
+
+
+def test_the_bench_row_counts_the_streams_that_ran_dry_and_those_of_the_first_wave():
+    # (first audio, underruns, underrun s, audio s, order sent) for 6 streams at concurrency 2
+    results = [(0.1, 1, 0.2, 2.0, 0), (0.2, 0, 0.0, 2.0, 1), (0.1, 2, 0.1, 2.0, 2),
+               (0.3, 0, 0.0, 2.0, 3), (0.1, 0, 0.0, 2.0, 5), (0.1, 1, 0.3, 2.0, 4)]
+    r = row("adaptive", "queue", 2, results, failed=0, wall=4.0)
+    assert (r.streams, r.streams_with_underruns, r.of_them_first_wave) == (6, 3, 1)
+    assert r.underruns_per_stream == 0.67 and r.underrun_s_per_stream == 0.1
+    assert r.realtime_per_stream == 1.5  # 12 s of audio in 4 s by 2 streams at a time
