@@ -105,9 +105,15 @@ class StreamAssembler:
             if not (self.head and self.head[0] == chunk.index and self.head[1]):
                 return None
             _, frames, samples = self.head
+        item, skip = self._after(request, codes, frames)
+        return item, lambda wav: np.concatenate([samples, wav[skip:]])
+
+    def _after(self, request, codes: torch.Tensor, frames: int):
+        """What the decoder is given for the frames after the first `frames` of `codes` (up to
+        left_context frames before them as context), and how many samples of its output are context."""
         start = 0 if self.left_context is None else max(0, frames - self.left_context)
         request = request if start == 0 else replace(request, clone=None)  # the reference is context at 0
-        return (request, codes[start:]), lambda wav: np.concatenate([samples, wav[(frames - start) * SAMPLES_PER_FRAME:]])
+        return (request, codes[start:]), (frames - start) * SAMPLES_PER_FRAME
 
     def add(self, chunk, wav: np.ndarray) -> None:
         with self.cond:
@@ -254,15 +260,14 @@ class StreamAssembler:
         index, frames, samples = self.head if self.head and self.head[0] == chunk.index else (chunk.index, 0, None)
         if not self._due(chunk.index, frames, codes.shape[0]):
             return  # decode in pieces of a useful size: each decode costs the decoder's left context again
-        start = 0 if self.left_context is None else max(0, frames - self.left_context)
-        request = chunk.request if start == 0 else replace(chunk.request, clone=None)  # the reference is context at 0
+        item, skip = self._after(chunk.request, codes, frames)
         began = time.monotonic()
-        wav = self.model.scheduler.decode([(request, codes[start:])])[0]
+        wav = self.model.scheduler.decode([item])[0]
         took = time.monotonic() - began
         self.decode_seconds = max(took, 0.8 * self.decode_seconds)  # the recent worst, forgotten slowly
         if self.scheduler is not None:  # and the model's other streams', which share its decoder
             self.scheduler.piece_seconds = max(took, 0.8 * self.scheduler.piece_seconds)
-        new = wav[(frames - start) * SAMPLES_PER_FRAME:]
+        new = wav[skip:]
         samples = new if samples is None else np.concatenate([samples, new])
         with self.cond:
             if chunk.index not in self.done:
