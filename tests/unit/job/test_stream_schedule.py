@@ -57,6 +57,14 @@ def test_a_slow_row_holds_its_first_piece_until_it_covers_the_making_of_the_next
     assert not stream._due(0, 0, 7) and stream._due(0, 0, 8)
 
 
+def test_a_first_piece_that_was_all_silence_is_followed_as_soon_as_a_first_piece(model):
+    # 4 frames decoded, nothing sent (the trim cut them all): the next comes at 4 new frames, not 24
+    stream = assembler(model, "adaptive", decode_seconds=0.025)
+    measured(stream, 3.0)
+    assert stream._left_to_play() is None
+    assert not stream._due(0, 4, 7) and stream._due(0, 4, 8)
+
+
 @pytest.mark.parametrize("speed", [1.0, 0.8])
 def test_a_row_at_or_below_real_time_keeps_to_whole_pieces(model, speed):
     stream = assembler(model, "adaptive", decode_seconds=0.05)
