@@ -167,3 +167,23 @@ def test_a_stream_that_fails_leaves_no_encoder_behind(streaming, monkeypatch, fm
                                                               "speed": speed}}))
     assert re.match(r"Generation failed on segment 1 of 1, chunk \d of \d", pieces[-1]["error"]), pieces[-1]["error"]
     assert _encoders() == before == (0, 0)
+
+
+def test_a_stream_is_counted_among_those_starting_until_its_first_piece_or_its_end(streaming, monkeypatch):
+    """The first pieces of streams that start together are sized for their decodes meeting on one
+    decoder: each stream counts itself from its start to its first piece, or to its end if none came."""
+    from tts_runner.job import generate
+
+    scheduler = streaming.store.get("1.7B-CustomVoice").scheduler
+    changes = []
+    count = scheduler.count_starting
+    monkeypatch.setattr(scheduler, "count_starting", lambda change: (changes.append(change), count(change)))
+    pieces = streaming.stream({"id": "counted", "input": {"text": TEXT, "stream": True, "output_format": "pcm"}})
+    first = next(pieces)
+    assert "audio_base64" in first and changes == [1, -1]  # counted until the first piece went out
+    list(pieces)
+    assert changes == [1, -1] and scheduler.streams_starting == 0
+    changes.clear()
+    monkeypatch.setattr(generate, "judge", lambda chunk, wav, sampling, batching: ("an injected fault", False))
+    failed = list(streaming.stream({"id": "fails", "input": {"text": TEXT, "stream": True, "output_format": "pcm"}}))
+    assert "error" in failed[-1] and changes == [1, -1] and scheduler.streams_starting == 0  # by its first piece or its end

@@ -64,6 +64,7 @@ class StreamAssembler:
         self.decode_seconds = 0.0                   # how long this stream's piece decodes took lately (their recent worst)
         self.pace: dict[int, deque] = {}            # chunk -> its last host checks heard, (time, frames)
         self.playing_since: float | None = None     # when the first samples went out (a listener starts then)
+        self.counted = False                        # among the model's streams starting
         self.crossfade_ms = chunking.crossfade_ms
         self.crossfade = int(round(SAMPLE_RATE * chunking.crossfade_ms / 1000.0))
         self.gap = int(round(SAMPLE_RATE * chunking.segment_gap_ms / 1000.0))
@@ -85,7 +86,17 @@ class StreamAssembler:
 
     def events(self) -> Events:
         """What the generate stage tells this assembler."""
+        self._starting(True)
         return Events(result=self.add, retry=self.retry, listener=self.listener, tail=self.tail)
+
+    def _starting(self, starts: bool) -> None:
+        """Count this stream among its model's streams starting (their first pieces are decoded together,
+        on one decoder) from its first events until its first piece goes out or it ends."""
+        with self.cond:  # the stream's thread and the job's may both end it
+            if starts == self.counted or not hasattr(self.scheduler, "streams_starting"):
+                return
+            self.counted = starts
+        self.scheduler.count_starting(1 if starts else -1)
 
     # ---- what the generation side tells it (job thread, scheduler thread) -------------------------
     def listener(self, chunk):
@@ -140,6 +151,7 @@ class StreamAssembler:
         with self.cond:
             self.finished, self.error = True, error
             self.cond.notify_all()
+        self._starting(False)
 
     # ---- what goes out (the stream's thread) --------------------------------------------------------
     def pieces(self, timeout: float = 0.25):
@@ -159,6 +171,7 @@ class StreamAssembler:
             if out.size:
                 if self.playing_since is None:
                     self.playing_since = time.monotonic()
+                    self._starting(False)
                 yield out
                 continue
             with self.cond:
@@ -191,7 +204,8 @@ class StreamAssembler:
         that gains at least one more decode's time (`_min_piece`): 4 frames at 3x real time, 8 at 1.2x,
         piece_frames at or below 1x. While nothing has gone out, the first piece waits until what it
         brings (less the crossfade that stays behind) covers the making of such a piece and two
-        decodes (for a fast row, or one not yet measured: at first_piece_frames, the time to first
+        decodes, a decode counted once for each of the model's streams still waiting for their first
+        piece (for a fast row alone, or one not yet measured: at first_piece_frames, the time to first
         audio; after a chunk's silent opening, as soon again); then a piece is decoded early, at
         that size or more, once the listener has less than the low water left (`_low_water`), at the
         last moment, so pieces grow by the row's speed over real time (x3 at 3x: 4, 12, 36 frames...).
@@ -205,27 +219,31 @@ class StreamAssembler:
         if not self.adaptive:
             return not decoded
         speed = self._speed(chunk)
-        piece = self._min_piece(speed)
         left = self._left_to_play()
         if left is None:  # nothing out yet: the first piece, once what it brings covers the making of the next
+            if speed is None:
+                return True
+            decode = self._decode_time(first=True)
             audible = available / FRAMES_PER_SECOND - self.crossfade / SAMPLE_RATE  # a crossfade's worth waits
-            return speed is None or audible >= piece / (speed * FRAMES_PER_SECOND) + 2.0 * self._decode_time()
-        return new >= piece and left <= self._low_water()
+            return audible >= self._min_piece(speed, decode) / (speed * FRAMES_PER_SECOND) + 2.0 * decode
+        return new >= self._min_piece(speed) and left <= self._low_water()
 
-    def _decode_time(self) -> float:
+    def _decode_time(self, first: bool = False) -> float:
         """What a piece's decode lately took: this stream's recent worst, or the other streams' on the
-        same decoder (measured at warm-up before any), whichever is longer."""
-        return max(self.decode_seconds, getattr(self.scheduler, "piece_seconds", 0.0))
+        same decoder (measured at warm-up before any), whichever is longer. For a first piece, that
+        times the streams starting together: their first pieces, and the next, meet on one decoder."""
+        decode = max(self.decode_seconds, getattr(self.scheduler, "piece_seconds", 0.0))
+        return decode * max(1, getattr(self.scheduler, "streams_starting", 1)) if first else decode
 
-    def _min_piece(self, speed: float | None) -> int:
-        """Frames in the smallest piece that gains the listener at least a decode's time at `speed`
-        (x real time; None, not yet measured: first_piece_frames)."""
+    def _min_piece(self, speed: float | None, decode: float | None = None) -> int:
+        """Frames in the smallest piece that gains the listener at least a decode's time (`decode`; the
+        recent one by default) at `speed` (x real time; None, not yet measured: first_piece_frames)."""
         if speed is None:
             return self.first_frames
         gain = 1.0 - 1.0 / speed if speed > 0 else 0.0  # seconds of listening gained per second of audio made
         if gain <= 0:
             return self.piece_frames
-        need = math.ceil(2.0 * self._decode_time() * FRAMES_PER_SECOND / gain)
+        need = math.ceil(2.0 * (self._decode_time() if decode is None else decode) * FRAMES_PER_SECOND / gain)
         return min(self.piece_frames, max(self.first_frames, need))
 
     def _low_water(self) -> float:

@@ -98,6 +98,7 @@ class Scheduler:
         self.decodes = 0  # decoder calls made
         self.piece_seconds = 0.0  # how long the streams' piece decodes lately took, their recent worst (measured
                                   # at warm-up, then by tts_runner/job/stream.py): each stream's estimate
+        self.streams_starting = 0  # streams whose first piece has not gone out (their first decodes meet)
         self.holds = 0  # holds on admission (held()): while any is on, waiting chunks wait
 
     # ---- the jobs' side --------------------------------------------------------------------------
@@ -157,6 +158,11 @@ class Scheduler:
         """How many jobs have chunks waiting for a row."""
         with self.cond:
             return len(self.waiting)
+
+    def count_starting(self, change: int) -> None:
+        """A stream starts (+1) or has sent its first piece or ended (-1)."""
+        with self.cond:
+            self.streams_starting += change
 
     @property
     def load(self) -> tuple[int, int]:

@@ -65,6 +65,17 @@ def test_a_first_piece_that_was_all_silence_is_followed_as_soon_as_a_first_piece
     assert not stream._due(0, 4, 7) and stream._due(0, 4, 8)
 
 
+def test_streams_that_start_together_hold_their_first_piece_for_decodes_that_meet(model):
+    stream = assembler(model, "adaptive", decode_seconds=0.025)
+    measured(stream, 3.0)
+    assert stream._due(0, 0, 4)                      # alone: 4 frames cover 4 more (0.11 s) and 2 decodes
+    stream.scheduler.streams_starting = 4            # 4 first pieces on one decoder: 0.1 s a decode, so the
+    assert not stream._due(0, 0, 4)                  # next that pays is 4 frames, made in 0.11 s, and two
+    assert stream._due(0, 0, 5)                      # decodes: 0.31 s; 5 frames bring 0.36 s (less 0.04)
+    listening(stream, left_to_play=0.1)              # once playing, pieces are sized by the decode alone
+    assert stream._due(0, 4, 8)
+
+
 @pytest.mark.parametrize("speed", [1.0, 0.8])
 def test_a_row_at_or_below_real_time_keeps_to_whole_pieces(model, speed):
     stream = assembler(model, "adaptive", decode_seconds=0.05)
