@@ -86,14 +86,15 @@ class StreamAssembler:
 
     def events(self) -> Events:
         """What the generate stage tells this assembler."""
-        self._starting(True)
         return Events(result=self.add, retry=self.retry, listener=self.listener, tail=self.tail)
 
     def _starting(self, starts: bool) -> None:
         """Count this stream among its model's streams starting (their first pieces are decoded together,
-        on one decoder) from its first events until its first piece goes out or it ends."""
+        on one decoder) from its first row's first codes (not while it waits for a row) until its first
+        piece goes out or it ends."""
         with self.cond:  # the stream's thread and the job's may both end it
-            if starts == self.counted or not hasattr(self.scheduler, "streams_starting"):
+            if starts == self.counted or not hasattr(self.scheduler, "streams_starting") or \
+                    (starts and (self.playing_since is not None or self.finished)):
                 return
             self.counted = starts
         self.scheduler.count_starting(1 if starts else -1)
@@ -106,6 +107,8 @@ class StreamAssembler:
                 self.latest[chunk.index] = codes
                 self.pace.setdefault(chunk.index, deque(maxlen=PACE_CHECKS)).append((now, codes.shape[0]))
                 self.cond.notify_all()
+            if not self.counted:
+                self._starting(True)
         return hear
 
     def tail(self, chunk, request, codes: torch.Tensor):

@@ -76,6 +76,22 @@ def test_streams_that_start_together_hold_their_first_piece_for_decodes_that_mee
     assert stream._due(0, 4, 8)
 
 
+def test_a_stream_counts_as_starting_from_its_rows_first_codes_not_while_it_waits_for_a_row(model):
+    stream = assembler(model, "adaptive")
+    changes = []
+    stream.scheduler = SimpleNamespace(piece_seconds=0.0, streams_starting=0, count_starting=changes.append)
+    stream.events()                                       # handed to the scheduler: waiting for a row
+    assert changes == []
+    hear = stream.listener(stream.order[0][0])
+    hear(torch.zeros((1, 16), dtype=torch.long))          # its row runs
+    hear(torch.zeros((2, 16), dtype=torch.long))
+    assert changes == [1]
+    stream.close()
+    assert changes == [1, -1]
+    hear(torch.zeros((3, 16), dtype=torch.long))          # a last host check after the end counts for nothing
+    assert changes == [1, -1]
+
+
 @pytest.mark.parametrize("speed", [1.0, 0.8])
 def test_a_row_at_or_below_real_time_keeps_to_whole_pieces(model, speed):
     stream = assembler(model, "adaptive", decode_seconds=0.05)
