@@ -4,7 +4,6 @@ and a moto S3 server."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,19 +12,10 @@ from pathlib import Path
 
 import requests
 
+# free_port and in_process (an ASGI app on a thread of this process) are re-exported for the tests
+from tts_runner.server.local import free_port, in_process, wait_for_port  # noqa: F401
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.25)
-    raise RuntimeError(f"server did not open port {port} in {timeout} s:\n{log.read_text()[-3000:]}")
 
 
 @contextmanager
@@ -127,7 +117,3 @@ def audio_server(recording: bytes):
     finally:
         server.shutdown()
         server.server_close()
-
-
-# an ASGI app on a thread of this process, on 127.0.0.1, and a free port there
-from tts_runner.server.local import free_port, in_process  # noqa: E402, F401

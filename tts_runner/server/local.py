@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import time
 from contextlib import contextmanager
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -11,6 +14,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    """Wait until a server process listens on 127.0.0.1:port; raise with its log's tail if it exits
+    first or does not open the port within timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.25)
+    raise RuntimeError(f"server did not open port {port} in {timeout} s:\n{log.read_text()[-3000:]}")
 
 
 @contextmanager

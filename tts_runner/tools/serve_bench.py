@@ -172,9 +172,7 @@ def in_process(workers: dict, texts: list[str], concurrency: int, seed: int, dev
 
 def serve_api(overrides: str, log: Path):
     """Start handler.py --rp_serve_api on a free 127.0.0.1 port; returns (process, port)."""
-    import socket
-
-    from tts_runner.server.local import free_port
+    from tts_runner.server.local import free_port, wait_for_port
 
     port = free_port()
     root = Path(__file__).resolve().parents[2]
@@ -182,16 +180,12 @@ def serve_api(overrides: str, log: Path):
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "handler.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1",
                                  "--rp_api_port", str(port)], cwd=root, stdout=out, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"handler.py exited with {proc.returncode}: {log.read_text()[-2000:]}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc, port
-        time.sleep(0.25)
-    proc.kill()
-    raise RuntimeError(f"handler.py did not open port {port} in 120 s")
+    try:
+        wait_for_port(port, proc, log)
+    except RuntimeError:
+        proc.kill()
+        raise
+    return proc, port
 
 
 def http_rows(texts: list[str], concurrency: int, seed: int, device: str, timeout: float) -> list[Row]:
