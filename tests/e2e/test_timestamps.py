@@ -1,6 +1,6 @@
 """Words on a clock: word times found by forced alignment, on real speech (espeak-ng recordings whose
 word boundaries are known: tests/fixtures/words/make.py), placed in the file's time; subtitles read
-back by the `srt` and `webvtt-py` parsers; chapters read back by ffprobe; the refusals.
+back by the `srt` and `webvtt-py` parsers; chapters read back by ffmpeg; the refusals.
 
 The jobs run on the tiny model, whose audio is noise: for the timing tests each chunk's audio is
 replaced by the recording of its text (the model's decode, patched), so alignment meets speech and
@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ import webvtt
 from scipy.signal import correlate
 
 from tests.helpers.config import NATURAL
-from tts_runner.audio.formats import ffmpeg_path
+from tests.helpers.media import agrees, chapters_by_ffmpeg
 from tts_runner.captions.align import align
 from tts_runner.edge.worker import Worker
 
@@ -169,11 +168,8 @@ def test_chapters_in_the_mp3_and_the_metadata(speaking_worker, tmp_path):
     assert document["chapters"][0]["startTime"] == 0 and document["chapters"][1]["startTime"] == second
     path = tmp_path / "chapters.mp3"
     path.write_bytes(base64.b64decode(answer["audio_base64"]))
-    probe = json.loads(subprocess.run([ffmpeg_path().replace("ffmpeg", "ffprobe"), "-v", "error", "-show_chapters",
-                                       "-of", "json", str(path)], capture_output=True, check=True).stdout)
-    read = [(round(float(c["start_time"]), 2), c["tags"]["title"]) for c in probe["chapters"]]
+    read = [(round(start, 2), title) for start, title in chapters_by_ffmpeg(path)]
     assert read == [(0.0, "Opening"), (round(second, 2), "The bakery")]
-    from tests.helpers.media import agrees
 
     assert agrees(path.read_bytes(), "mp3", answer["metadata"]["duration_seconds"])  # the tag leaves the audio as it was
 
