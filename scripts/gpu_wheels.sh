@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Download, into .whl/ (git-ignored), the wheels the lent GPU machine lacks for `tts_runner.tools.bench`:
+# Download, into .whl/ (git-ignored), the wheels the lent GPU machine lacks for scripts/gpu_bench.sh (the benches,
+# the worker and the HTTP server):
 # it has Python 3.12, torch 2.11 (CUDA), numpy, accelerate, safetensors, but transformers 5, no
 # qwen-tts and none of our own dependencies, and it cannot reach a package index.
 # Then, in one device call (carry [".whl"]), see docs/performance.md, "GPU".
@@ -11,6 +12,9 @@ wheels=(
   pycparser==3.12 platformdirs==4.14.8
   hydra-core==1.3.8 omegaconf==2.3.0 jsonschema==4.26.0 jsonschema-specifications==2025.9.1
   referencing==0.37.0 rpds-py==2026.9.1 attrs==26.1.0
+  pyloudnorm==0.1.1 future==1.0.0
+  fastapi==0.165.0 starlette==1.10.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0
+  typing-inspection==0.4.5 typing-extensions==4.16.0 opentelemetry-api==1.45.2 uvicorn==0.50.1 python-multipart==0.0.34
 )
 platforms=()
 for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64; do

@@ -1,4 +1,5 @@
-"""The decode engines on CUDA: capture, host round trips, exact greedy codes, bf16 agreement, OOM.
+"""The decode engines on CUDA: capture, host round trips, exact greedy codes, bf16 agreement, OOM,
+the scheduler under captured graphs, and a broken device.
 
 Marked `gpu` (as everything under tests/gpu/): collected everywhere, skipped where CUDA is absent
 (CI). On a GPU machine: `python -m pytest -m gpu`. The tiny models of conftest, moved to cuda:0.
@@ -141,21 +142,58 @@ def test_a_batch_that_runs_out_of_memory_splits_and_the_worker_answers_the_next_
         torch.cuda.empty_cache()
 
 
-def test_the_scheduler_admits_rows_into_captured_graphs_and_codes_equal_stock(tiny_env):
-    """Jobs joining a running batch of captured graphs (each row at its own frame and position):
-    greedy codes in float32 equal the stock library's, each request alone."""
+@pytest.mark.parametrize("engine", ["graph", "fast"])
+def test_the_scheduler_admits_rows_into_captured_graphs_and_codes_equal_stock(tiny_env, engine):
+    """Jobs joining a running batch (each row at its own frame and position: under captured graphs, in
+    the static buffers' slots), ending apart, the graph's rows compacted into smaller buckets as they
+    end: greedy codes in float32 equal the stock library's, each request alone."""
     from tests.helpers.scheduler import GREEDY as SCHEDULED_GREEDY
     from tests.helpers.scheduler import JOB_A, JOB_B, request, wait_rounds
     from tts_runner.engines.sampling import Sampling
     from tts_runner.serving.ticket import Ticket
 
     torch.backends.cuda.matmul.allow_tf32 = False
-    model = load_model([*CUDA, *GRAPH, "runtime.dtype=float32", "batching.max_batch_size=8"])
-    assert sorted({b for b, *_ in model.graph.graphs}) == BUCKETS and model.scheduler is not None
+    model = load_model([*CUDA, *GRAPH, f"runtime.engine={engine}", "runtime.dtype=float32", "batching.max_batch_size=8"])
+    assert model.engine == engine and model.scheduler is not None
+    moves = []
+    if engine == "graph":
+        assert sorted({b for b, *_ in model.graph.graphs}) == BUCKETS
+        compact = model.graph.compact  # the real one, its calls noted
+
+        def noted(b, alive, smaller):
+            moves.append((b, smaller))
+            compact(b, alive, smaller)
+
+        model.graph.compact = noted
     alone = [codes(model, "stock", [t], [s], min_new_tokens=f, **SCHEDULED_GREEDY)[0] for t, s, f in JOB_A + JOB_B]
+    assert len({c.shape[0] for c in alone}) > 2  # they end apart
     rows = Sampling(**SCHEDULED_GREEDY)
     a = model.scheduler.submit(Ticket("a"), [(r := request(*i), model.row_sampling(r, rows), None) for i in JOB_A])
     wait_rounds(model.scheduler, 2)
     b = model.scheduler.submit(Ticket("b"), [(r := request(*i), model.row_sampling(r, rows), None) for i in JOB_B])
     for reference, future in zip(alone, a + b, strict=True):
         assert torch.equal(reference, future.result(timeout=120).cpu())
+    assert model.engine == engine  # no fallback on the way
+    if engine == "graph":
+        assert moves and all(smaller < b for b, smaller in moves), moves  # rows moved down buckets as they ended
+
+
+def test_a_cuda_error_other_than_out_of_memory_marks_the_worker_broken_and_ping_answers_503(tiny_env):
+    """A real device-side assert inside the scheduler's loop, on the HTTP server (in a process of its own:
+    the error poisons the CUDA context): the request gets 503, /ping answers 503 naming the failure, the
+    next request is refused, and the worker ends its process."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    child = subprocess.run([sys.executable, "-m", "tests.gpu.broken_device"], cwd=root, capture_output=True, text=True,
+                           timeout=300)
+    lines = [line for line in child.stdout.splitlines() if line.startswith("{")]
+    assert lines, child.stdout[-2000:] + child.stderr[-3000:]
+    seen = json.loads(lines[-1])
+    assert seen["ping_before"] == 200, seen
+    assert seen["speech"] == 503 and seen["speech_error"]["code"] == "worker_unhealthy", seen
+    assert "device-side assert" in seen["speech_error"]["message"], seen
+    assert seen["ping"] == 503 and "unhealthy: The GPU failed" in seen["ping_text"], seen
+    assert seen["after"] == 503 and seen["after_error"]["code"] == "unhealthy", seen
+    assert child.returncode == 1, (child.returncode, child.stderr[-2000:])  # the worker's own exit

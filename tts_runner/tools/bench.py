@@ -23,6 +23,12 @@ job at batch 1 through stock and every engine listed; `--stock-sample N` adds th
 time) on N chunks spread over the job, and prints that path's time for the whole job extrapolated
 from the sample, so the job's speed-up over it is a ratio measured in the same run.
 
+`--scheduler` runs the job through the model's scheduler (what a worker does), loaded with the
+configuration a user gets: engine, buckets, buffers and rows all `auto` unless `--batch-sizes` names
+rows (then the scheduler holds the largest, with graph buckets up to it, and runs the job at each);
+its rows' `ms per step` is the loop's frame steps (rounds x sync_every) over the job's model time, and
+`--engines` names only the engines of --agreement and --ops there (the job runs the model's own).
+
 `--serve` runs the serving benchmark instead (tts_runner/tools/serve_bench.py: many one-sentence
 requests at once, the scheduler against one job at a time).
 
@@ -111,9 +117,15 @@ def peak_memory_gib(device: str) -> float:
 
 def load(args: argparse.Namespace) -> tuple:
     """The composed config and the loaded model, once for every row: the batch path (each job its
-    own batches, no scheduler), sized for the largest batch."""
+    own batches, no scheduler), sized for the largest batch; with --scheduler, the scheduler with the
+    default configuration (its rows auto, or the largest of --batch-sizes when given)."""
+    if args.scheduler:
+        sized = [f"batching.max_batch_size={max(args.batch_sizes)}"] if args.batch_sizes else []
+    else:
+        sized = ["scheduler.enabled=false",
+                 f"batching.max_batch_size={max([*args.batch_sizes, 8 if args.agreement else 1, *(args.ops or [])])}"]
     overrides = [
-        "scheduler.enabled=false", f"batching.max_batch_size={max([*args.batch_sizes, 8 if args.agreement else 1, *(args.ops or [])])}",
+        *sized,
         f"input.model={args.model}",
         f"sampling.max_new_tokens={args.max_new_tokens}",
         f"sampling.min_new_tokens={args.max_new_tokens if args.fixed_length else args.min_new_tokens}",
@@ -125,15 +137,17 @@ def load(args: argparse.Namespace) -> tuple:
         overrides += [f"batching.frame_budget.seconds_per_char={1 / CHARS_PER_SECOND}",
                       "batching.frame_budget.factor=1.0", "batching.frame_budget.margin_seconds=0.0",
                       "batching.runaway=keep"]  # reaching the budget is the point here
-    if "graph" in args.engines:
+    if args.batch_sizes and ("graph" in args.engines or args.scheduler):
         top = max(args.batch_sizes)  # powers of two up to the largest batch, so batches shrink as chunks end
         buckets = sorted({*(2**i for i in range(top.bit_length()) if 2**i <= top), *args.batch_sizes})
         if args.agreement:
             buckets = sorted({*buckets, 8})
         if args.ops:  # a bucket of each size counted
             buckets = sorted({*buckets, *args.ops})
-        overrides += ["runtime.engine=graph", f"runtime.graph.buckets=[{','.join(map(str, buckets))}]",
+        overrides += [f"runtime.graph.buckets=[{','.join(map(str, buckets))}]",
                       f"runtime.graph.max_len={args.max_new_tokens + 256}"]
+        if not args.scheduler:
+            overrides.append("runtime.engine=graph")
     if args.dtype:
         overrides.append(f"runtime.dtype={args.dtype}")
     point_at(args.model_dir, args.device)
@@ -141,11 +155,13 @@ def load(args: argparse.Namespace) -> tuple:
     started = time.perf_counter()
     store = build.model_store(cfg)
     model = store.get(args.model)
+    rows = f", scheduler with {model.scheduler.max_rows} rows" if model.scheduler is not None else ""
     print(f"model {args.model} on {store.device} ({device_name(store.device)}, "
-          f"{str(store.dtype).removeprefix('torch.')}), loaded and warmed up in {time.perf_counter() - started:.1f} s; "
+          f"{str(store.dtype).removeprefix('torch.')}, engine {model.engine}{rows}), loaded and warmed up in "
+          f"{time.perf_counter() - started:.1f} s; "
           f"max_new_tokens {args.max_new_tokens}, "
           f"{'fixed' if args.fixed_length else 'text-sized' if args.text_sized else 'speech-like'} lengths", flush=True)
-    if "graph" in args.engines:
+    if "graph" in args.engines or model.engine == "graph":
         if model.graph is None:
             print("graph engine unavailable (see the log); its rows run the fast loop", flush=True)
         elif model.graph.capture_seconds:
@@ -179,10 +195,16 @@ def run(args: argparse.Namespace, cfg, store: ModelStore, model: Model, job: dic
         if store.device.startswith("cuda"):
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
+        scheduler = model.scheduler
+        if scheduler is not None:  # the job alone on the scheduler, at most batch_size rows at once
+            scheduler.rows, rounds = batch_size, scheduler.rounds
         started = time.perf_counter()
-        with model.using(engine=engine):
+        with model.using(engine=engine) if scheduler is None else contextlib.nullcontext():
             response, result = run_job(this, model)
         wall = time.perf_counter() - started
+        if scheduler is not None:
+            scheduler.rows = scheduler.max_rows
+            result.stats.frame_steps = (scheduler.rounds - rounds) * scheduler.sync_every  # loop steps, not row-frames
         audio = result.duration_seconds
         base = rows[0].rtf if rows else audio / wall
         capture = model.graph.capture_seconds if engine == "graph" and model.graph else 0.0
@@ -427,7 +449,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write each run's audio file here (default: held inline)")
     parser.add_argument("--engines", type=lambda s: s.split(","), default=["stock"],
                         help="engines to compare: stock, fast, graph (speed-up is against the first row)")
-    parser.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 16])
+    parser.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=None,
+                        help="batch sizes (default 1,8,16; with --scheduler: the scheduler's auto rows)")
+    parser.add_argument("--scheduler", action="store_true",
+                        help="run the job through the scheduler, the configuration a user gets (see above)")
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--min-new-tokens", type=int, default=8)
     parser.add_argument("--max-batch-chars", type=int, default=100_000)
@@ -456,9 +481,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ops", type=lambda s: [int(x) for x in s.split(",")], default=None, metavar="B,B",
                         help="also count the operators (and CUDA kernels) one frame step launches, for each engine "
                              "but stock at these batch sizes (e.g. 1,64); written as FILE-ops.json")
+    parser.add_argument("--ops-engines", type=lambda s: s.split(","), default=None,
+                        help="the engines --ops counts (default: --engines)")
     parser.add_argument("--breakdown", action="store_true",
                         help="also time the parts of one stock model call at each batch size")
     args = parser.parse_args(argv)
+    if args.batch_sizes is None and not args.scheduler:
+        args.batch_sizes = [1, 8, 16]
     if args.build:
         from tts_runner.tools.tiny_model import VARIANTS, TinySizes, build_all, real_depth
 
@@ -476,12 +505,34 @@ def main(argv: list[str] | None = None) -> int:
     job = long_job(args.chunks, args.minutes)
     label = f"podcast-{args.minutes:g}min" if args.minutes else f"{args.chunks}-chunks"
     rows: list[Row] = []
+    if args.scheduler and (args.stock_sample or args.runaway):
+        print("--stock-sample and --runaway run the batch path: leave --scheduler out", file=sys.stderr)
+        return 2
+    if args.scheduler and model.scheduler is None:
+        print(f"the {model.engine} engine has no scheduler: --scheduler needs fast or graph", file=sys.stderr)
+        return 1
+    # Before any job: once the scheduler has rows, it holds the graph engine's buffers (a library call runs fast)
+    found = agreement(model, args.engines, args.agreement, 8) if args.agreement else []
+    if args.json and found:
+        args.json.with_name(args.json.stem + "-agreement.json").write_text(json.dumps(found, indent=2))
+    if args.ops:
+        counted = [ops_per_step(model, e, b) for e in args.ops_engines or args.engines if e != "stock" for b in args.ops
+                   if e != "graph" or model.graph is not None]
+        print("\nper frame step | engine | batch | operators | CUDA kernels |\n|---|---|---|---|")
+        for c in counted:
+            print(f"| {c['engine']} | {c['batch']} | {c['ops_per_step']} | {c.get('kernels_per_step', '-')} |", flush=True)
+        if args.json:
+            args.json.with_name(args.json.stem + "-ops.json").write_text(json.dumps(counted, indent=2))
+    if args.scheduler:  # the model's own engine, through its scheduler
+        label, runs = f"{label}-scheduler", [(model.engine, b) for b in args.batch_sizes or [model.scheduler.max_rows]]
+        one_stream = [(model.engine, 1)]
+    else:
+        runs = [(e, b) for e in args.engines for b in args.batch_sizes]
+        one_stream = [(e, 1) for e in ["stock", *(e for e in args.engines if e != "stock")]]  # always against stock
     if args.one_stream:
         one = {**job, "segments": job["segments"][:args.one_stream]}
-        engines = ["stock", *(e for e in args.engines if e != "stock")]  # one stream: always against stock
-        run(args, cfg, store, model, one, "one-stream", [(e, 1) for e in engines], rows)
-    main_rows = run(args, cfg, store, model, job, label, [(e, b) for e in args.engines for b in args.batch_sizes],
-                    rows)
+        run(args, cfg, store, model, one, "one-stream", one_stream, rows)
+    main_rows = run(args, cfg, store, model, job, label, runs, rows)
     if args.runaway:
         runaway(args, cfg, store, model, job, label, rows)
     if args.stock_sample:
@@ -492,18 +543,7 @@ def main(argv: list[str] | None = None) -> int:
               f"| speed-up over it |\n|---|---|---|---|---|---|")
         print("\n".join(extrapolate(sample[0], main_rows)), flush=True)
     if args.breakdown:
-        breakdown(model, args.batch_sizes, args.max_new_tokens - 1)
-    found = agreement(model, args.engines, args.agreement, 8) if args.agreement else []
-    if args.json and found:
-        args.json.with_name(args.json.stem + "-agreement.json").write_text(json.dumps(found, indent=2))
-    if args.ops:
-        counted = [ops_per_step(model, e, b) for e in args.engines if e != "stock" for b in args.ops
-                   if e != "graph" or model.graph is not None]
-        print("\nper frame step | engine | batch | operators | CUDA kernels |\n|---|---|---|---|")
-        for c in counted:
-            print(f"| {c['engine']} | {c['batch']} | {c['ops_per_step']} | {c.get('kernels_per_step', '-')} |", flush=True)
-        if args.json:
-            args.json.with_name(args.json.stem + "-ops.json").write_text(json.dumps(counted, indent=2))
+        breakdown(model, args.batch_sizes or [1, 8, 16], args.max_new_tokens - 1)
     if args.profile:
         profile(model, args.profile, args.json.with_name(args.json.stem + "-profile.txt") if args.json else None)
     print()

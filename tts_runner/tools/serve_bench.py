@@ -11,11 +11,18 @@ loaded once, in-process (the worker's own `handle`/`stream`, as handler.py calls
 - `serial`: one job at a time, its own batches (scheduler off; what a worker with concurrency 1 does:
   the other requests wait in RunPod's queue);
 - `scheduled`: the scheduler, every request's chunks sharing the model's rows;
-- `streamed`: the same, each request with "stream": true (time to first audio = its first piece).
+- `streamed`: the same, each request with "stream": true (time to first audio = its first piece), each
+  heard by a listener who starts playing at the first piece and plays in real time (listen_bench's
+  `heard`): an underrun is a moment it has nothing to play.
 
 For each: requests/s, seconds of audio per second, p50/p95 latency (sent -> whole answer) and p50/p95
-time to first audio (the whole answer, unless streamed), and the ratio of audio/s over serial at the
-same concurrency. `--rate R` also sends them at R a second (an open loop: arrivals do not wait for
+time to first audio (the whole answer, unless streamed), underruns per stream (streamed), and the ratio
+of audio/s over serial at the same concurrency (or the nearest one below where serial ran: one job at
+a time makes audio at the same rate however many wait). `--one-worker` loads the model once for all
+three (serial: the scheduled worker under a lock, one job at a time, as RunPod's concurrency 1 sends
+them); `--serial-at 1` measures serial at those concurrencies only; `--per-client K` sends
+max(8, K x c) requests at concurrency c instead of `--requests`; `--text-sized` sizes every chunk by
+its text (15 characters a second, as bench --text-sized: for a model that never ends speech). `--rate R` also sends them at R a second (an open loop: arrivals do not wait for
 answers; latency counts from when a request was due). `--http N` also sends N requests at the largest concurrency to `handler.py
 --rp_serve_api` started on 127.0.0.1 (a child process; /runsync, bounded by `--http-timeout`), with the
 scheduler and without. `--openai` also sends them, at each concurrency, to the HTTP server
@@ -27,6 +34,7 @@ tts_runner.tools.listen_bench's. `--json FILE` writes the rows.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import logging
@@ -59,6 +67,8 @@ class Row:
     p50_first_audio_s: float
     p95_first_audio_s: float
     vs_serial: float = 0.0
+    underruns_per_stream: float | None = None  # streamed rows: a real-time listener's, per stream
+    streams_with_underruns: int | None = None
 
 
 def sentences(n: int, seed: int) -> list[str]:
@@ -117,8 +127,8 @@ def _open_loop(send, texts: list[str], concurrency: int, rate: float) -> tuple[f
     def timed(i: int, text: str, due: float) -> None:
         late = time.perf_counter() - due  # waited for a free client
         try:
-            latency, first, audio = send(i, text)
-            results.append((latency + late, first + late, audio))
+            latency, first, *rest = send(i, text)  # rest: audio seconds (and a stream's underruns)
+            results.append((latency + late, first + late, *rest))
         except Exception as exc:  # noqa: BLE001
             if not failed[0]:
                 print(f"  a request failed: {exc}", file=sys.stderr)
@@ -133,31 +143,40 @@ def _open_loop(send, texts: list[str], concurrency: int, rate: float) -> tuple[f
 
 
 def row(device: str, worker: str, via: str, concurrency: int, wall: float, results: list, failed: int) -> Row:
+    """`results`: (latency, first audio, audio seconds[, underruns]) per answered request."""
     latency = [r[0] for r in results]
     first = [r[1] for r in results]
     audio = sum(r[2] for r in results)
+    underruns = [r[3] for r in results if len(r) > 3]
+    heard = {"underruns_per_stream": round(sum(underruns) / len(underruns), 3),
+             "streams_with_underruns": sum(1 for u in underruns if u)} if underruns else {}
     return Row(device, worker, via, concurrency, len(results) + failed, failed, round(wall, 3),
                round(len(results) / wall, 3), round(audio / wall, 3), round(percentile(latency, 0.5), 3),
-               round(percentile(latency, 0.95), 3), round(percentile(first, 0.5), 3), round(percentile(first, 0.95), 3))
+               round(percentile(latency, 0.95), 3), round(percentile(first, 0.5), 3), round(percentile(first, 0.95), 3),
+               **heard)
 
 
 def in_process(workers: dict, texts: list[str], concurrency: int, seed: int, device: str,
                rate: float = 0.0) -> list[Row]:
+    from tts_runner.tools.listen_bench import SAMPLE_RATE, heard
+
     rows = []
     for name, worker in workers.items():
         serial = threading.Lock() if name == "serial" else None
 
-        def send(i: int, text: str, worker=worker, name=name, serial=serial) -> tuple[float, float, float]:
+        def send(i: int, text: str, worker=worker, name=name, serial=serial) -> tuple:
             job = {"id": f"{name}-{i}", "input": {"text": text, "params": {"seed": seed + i}}}
             sent = time.perf_counter()
             if name == "streamed":
-                job["input"]["stream"] = True
-                first = None
+                job["input"].update(stream=True, output_format="pcm")
+                arrivals = []
                 for piece in worker.stream(job):
                     if "error" in piece:
                         raise RuntimeError(piece["error"])
-                    first = first if first is not None else time.perf_counter() - sent
-                return time.perf_counter() - sent, first, piece["metadata"]["duration_seconds"]
+                    if piece.get("audio_base64"):
+                        arrivals.append((time.perf_counter(), len(base64.b64decode(piece["audio_base64"])) / 2 / SAMPLE_RATE))
+                first, underruns, _ = heard(sent, arrivals)
+                return time.perf_counter() - sent, first, sum(s for _, s in arrivals), underruns
             with serial or contextlib.nullcontext():
                 answer = worker.handle(job)
             if "error" in answer:
@@ -260,9 +279,11 @@ def openai_rows(worker, texts: list[str], concurrency: int, seed: int, device: s
     return rows
 
 
-def against_serial(rows: list[Row]) -> list[Row]:
-    """Each row's audio per second over the serial worker's (the first row named serial)."""
-    serial = next(r for r in rows if r.worker == "serial")
+def against_serial(rows: list[Row], serial: Row | None = None) -> list[Row]:
+    """Each row's audio per second over the serial worker's (the first row named serial, or `serial`)."""
+    serial = next((r for r in rows if r.worker == "serial"), serial)
+    if serial is None:
+        return rows
     for r in rows:
         r.vs_serial = round(r.audio_per_s / serial.audio_per_s, 2) if serial.audio_per_s else 0.0
     return rows
@@ -270,11 +291,12 @@ def against_serial(rows: list[Row]) -> list[Row]:
 
 def print_rows(rows: list[Row]) -> None:
     print(f"{'worker':<10} {'via':<10} {'conc':>4} {'req':>4} {'fail':>4} {'wall s':>7} {'req/s':>6} {'audio/s':>8} "
-          f"{'x serial':>8} {'p50 lat':>7} {'p95 lat':>7} {'p50 TTFA':>8} {'p95 TTFA':>8}")
+          f"{'x serial':>8} {'p50 lat':>7} {'p95 lat':>7} {'p50 TTFA':>8} {'p95 TTFA':>8} {'underruns':>9}")
     for r in rows:
+        heard = "-" if r.underruns_per_stream is None else f"{r.underruns_per_stream:.2f}/{r.streams_with_underruns}"
         print(f"{r.worker:<10} {r.via:<10} {r.concurrency:>4} {r.requests:>4} {r.failed:>4} {r.wall_s:>7.2f} "
               f"{r.requests_per_s:>6.2f} {r.audio_per_s:>8.2f} {r.vs_serial:>8.2f} {r.p50_latency_s:>7.3f} "
-              f"{r.p95_latency_s:>7.3f} {r.p50_first_audio_s:>8.3f} {r.p95_first_audio_s:>8.3f}", flush=True)
+              f"{r.p95_latency_s:>7.3f} {r.p50_first_audio_s:>8.3f} {r.p95_first_audio_s:>8.3f} {heard:>9}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -284,7 +306,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", help="QWEN_TTS_DEVICE: auto, cpu, cuda:0")
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 16, 64])
-    parser.add_argument("--max-batch-size", type=int, default=64, help="rows the scheduler decodes at once")
+    parser.add_argument("--max-batch-size", type=int, default=64,
+                        help="rows the scheduler decodes at once (0: the config's auto)")
+    parser.add_argument("--per-client", type=int, default=0, metavar="K",
+                        help="send max(8, K x c) requests at concurrency c (default: --requests at each)")
+    parser.add_argument("--serial-at", type=lambda s: [int(x) for x in s.split(",")], default=None, metavar="C,C",
+                        help="measure the serial worker at these concurrencies only (default: every one)")
+    parser.add_argument("--one-worker", action="store_true",
+                        help="one worker (one model load) for all three; serial: it, under a lock")
+    parser.add_argument("--text-sized", action="store_true",
+                        help="every chunk runs to a frame budget of 15 characters a second (a model that never ends)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rate", type=float, default=0.0, metavar="R",
                         help="also send the requests at R a second (an open loop, at most the largest concurrency at once)")
@@ -305,39 +336,57 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("tts_runner").setLevel(logging.WARNING)  # a line per job would bury the table
 
     common = [*([f"runtime.torch_threads={args.torch_threads}"] if args.torch_threads else []), f"input.model={args.model}", f"models.default={args.model}", "sink=base64",
-              f"batching.max_batch_size={args.max_batch_size}", "worker.progress_updates=false"]
+              *([f"batching.max_batch_size={args.max_batch_size}"] if args.max_batch_size else []),
+              "worker.progress_updates=false"]
+    if args.text_sized:  # as bench --text-sized: the budget is the length, reaching it is no runaway
+        from tts_runner.tools.bench import CHARS_PER_SECOND
+
+        common += [f"batching.frame_budget.seconds_per_char={1 / CHARS_PER_SECOND}", "batching.frame_budget.factor=1.0",
+                   "batching.frame_budget.margin_seconds=0.0", "batching.runaway=keep", "batching.min_seconds_per_char=0"]
     started = time.perf_counter()
-    workers = {
-        "serial": Worker.from_env([*common, "scheduler.enabled=false", "worker.concurrency=1"]),
-        "scheduled": Worker.from_env(common),
-        "streamed": Worker.from_env([*common, "worker.streaming=true"]),
-    }
+    if args.one_worker:
+        one = Worker.from_env([*common, "worker.streaming=true"])
+        workers = {"serial": one, "scheduled": one, "streamed": one}
+    else:
+        workers = {
+            "serial": Worker.from_env([*common, "scheduler.enabled=false", "worker.concurrency=1"]),
+            "scheduled": Worker.from_env(common),
+            "streamed": Worker.from_env([*common, "worker.streaming=true"]),
+        }
     for name, worker in workers.items():
         if worker.startup_error:
             print(f"{name} worker failed to start: {worker.startup_error}", file=sys.stderr)
             return 1
     device = workers["scheduled"].store.device
     model = workers["scheduled"].store.get(args.model)
-    print(f"{args.model} on {device} ({device_name(device)}), engine {model.engine}, three workers loaded in "
-          f"{time.perf_counter() - started:.1f} s; {args.requests} requests of one sentence each", flush=True)
-    texts = sentences(args.requests, args.seed)
+    rows_at_once = model.scheduler.max_rows if model.scheduler is not None else "-"
+    print(f"{args.model} on {device} ({device_name(device)}), engine {model.engine}, scheduler rows {rows_at_once}, "
+          f"{len(set(map(id, workers.values())))} worker(s) loaded in {time.perf_counter() - started:.1f} s; "
+          f"requests of one sentence each", flush=True)
     rows: list[Row] = []
+    serial: Row | None = None
     for concurrency in args.concurrency:
-        measured = in_process(workers, texts, concurrency, args.seed, device_name(device))
+        texts = sentences(max(8, args.per_client * concurrency) if args.per_client else args.requests, args.seed)
+        these = {k: w for k, w in workers.items() if k != "serial" or args.serial_at is None or concurrency in args.serial_at}
+        measured = in_process(these, texts, concurrency, args.seed, device_name(device))
         if args.openai:
             measured += openai_rows(workers["scheduled"], texts, concurrency, args.seed, device_name(device),
                                     args.http_timeout)
-        measured = against_serial(measured)
+        measured = against_serial(measured, serial)
+        serial = next((r for r in measured if r.worker == "serial"), serial)
         print_rows(measured)
         rows += measured
+        if args.json:  # after each concurrency: a run cut short keeps the rows it made
+            args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2))
     if args.rate:
-        measured = against_serial(in_process(workers, texts, max(args.concurrency), args.seed,
-                                             device_name(device), args.rate))
+        these = {k: w for k, w in workers.items() if k != "serial" or args.serial_at is None}
+        measured = against_serial(in_process(these, sentences(args.requests, args.seed), max(args.concurrency),
+                                             args.seed, device_name(device), args.rate), serial)
         print_rows(measured)
         rows += measured
     if args.http:
         top = max(args.concurrency)
-        measured = against_serial(http_rows(texts[: args.http], min(top, args.http), args.seed, device_name(device),
+        measured = against_serial(http_rows(sentences(args.http, args.seed), min(top, args.http), args.seed, device_name(device),
                                             args.http_timeout))
         print_rows(measured)
         rows += measured
