@@ -17,18 +17,9 @@ class StaticCache:
         shape = (rows, config.num_key_value_heads, length, head_dim)
         return cls([like.new_zeros(shape) for _ in range(layers)], [like.new_zeros(shape) for _ in range(layers)])
 
-    def update(self, layer: int, at: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k and v ([rows, kv heads, n, head dim]) of `layer` at positions `at`, a device tensor:
-        [n] positions shared by every row, or [rows, 1] one position per row (n = 1); return that
-        layer's whole key and value buffers."""
-        if at.dim() == 2:
-            index = at[:, None, :, None].expand(-1, k.shape[1], 1, k.shape[3])
-            self.keys[layer].scatter_(2, index, k)
-            self.values[layer].scatter_(2, index, v)
-        else:
-            self.keys[layer].index_copy_(2, at, k)
-            self.values[layer].index_copy_(2, at, v)
-        return self.keys[layer], self.values[layer]
+    def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer `index`'s whole key and value buffers."""
+        return self.keys[index], self.values[index]
 
     def rows(self, n: int) -> StaticCache:
         """A view of the first n rows (shares memory)."""
@@ -48,3 +39,15 @@ class StaticCache:
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors())
+
+
+def write(keys: torch.Tensor, values: torch.Tensor, at: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """Write k and v ([rows, kv heads, n, head dim]) into one layer's buffers at positions `at`, a
+    device tensor: [n] positions shared by every row, or [rows, 1] one position per row (n = 1)."""
+    if at.dim() == 2:
+        index = at[:, None, :, None].expand(-1, k.shape[1], 1, k.shape[3])
+        keys.scatter_(2, index, k)
+        values.scatter_(2, index, v)
+    else:
+        keys.index_copy_(2, at, k)
+        values.index_copy_(2, at, v)

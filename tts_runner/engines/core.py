@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import DynamicCache
 
-from tts_runner.engines.cache import StaticCache
+from tts_runner.engines.cache import StaticCache, write
 from tts_runner.engines.draw import SamplingTensors, draw_subcode, next_code, stream_keys
 from tts_runner.engines.sampling import Sampling
 
@@ -173,11 +173,12 @@ class Rope:
         return self.rotate(q), self.rotate(k)
 
 
-def layer_step(layer: torch.nn.Module, x: torch.Tensor, rope, cache: StaticCache, index: int, at: torch.Tensor,
+def layer_step(layer: torch.nn.Module, x: torch.Tensor, rope, kv: tuple[torch.Tensor, torch.Tensor], at: torch.Tensor,
                mask: torch.Tensor, length: int | None = None) -> torch.Tensor:
     """One decoder layer (the model's own projections, norms and MLP) for the positions `at`,
-    attending over the first `length` positions of layer `index`'s static cache (None: all of it)
-    under `mask` (as wide as what is attended)."""
+    attending over the first `length` positions of its static cache's buffers `kv` (keys, values;
+    None: all of them) under `mask` (as wide as what is attended). It takes the buffers, not a cache
+    and a layer number: compiled (runtime.compile), a number would be a constant, one compile a layer."""
     attn = layer.self_attn
     b, q_len, _ = x.shape
     h = rms_norm(layer.input_layernorm, x)
@@ -186,7 +187,8 @@ def layer_step(layer: torch.nn.Module, x: torch.Tensor, rope, cache: StaticCache
     k = rms_norm(attn.k_norm, attn.k_proj(h).view(shape)).transpose(1, 2)
     v = attn.v_proj(h).view(shape).transpose(1, 2)
     q, k = rope(q, k)
-    keys, values = cache.update(index, at, k, v)
+    keys, values = kv
+    write(keys, values, at, k, v)
     if length is not None:  # the used prefix only: what the library's growing cache holds
         keys, values = keys[:, :, :length], values[:, :, :length]
     out = attend(q, keys, values, mask, attn.scaling).transpose(1, 2).reshape(b, q_len, -1)
@@ -205,10 +207,16 @@ class Kernels:
     next_code: Callable = next_code
     draw_subcode: Callable = draw_subcode
 
+    RECOMPILES = 32  # compiled variants a function may have before dynamo runs new shapes uncompiled
+
     @classmethod
     def compiled(cls) -> Kernels:
         # dynamic: a layer step attends over a length that grows every frame, and one compiled graph
-        # serves every layer (the layers' weights are its inputs, not constants)
+        # serves every layer of a model (the layers' weights and buffers are its inputs, not constants).
+        # A frame still needs about 9 variants of layer_step (talker and code predictor widths, one row
+        # or many, the predictor's first sub-step, its last, whose length is the whole cache): past
+        # dynamo's default limit of 8, the rest would run uncompiled without a word
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, cls.RECOMPILES)
         return cls(*(torch.compile(f, dynamic=True) for f in (layer_step, next_code, draw_subcode)))
 
 
@@ -260,7 +268,7 @@ class Predictor:
         for group, head in enumerate(p.lm_head):
             rope, at, mask, end = self.steps[group]
             for i, layer in enumerate(self.layers):
-                x = self.kernels.layer_step(layer, x, rope, cache, i, at, mask, length=end)
+                x = self.kernels.layer_step(layer, x, rope, cache.layer(i), at, mask, length=end)
             code = self.kernels.draw_subcode(head(rms_norm(p.model.norm, x[:, -1])), sampling, keys[:, group:group + 1],
                                              candidates)
             codes.append(code)

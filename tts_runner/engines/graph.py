@@ -188,7 +188,7 @@ class GraphEngine:
         mask = torch.zeros_like(valid, dtype=x.dtype).masked_fill(~valid, self.lowest)[:, None, None]
         rope = self._rope(x, s.deltas[:, None] + position)
         for i, layer in enumerate(self.model.layers):
-            x = self.kernels.layer_step(layer, x, rope, s.cache, i, position, mask, length)
+            x = self.kernels.layer_step(layer, x, rope, s.cache.layer(i), position, mask, length)
         hidden = rms_norm(self.model.norm, x)
         s.hidden.copy_(hidden)
         s.position.add_(1)

@@ -37,3 +37,23 @@ def test_compiled_sampled_codes_equal_the_uncompiled_engines(compiled, tiny_env)
     torch.manual_seed(5)
     got = codes(compiled, "graph", TEXTS, SPEAKERS, **settings)
     assert all(torch.equal(a, b) for a, b in zip(want, got, strict=True))
+
+
+def test_every_frame_runs_compiled_at_every_bucket(compiled, tiny_env):
+    """A frame needs several compiled variants of a layer step (two models' widths, one row or many,
+    the predictor's first and last sub-steps); past dynamo's recompile limit new ones would run
+    uncompiled without a word, as they did while a layer's number was a constant of its variant.
+    Frames at buckets 1, 2, 4, each attending over a growing length, then each bucket's frame: its
+    top-level operators must stay those of compiled kernels, a small share of the uncompiled frame's."""
+    from tts_runner.tools.frame_bench import launches
+
+    plain = load_model([c for c in COMPILED if not c.startswith("runtime.compile")])
+    for model in (compiled, plain):
+        if model.graph.state is None:
+            model.graph.allocate(model.like)
+    with torch.inference_mode():
+        for bucket in (1, 2, 4):
+            compiled.graph.run_scratch(bucket, 12)
+        counts = {bucket: launches(compiled.graph, bucket, cuda=False) for bucket in (4, 2, 1)}
+        uncompiled = launches(plain.graph, 4, cuda=False)
+    assert all(n < uncompiled / 4 for n in counts.values()), (counts, uncompiled)
