@@ -398,16 +398,11 @@ def profile(model: Model, bucket: int, out: Path | None) -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
+    from tts_runner.tools.frame_bench import per_frame
+
     frames = 20
     with torch.inference_mode():
-        graph.run_scratch(bucket)  # scratch frames over the last call's buffers
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.run_scratch(bucket, frames)
-        end.record()
-        torch.cuda.synchronize()
-        replay_ms = start.elapsed_time(end) / frames
+        replay_ms = per_frame(graph, bucket, frames, cuda=True)  # scratch frames over the last call's buffers
         with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             graph.run_scratch(bucket, eager=True)
             torch.cuda.synchronize()
