@@ -66,7 +66,7 @@ from tts_runner.job.spec import Job
 from tts_runner.serving.device import device_name
 from tts_runner.serving.model import ChunkRequest, Model
 from tts_runner.serving.store import ModelStore
-from tts_runner.tools.setup import point_at
+from tts_runner.tools.setup import CHARS_PER_SECOND, point_at, text_sized
 from tts_runner.tools.texts import AGREEMENT_TEXTS
 
 
@@ -90,7 +90,6 @@ class Row:
     runaways: int = 0       # chunk attempts that reached their frame budget without ending
 
 
-CHARS_PER_SECOND = 15  # read speech: ~150 words a minute
 
 
 def long_job(chunks: int, minutes: float = 0.0) -> dict:
@@ -134,9 +133,7 @@ def load(args: argparse.Namespace) -> tuple:
         f"batching.max_batch_chars={args.max_batch_chars}",
     ]
     if args.text_sized:
-        overrides += [f"batching.frame_budget.seconds_per_char={1 / CHARS_PER_SECOND}",
-                      "batching.frame_budget.factor=1.0", "batching.frame_budget.margin_seconds=0.0",
-                      "batching.runaway=keep"]  # reaching the budget is the point here
+        overrides += text_sized()
     if args.batch_sizes and ("graph" in args.engines or args.scheduler):
         top = max(args.batch_sizes)  # powers of two up to the largest batch, so batches shrink as chunks end
         buckets = sorted({*(2**i for i in range(top.bit_length()) if 2**i <= top), *args.batch_sizes})

@@ -24,10 +24,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tts_runner.tools.serve_bench import drive, percentile, sentences
+from tts_runner.audio.codec import SAMPLE_RATE
+from tts_runner.tools.serve_bench import drive, heard, percentile, sentences
 from tts_runner.tools.setup import point_at
-
-SAMPLE_RATE = 24000
 
 
 @dataclass
@@ -45,23 +44,6 @@ class Row:
     of_them_first_wave: int     # how many of those were among the first `concurrency` streams, sent at once
     audio_s_per_stream: float
     realtime_per_stream: float  # seconds of audio made per second, per stream running: below 1, no schedule can keep up
-
-
-def heard(started: float, arrivals: list[tuple[float, float]], slack: float = 0.001) -> tuple[float, int, float]:
-    """(time to first audio, underruns, seconds of underrun) of a listener who starts playing at the
-    first arrival and plays in real time; `arrivals` are (time, seconds of audio) in order."""
-    arrivals = [(t, s) for t, s in arrivals if s > 0]
-    if not arrivals:
-        return float("nan"), 0, 0.0
-    first, seconds = arrivals[0]
-    dry_at = first + seconds  # when what has come so far has been played
-    count, gap = 0, 0.0
-    for t, s in arrivals[1:]:
-        if t > dry_at + slack:
-            count, gap, dry_at = count + 1, gap + (t - dry_at), t + s
-        else:
-            dry_at += s
-    return first - started, count, gap
 
 
 def pace(step_ms: float) -> None:

@@ -48,7 +48,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tts_runner.tools.setup import point_at
+from tts_runner.audio.codec import SAMPLE_RATE
+from tts_runner.tools.setup import point_at, text_sized
 
 
 @dataclass
@@ -142,6 +143,23 @@ def _open_loop(send, texts: list[str], concurrency: int, rate: float) -> tuple[f
     return time.perf_counter() - started, results, failed[0]
 
 
+def heard(started: float, arrivals: list[tuple[float, float]], slack: float = 0.001) -> tuple[float, int, float]:
+    """(time to first audio, underruns, seconds of underrun) of a listener who starts playing at the
+    first arrival and plays in real time; `arrivals` are (time, seconds of audio) in order."""
+    arrivals = [(t, s) for t, s in arrivals if s > 0]
+    if not arrivals:
+        return float("nan"), 0, 0.0
+    first, seconds = arrivals[0]
+    dry_at = first + seconds  # when what has come so far has been played
+    count, gap = 0, 0.0
+    for t, s in arrivals[1:]:
+        if t > dry_at + slack:
+            count, gap, dry_at = count + 1, gap + (t - dry_at), t + s
+        else:
+            dry_at += s
+    return first - started, count, gap
+
+
 def row(device: str, worker: str, via: str, concurrency: int, wall: float, results: list, failed: int) -> Row:
     """`results`: (latency, first audio, audio seconds[, underruns]) per answered request."""
     latency = [r[0] for r in results]
@@ -158,8 +176,6 @@ def row(device: str, worker: str, via: str, concurrency: int, wall: float, resul
 
 def in_process(workers: dict, texts: list[str], concurrency: int, seed: int, device: str,
                rate: float = 0.0) -> list[Row]:
-    from tts_runner.tools.listen_bench import SAMPLE_RATE, heard
-
     rows = []
     for name, worker in workers.items():
         serial = threading.Lock() if name == "serial" else None
@@ -338,11 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     common = [*([f"runtime.torch_threads={args.torch_threads}"] if args.torch_threads else []), f"input.model={args.model}", f"models.default={args.model}", "sink=base64",
               *([f"batching.max_batch_size={args.max_batch_size}"] if args.max_batch_size else []),
               "worker.progress_updates=false"]
-    if args.text_sized:  # as bench --text-sized: the budget is the length, reaching it is no runaway
-        from tts_runner.tools.bench import CHARS_PER_SECOND
-
-        common += [f"batching.frame_budget.seconds_per_char={1 / CHARS_PER_SECOND}", "batching.frame_budget.factor=1.0",
-                   "batching.frame_budget.margin_seconds=0.0", "batching.runaway=keep", "batching.min_seconds_per_char=0"]
+    if args.text_sized:  # as bench --text-sized
+        common += [*text_sized(), "batching.min_seconds_per_char=0"]
     started = time.perf_counter()
     if args.one_worker:
         one = Worker.from_env([*common, "worker.streaming=true"])

@@ -13,7 +13,8 @@ import torch
 from tests.helpers.config import load_model, make_job
 from tts_runner.job.plan import plan
 from tts_runner.job.stream import FRAMES_PER_SECOND, PACE_CHECKS, SAMPLES_PER_FRAME, StreamAssembler
-from tts_runner.tools.listen_bench import heard, row
+from tts_runner.tools.listen_bench import row
+from tts_runner.tools.serve_bench import heard
 
 
 def assembler(model, schedule: str, decode_seconds: float = 0.0) -> StreamAssembler:
