@@ -44,7 +44,6 @@ rows, each with the device's name and the job it belongs to (agreement goes to F
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
 import json
 import os
@@ -362,6 +361,8 @@ def ops_per_step(model: Model, engine: str, batch: int, short: int = 10, long: i
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
+    from tts_runner.tools.frame_bench import launched
+
     cuda = model.like.device.type == "cuda"
     activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
     counts = []
@@ -371,10 +372,7 @@ def ops_per_step(model: Model, engine: str, batch: int, short: int = 10, long: i
             greedy_codes(model, engine, frames, batch)
             if cuda:
                 torch.cuda.synchronize()
-        events = prof.events()
-        ops = collections.Counter(e.name for e in events if e.name.startswith("aten::") and e.cpu_parent is None)
-        kernels = sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
-        counts.append((ops, kernels))
+        counts.append(launched(prof.events()))
     steps = long - short
     per_op = {name: (counts[1][0][name] - counts[0][0][name]) / steps for name in counts[1][0]}
     found = {"engine": engine, "batch": batch,

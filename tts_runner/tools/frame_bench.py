@@ -66,6 +66,15 @@ def per_frame(graph, bucket: int, frames: int, cuda: bool) -> float:
     return start.elapsed_time(end) / frames
 
 
+def launched(events) -> tuple[collections.Counter, int]:
+    """What a profiler's events launched: the dispatcher's top-level aten operators by name, and the
+    CUDA kernels run (0 on the CPU)."""
+    import torch
+
+    ops = collections.Counter(e.name for e in events if e.name.startswith("aten::") and e.cpu_parent is None)
+    return ops, sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+
+
 def launches(graph, bucket: int, cuda: bool) -> int:
     """The CUDA kernels (on the CPU: the top-level aten operators) one eager frame of `bucket` runs."""
     import torch
@@ -76,10 +85,8 @@ def launches(graph, bucket: int, cuda: bool) -> int:
         graph.run_scratch(bucket, 1, eager=True)
         if cuda:
             torch.cuda.synchronize()
-    events = prof.events()
-    if cuda:
-        return sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
-    return sum(collections.Counter(e.name for e in events if e.name.startswith("aten::") and e.cpu_parent is None).values())
+    ops, kernels = launched(prof.events())
+    return kernels if cuda else ops.total()
 
 
 def main(argv: list[str] | None = None) -> int:
