@@ -476,6 +476,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--breakdown", action="store_true",
                         help="also time the parts of one stock model call at each batch size")
     args = parser.parse_args(argv)
+    if args.scheduler and (args.stock_sample or args.runaway):
+        parser.error("--stock-sample and --runaway run the batch path (one job's own batches): leave --scheduler out")
     if args.batch_sizes is None and not args.scheduler:
         args.batch_sizes = [1, 8, 16]
     if args.build:
@@ -495,9 +497,6 @@ def main(argv: list[str] | None = None) -> int:
     job = long_job(args.chunks, args.minutes)
     label = f"podcast-{args.minutes:g}min" if args.minutes else f"{args.chunks}-chunks"
     rows: list[Row] = []
-    if args.scheduler and (args.stock_sample or args.runaway):
-        print("--stock-sample and --runaway run the batch path: leave --scheduler out", file=sys.stderr)
-        return 2
     if args.scheduler and model.scheduler is None:
         print(f"the {model.engine} engine has no scheduler: --scheduler needs fast or graph", file=sys.stderr)
         return 1
