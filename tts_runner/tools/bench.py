@@ -89,8 +89,6 @@ class Row:
     runaways: int = 0       # chunk attempts that reached their frame budget without ending
 
 
-
-
 def long_job(chunks: int, minutes: float = 0.0) -> dict:
     """The podcast dialogue repeated to `chunks` segments (each one chunk of <= 120 characters), or
     to `minutes` of read speech when given."""

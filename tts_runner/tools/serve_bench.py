@@ -12,8 +12,8 @@ loaded once, in-process (the worker's own `handle`/`stream`, as handler.py calls
   the other requests wait in RunPod's queue);
 - `scheduled`: the scheduler, every request's chunks sharing the model's rows;
 - `streamed`: the same, each request with "stream": true (time to first audio = its first piece), each
-  heard by a listener who starts playing at the first piece and plays in real time (listen_bench's
-  `heard`): an underrun is a moment it has nothing to play.
+  heard by a listener who starts playing at the first piece and plays in real time (`heard`,
+  which listen_bench shares): an underrun is a moment it has nothing to play.
 
 For each: requests/s, seconds of audio per second, p50/p95 latency (sent -> whole answer) and p50/p95
 time to first audio (the whole answer, unless streamed), underruns per stream (streamed), and the ratio
@@ -166,12 +166,12 @@ def row(device: str, worker: str, via: str, concurrency: int, wall: float, resul
     first = [r[1] for r in results]
     audio = sum(r[2] for r in results)
     underruns = [r[3] for r in results if len(r) > 3]
-    heard = {"underruns_per_stream": round(sum(underruns) / len(underruns), 3),
-             "streams_with_underruns": sum(1 for u in underruns if u)} if underruns else {}
+    listened = {"underruns_per_stream": round(sum(underruns) / len(underruns), 3),
+                "streams_with_underruns": sum(1 for u in underruns if u)} if underruns else {}
     return Row(device, worker, via, concurrency, len(results) + failed, failed, round(wall, 3),
                round(len(results) / wall, 3), round(audio / wall, 3), round(percentile(latency, 0.5), 3),
                round(percentile(latency, 0.95), 3), round(percentile(first, 0.5), 3), round(percentile(first, 0.95), 3),
-               **heard)
+               **listened)
 
 
 def in_process(workers: dict, texts: list[str], concurrency: int, seed: int, device: str,
@@ -309,10 +309,10 @@ def print_rows(rows: list[Row]) -> None:
     print(f"{'worker':<10} {'via':<10} {'conc':>4} {'req':>4} {'fail':>4} {'wall s':>7} {'req/s':>6} {'audio/s':>8} "
           f"{'x serial':>8} {'p50 lat':>7} {'p95 lat':>7} {'p50 TTFA':>8} {'p95 TTFA':>8} {'underruns':>9}")
     for r in rows:
-        heard = "-" if r.underruns_per_stream is None else f"{r.underruns_per_stream:.2f}/{r.streams_with_underruns}"
+        listened = "-" if r.underruns_per_stream is None else f"{r.underruns_per_stream:.2f}/{r.streams_with_underruns}"
         print(f"{r.worker:<10} {r.via:<10} {r.concurrency:>4} {r.requests:>4} {r.failed:>4} {r.wall_s:>7.2f} "
               f"{r.requests_per_s:>6.2f} {r.audio_per_s:>8.2f} {r.vs_serial:>8.2f} {r.p50_latency_s:>7.3f} "
-              f"{r.p95_latency_s:>7.3f} {r.p50_first_audio_s:>8.3f} {r.p95_first_audio_s:>8.3f} {heard:>9}", flush=True)
+              f"{r.p95_latency_s:>7.3f} {r.p50_first_audio_s:>8.3f} {r.p95_first_audio_s:>8.3f} {listened:>9}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -376,11 +376,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.model} on {device} ({device_name(device)}), engine {model.engine}, scheduler rows {rows_at_once}, "
           f"{len(set(map(id, workers.values())))} worker(s) loaded in {time.perf_counter() - started:.1f} s; "
           f"requests of one sentence each", flush=True)
+
+    def measured_at(concurrency: int | None) -> dict:
+        """The workers measured at `concurrency` (None: the open loop): serial only where --serial-at allows."""
+        return {k: w for k, w in workers.items()
+                if k != "serial" or args.serial_at is None or (concurrency is not None and concurrency in args.serial_at)}
+
     rows: list[Row] = []
     serial: Row | None = None
     for concurrency in args.concurrency:
         texts = sentences(max(8, args.per_client * concurrency) if args.per_client else args.requests, args.seed)
-        these = {k: w for k, w in workers.items() if k != "serial" or args.serial_at is None or concurrency in args.serial_at}
+        these = measured_at(concurrency)
         measured = in_process(these, texts, concurrency, args.seed, device_name(device))
         if args.openai:
             measured += openai_rows(workers["scheduled"], texts, concurrency, args.seed, device_name(device),
@@ -392,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:  # after each concurrency: a run cut short keeps the rows it made
             args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2))
     if args.rate:
-        these = {k: w for k, w in workers.items() if k != "serial" or args.serial_at is None}
+        these = measured_at(None)
         measured = against_serial(in_process(these, sentences(args.requests, args.seed), max(args.concurrency),
                                              args.seed, device_name(device), args.rate), serial)
         print_rows(measured)
