@@ -193,11 +193,14 @@ def run(args: argparse.Namespace, cfg, store: ModelStore, model: Model, job: dic
         if scheduler is not None:  # the job alone on the scheduler, at most batch_size rows at once
             scheduler.rows, rounds = batch_size, scheduler.rounds
         started = time.perf_counter()
-        with model.using(engine=engine) if scheduler is None else contextlib.nullcontext():
-            response, result = run_job(this, model)
+        try:
+            with model.using(engine=engine) if scheduler is None else contextlib.nullcontext():
+                response, result = run_job(this, model)
+        finally:  # a failed job leaves the scheduler its full width for the rows after it
+            if scheduler is not None:
+                scheduler.rows = scheduler.max_rows
         wall = time.perf_counter() - started
         if scheduler is not None:
-            scheduler.rows = scheduler.max_rows
             result.stats.frame_steps = (scheduler.rounds - rounds) * scheduler.sync_every  # loop steps, not row-frames
         audio = result.duration_seconds
         base = rows[0].rtf if rows else audio / wall
