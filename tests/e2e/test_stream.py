@@ -46,12 +46,13 @@ def pcm(pieces: list[dict]) -> np.ndarray:
 
 
 @pytest.mark.parametrize("left_context, rows", [("72", 16), ("null", 16), ("72", 1)])
-def test_pieces_joined_are_the_audio_of_the_same_job_without_streaming(streaming, whole_prefix, left_context, rows):
+def test_pieces_joined_are_the_audio_of_the_same_job_without_streaming(streaming, whole_prefix, left_context, rows,
+                                                                      monkeypatch):
     """rows 16: the chunks run side by side and end in any order; rows 1: one after another, so a
     chunk ends before the next one starts (its crossfade tail must wait)."""
     streaming = whole_prefix if left_context == "null" else streaming
     assert streaming.edge.recipe.pacing.left_context_frames == (None if left_context == "null" else int(left_context))
-    streaming.store.get("1.7B-CustomVoice").scheduler.rows = rows
+    monkeypatch.setattr(streaming.store.get("1.7B-CustomVoice").scheduler, "rows", rows)  # its width again after, pass or fail
     pieces = list(streaming.stream({"id": "s", "input": {**JOB, "stream": True, "output_format": "pcm"}}))
     assert all("error" not in p for p in pieces), pieces[-1]
     assert [p["piece"] for p in pieces] == list(range(len(pieces))) and len(pieces) > 3
@@ -67,7 +68,6 @@ def test_pieces_joined_are_the_audio_of_the_same_job_without_streaming(streaming
     assert set(meta) == {*whole["metadata"], "first_audio_seconds"}  # one builder: retries and runaways too
     assert (meta["retries"], meta["runaways"]) == (whole["metadata"]["retries"], whole["metadata"]["runaways"])
     assert meta["first_audio_seconds"] < meta["generation_time_seconds"]
-    streaming.store.get("1.7B-CustomVoice").scheduler.rows = 16
 
 
 def test_the_first_piece_comes_before_the_job_ends(tiny_env, monkeypatch):
